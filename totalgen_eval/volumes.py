@@ -1,0 +1,134 @@
+"""NIfTI in and out (nibabel; gzip through isal when installed), grids and resampling.
+
+Arrays keep NIfTI voxel axis order (i, j, k); the 4x4 affine maps voxel indices to RAS+ mm.
+"""
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+
+try:  # isal's gzip is 1.4-2.7x faster than zlib's on this machine
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
+    _gzip = None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: array shape (i, j, k) and the affine to RAS+ mm."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel edge lengths (mm) along i, j, k."""
+        return tuple(float(x) for x in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in mL (1 mL = 1000 mm^3)."""
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    def same_as(self, other: "Grid", atol_mm: float = 1e-3) -> bool:
+        """True when shapes match and affines agree to ``atol_mm``."""
+        return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol_mm)
+
+    def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper RAS+ corners (mm) of the box spanned by the voxel centres."""
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in self.shape], indexing="ij")).reshape(3, -1)
+        xyz = self.affine[:3, :3] @ corners + self.affine[:3, 3:4]
+        return xyz.min(axis=1), xyz.max(axis=1)
+
+
+def load_image(path: str | Path, use_isal: bool = True) -> nib.Nifti1Image:
+    """Read a NIfTI file fully into memory; a corrupt or truncated file raises InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        if path.name.endswith(".gz"):
+            opener = _gzip.open if (use_isal and _gzip is not None) else gzip.open
+            with opener(path, "rb") as fh:
+                img = nib.Nifti1Image.from_bytes(fh.read())
+        else:
+            img = nib.load(path)
+            img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
+    except Exception as exc:  # isal raises its own error types for corrupt streams
+        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
+    if len(img.shape) != 3:
+        raise InputError(f"expected a 3D volume, found shape {img.shape}", path)
+    return img
+
+
+def read_volume(path: str | Path, dtype: type | None = np.float32, use_isal: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Array (i, j, k) and its affine; ``dtype=None`` keeps the stored type (use it for label maps)."""
+    img = load_image(path, use_isal=use_isal)
+    try:
+        data = np.asanyarray(img.dataobj) if dtype is None else img.get_fdata(dtype=dtype)
+    except Exception as exc:
+        raise InputError(f"cannot decode voxel data ({exc})", path) from None
+    return np.asarray(data), img.affine.copy()
+
+
+def read_grid(path: str | Path) -> Grid:
+    """The grid of a NIfTI file from its header alone (no voxel data read)."""
+    try:
+        img = nib.load(Path(path))
+    except Exception as exc:
+        raise InputError(f"not a readable NIfTI header ({exc})".splitlines()[0], path) from None
+    if len(img.shape) != 3:
+        raise InputError(f"expected a 3D volume, found shape {img.shape}", path)
+    return Grid(tuple(int(x) for x in img.shape), img.affine.copy())
+
+
+def write_volume(array: np.ndarray, affine: np.ndarray, path: str | Path,
+                 extensions: list | None = None) -> Path:
+    """Write ``array`` (i, j, k) with ``affine`` as NIfTI (gzip when the name ends in .gz).
+
+    The qform and sform both carry the affine (code 1, scanner); the file appears atomically.
+    """
+    from .provenance import atomic_path
+
+    path = Path(path)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    for ext in extensions or []:
+        img.header.extensions.append(ext)
+    with atomic_path(path) as tmp:
+        final = tmp.with_name(tmp.name + ("".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else ".nii"))
+        try:
+            nib.save(img, final)
+            final.replace(tmp)
+        finally:
+            final.unlink(missing_ok=True)
+    return path
+
+
+def resample_to_grid(array: np.ndarray, source: Grid, target: Grid, order: int, cval: float = 0.0) -> np.ndarray:
+    """Resample ``array`` from ``source`` onto ``target`` (order 0: nearest, for labels; 1: linear).
+
+    Raises ValueError when the two grids share no physical extent.
+    """
+    if source.same_as(target):
+        return array
+    lo_s, hi_s = source.bounds_mm()
+    lo_t, hi_t = target.bounds_mm()
+    if np.any(np.minimum(hi_s, hi_t) < np.maximum(lo_s, lo_t)):
+        raise ValueError("the grids do not overlap in space")
+    # voxel of target -> mm -> voxel of source
+    mapping = np.linalg.inv(source.affine) @ target.affine
+    out_dtype = array.dtype if order == 0 else np.float32
+    return ndimage.affine_transform(array, mapping[:3, :3], offset=mapping[:3, 3], output_shape=target.shape,
+                                    order=order, mode="constant", cval=cval, output=out_dtype, prefilter=False)
