@@ -1,0 +1,270 @@
+"""Organ metrics: hand-checked values, TotalSegmentator's statistics on the same inputs, bad input, resume."""
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from totalgen_eval import metrics
+from totalgen_eval.errors import InputError
+from totalgen_eval.organs import ORGAN_NAMES, organ
+from totalgen_eval.volumes import Grid, write_volume
+
+SPACING = (2.0, 2.5, 3.0)
+
+
+def _affine(spacing=SPACING, origin=(-20.0, 10.0, -50.0)):
+    a = np.diag([*spacing, 1.0])
+    a[:3, 3] = origin
+    return a
+
+
+def toy_volumes(seed=0, shape=(40, 36, 44)):
+    """Labels with boxes of organ classes (kidneys and lungs split over two classes, one non-organ class 7),
+    integer-valued PET and CT."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    boxes = {90: (slice(2, 12), slice(3, 15), slice(30, 42)), 10: (slice(15, 22), slice(5, 20), slice(25, 35)),
+             12: (slice(22, 30), slice(5, 20), slice(25, 35)), 51: (slice(18, 26), slice(20, 28), slice(20, 26)),
+             52: (slice(26, 28), slice(20, 30), slice(12, 26)), 5: (slice(5, 16), slice(10, 22), slice(12, 20)),
+             1: (slice(30, 36), slice(10, 18), slice(14, 19)), 2: (slice(8, 12), slice(24, 30), slice(8, 12)),
+             3: (slice(28, 32), slice(24, 30), slice(8, 12)), 21: (slice(17, 23), slice(8, 14), slice(0, 4)),
+             80: (slice(2, 10), slice(28, 36), slice(2, 6)), 88: (slice(12, 15), slice(26, 30), slice(3, 9)),
+             7: (slice(33, 39), slice(2, 8), slice(2, 8))}
+    for cid, box in boxes.items():
+        labels[box] = cid
+    pet = rng.integers(0, 12, size=shape).astype(np.float32)
+    ct = rng.integers(-200, 200, size=shape).astype(np.float32)
+    return pet, ct, labels
+
+
+def masks_by_organ(labels):
+    return {name: np.isin(labels, organ(name).classes) for name in ORGAN_NAMES}
+
+
+def test_values_against_a_mask_per_organ():
+    pet, ct, labels = toy_volumes()
+    grid = Grid(labels.shape, _affine())
+    table = metrics.case_metrics(pet, ct, labels, grid).set_index("organ")
+    assert list(table.reset_index().columns) == list(metrics.METRIC_COLUMNS)
+    assert list(table.index) == list(ORGAN_NAMES)
+    for name, mask in masks_by_organ(labels).items():
+        row = table.loc[name]
+        vals = pet[mask].astype(np.float64)
+        assert row.n_voxels == mask.sum()
+        assert row.volume_ml == pytest.approx(mask.sum() * 2.0 * 2.5 * 3.0 / 1000.0)
+        assert row.suv_mean == pytest.approx(vals.mean())
+        assert row.suv_median == pytest.approx(np.median(vals))
+        assert row.suv_std == pytest.approx(vals.std(ddof=0))
+        assert row.suv_max == vals.max()
+        assert row.hu_mean == pytest.approx(ct[mask].mean())
+    assert table.loc["urinary_bladder", "touches_border"]  # starts at k = 0
+    assert table.loc["muscle", "touches_border"] is np.True_ or table.loc["muscle", "touches_border"]
+    assert not table.loc["liver", "touches_border"]
+
+
+def brute_force_peak(pet, mask, spacing, radius):
+    idx = np.argwhere(mask)
+    best = -np.inf
+    all_idx = np.argwhere(np.ones(pet.shape, bool))
+    for c in idx:
+        d2 = (((all_idx - c) * np.asarray(spacing)) ** 2).sum(axis=1)
+        sel = all_idx[d2 <= radius ** 2]
+        v = pet[tuple(sel.T)]
+        v = v[~np.isnan(v)]
+        best = max(best, v.mean())
+    return best
+
+
+def test_suv_peak_against_brute_force():
+    rng = np.random.default_rng(3)
+    shape = (14, 12, 10)
+    pet = rng.gamma(2.0, 1.0, size=shape).astype(np.float32)
+    pet[0, 5, 5] = 40.0  # a hot voxel at the array border, beside the organ
+    pet[6, 6, 6] = np.nan
+    labels = np.zeros(shape, np.uint8)
+    labels[0:7, 3:9, 2:8] = 5
+    grid = Grid(shape, _affine((2.0, 2.5, 3.0)))
+    row = metrics.case_metrics(pet, None, labels, grid, organs=("liver",)).iloc[0]
+    assert metrics.sphere_kernel((2.0, 2.5, 3.0)).sum() > 20  # a real sphere, not one voxel
+    expected = brute_force_peak(pet, labels == 5, (2.0, 2.5, 3.0), metrics.PEAK_RADIUS_MM)
+    assert row.suv_peak == pytest.approx(expected, rel=1e-6)
+    assert math.isnan(row.hu_mean)
+
+
+def test_peak_radius_is_one_millilitre():
+    assert 4 / 3 * math.pi * metrics.PEAK_RADIUS_MM ** 3 == pytest.approx(1000.0)
+    assert metrics.sphere_kernel((8.0, 8.0, 8.0)).sum() == 1  # coarse grid: peak = max
+
+
+def test_absent_organ_gives_zero_voxels_and_nan():
+    pet, ct, labels = toy_volumes()
+    labels[labels == 1] = 0
+    table = metrics.case_metrics(pet, ct, labels, Grid(labels.shape, _affine())).set_index("organ")
+    row = table.loc["spleen"]
+    assert row.n_voxels == 0 and row.volume_ml == 0.0 and not row.touches_border
+    for col in ("suv_mean", "suv_median", "suv_std", "suv_max", "suv_peak", "hu_mean"):
+        assert math.isnan(row[col])
+    assert table.loc["liver", "n_voxels"] > 0
+
+
+def test_invalid_label_id_names_the_ids():
+    pet, ct, labels = toy_volumes()
+    labels[0, 0, 0] = 200
+    labels[1, 0, 0] = 118
+    with pytest.raises(InputError, match="118, 200"):
+        metrics.case_metrics(pet, ct, labels, Grid(labels.shape, _affine()))
+
+
+def test_nan_pet_is_counted_and_left_out(caplog):
+    pet, ct, labels = toy_volumes()
+    liver = labels == 5
+    where = np.argwhere(liver)[:7]
+    pet[tuple(where.T)] = np.nan
+    pet[0, 0, 0] = np.nan  # outside every organ: not counted
+    with caplog.at_level("WARNING"):
+        table = metrics.case_metrics(pet, ct, labels, Grid(labels.shape, _affine()))
+    assert table.attrs["n_nan_pet"] == 7
+    assert "7 NaN PET voxels" in caplog.text
+    row = table.set_index("organ").loc["liver"]
+    vals = pet[liver]
+    vals = vals[~np.isnan(vals)]
+    assert row.n_voxels == liver.sum()
+    assert row.suv_mean == pytest.approx(vals.mean()) and row.suv_max == vals.max()
+
+
+def test_labels_on_a_coarser_grid_are_resampled_nearest():
+    pet, ct, labels = toy_volumes(shape=(40, 36, 44))
+    coarse = labels[::2, ::2, ::2].copy()
+    # volumes.resample_to_grid (mode "constant") treats the outer half voxel as outside: keep borders empty
+    coarse[[0, -1]] = 0
+    coarse[:, [0, -1]] = 0
+    coarse[:, :, [0, -1]] = 0
+    fine_aff = _affine()
+    coarse_aff = _affine(tuple(2 * s for s in SPACING))
+    coarse_aff[:3, 3] = fine_aff[:3, 3] + 0.5 * np.asarray(SPACING)  # its voxel (0,0,0) covers fine 0..1
+    expected_labels = np.repeat(np.repeat(np.repeat(coarse, 2, 0), 2, 1), 2, 2)
+    grid = Grid(pet.shape, fine_aff)
+    got = metrics.case_metrics(pet, ct, coarse, grid, labels_grid=Grid(coarse.shape, coarse_aff))
+    want = metrics.case_metrics(pet, ct, expected_labels, grid)
+    # fine voxel i sits at coarse coordinate (i - 0.5) / 2: nearest is i // 2, no ties
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_labels_on_the_same_extent_other_spacing_exact():
+    """A label grid with an exact 2x refinement of the PET grid: nearest neighbour picks known voxels."""
+    pet, ct, labels = toy_volumes(shape=(20, 18, 22))
+    fine = np.repeat(np.repeat(np.repeat(labels, 2, 0), 2, 1), 2, 2)
+    aff = _affine()
+    fine_aff = _affine(tuple(s / 2 for s in SPACING))
+    fine_aff[:3, 3] = aff[:3, 3] - 0.25 * np.asarray(SPACING)  # fine voxel 2i+1 centre is 0.25 s beyond i
+    grid = Grid(pet.shape, aff)
+    got = metrics.case_metrics(pet, ct, fine, grid, labels_grid=Grid(fine.shape, fine_aff))
+    want = metrics.case_metrics(pet, ct, labels, grid)
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_ct_on_another_grid_is_resampled_linearly():
+    pet, ct, labels = toy_volumes(shape=(20, 18, 22))
+    ct = np.full(labels.shape, 40.0, np.float32)
+    ct_big = np.full((30, 30, 30), 40.0, np.float32)  # covers the PET box: linear resampling keeps 40
+    aff = _affine()
+    grid = Grid(pet.shape, aff)
+    table = metrics.case_metrics(pet, ct_big, labels, grid, ct_grid=Grid(ct_big.shape, _affine(origin=(-25.0, 5.0, -55.0))))
+    assert np.allclose(table["hu_mean"].dropna(), 40.0)
+
+
+def test_no_overlap_is_an_input_error():
+    pet, ct, labels = toy_volumes(shape=(20, 18, 22))
+    grid = Grid(pet.shape, _affine())
+    far = _affine(origin=(5000.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="does not overlap"):
+        metrics.case_metrics(pet, ct, labels, grid, labels_grid=Grid(labels.shape, far))
+
+
+def test_agrees_with_totalsegmentator_statistics():
+    stats_mod = pytest.importorskip("totalsegmentator.statistics", reason="totalsegmentator is not installed")
+    pet, ct, labels = toy_volumes()
+    aff = _affine()
+    grid = Grid(labels.shape, aff)
+    ours = metrics.case_metrics(pet, ct, labels, grid).set_index("organ")
+    for image, col in ((pet, "suv_mean"), (ct, "hu_mean")):
+        ts = stats_mod.get_basic_statistics(labels, nib.Nifti1Image(image, aff), quiet=True,
+                                            exclude_masks_at_border=False)
+        from totalsegmentator.map_to_binary import class_map
+        for name in ORGAN_NAMES:
+            classes = organ(name).classes
+            vols = np.array([ts[class_map["total"][c]]["volume"] for c in classes])  # mm^3
+            means = np.array([ts[class_map["total"][c]]["intensity"] for c in classes])
+            assert ours.loc[name, "volume_ml"] == pytest.approx(vols.sum() / 1000.0)
+            assert ours.loc[name, col] == pytest.approx((vols * means).sum() / vols.sum(), abs=1e-4)
+
+
+def test_float_labels_with_fractions_are_rejected():
+    pet, ct, labels = toy_volumes(shape=(10, 10, 10))
+    bad = labels.astype(np.float32)
+    bad[0, 0, 0] = 2.5
+    with pytest.raises(InputError, match="non-integer"):
+        metrics.case_metrics(pet, ct, bad, Grid(bad.shape, _affine()))
+
+
+# --- a cohort: the table, resume, workers -------------------------------------------------------------
+
+def _write_cases(tmp_path, n=3):
+    from totalgen_eval.cohort.case import Case
+
+    cases = []
+    for i in range(n):
+        pet, ct, labels = toy_volumes(seed=i, shape=(24, 20, 22))
+        aff = _affine()
+        d = tmp_path / "cases"
+        write_volume(pet, aff, d / f"c{i}_pet.nii.gz")
+        write_volume(ct.astype(np.int16), aff, d / f"c{i}_ct.nii.gz")
+        write_volume(labels, aff, d / f"c{i}_labels.nii.gz")
+        cases.append(Case(f"c{i}", 30.0 + 20 * i, "FM"[i % 2], 1.7, 70.0, d / f"c{i}_ct.nii.gz",
+                          d / f"c{i}_pet.nii.gz", d / f"c{i}_labels.nii.gz"))
+    return cases
+
+
+def test_organ_metrics_table_and_resume(tmp_path):
+    pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet")
+    cases = _write_cases(tmp_path)
+    cache = tmp_path / "cache"
+    first = metrics.organ_metrics(cases[:2], cache_dir=cache, progress=False, cohort_name="toy")
+    assert first.attrs["n_computed"] == 2
+    full = metrics.organ_metrics(cases, cache_dir=cache, progress=False, cohort_name="toy")
+    assert full.attrs["n_computed"] == 1  # the two finished cases were read back, only the third computed
+    assert list(full.columns) == list(metrics.TABLE_COLUMNS)
+    assert len(full) == 3 * len(ORGAN_NAMES)
+    assert list(full["age_group"].unique()) == ["18-40", "40-60", "60-80"]
+    fresh = metrics.organ_metrics(cases, progress=False, cohort_name="toy")
+    pd.testing.assert_frame_equal(full, fresh, check_exact=False, rtol=1e-12)
+    # a per-case file from an interrupted write is never half-written: only finished cases are on disk
+    assert len(list((cache / "metrics").glob("*.csv"))) == 3
+    assert not list((cache / "metrics").glob(".*tmp"))
+
+
+def test_changed_input_is_recomputed(tmp_path):
+    pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet")
+    cases = _write_cases(tmp_path, n=1)
+    cache = tmp_path / "cache"
+    metrics.organ_metrics(cases, cache_dir=cache, progress=False)
+    pet, aff = metrics.read_volume(cases[0].pet)
+    write_volume(pet * 2, aff, cases[0].pet)
+    again = metrics.organ_metrics(cases, cache_dir=cache, progress=False)
+    assert again.attrs["n_computed"] == 1
+
+
+def test_workers_and_write_metrics(tmp_path):
+    pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet")
+    cases = _write_cases(tmp_path)
+    one = metrics.organ_metrics(cases, progress=False, cohort_name="toy")
+    out = tmp_path / "out" / "organ_metrics.csv"
+    two = metrics.write_metrics(cases, out, segmenter="labels", workers=2, progress=False, cohort_name="toy")
+    pd.testing.assert_frame_equal(one, two)
+    back = metrics.read_metrics(out)
+    pd.testing.assert_frame_equal(back, two, check_dtype=False)
+    assert (out.parent / "organ_metrics.csv.json").is_file()

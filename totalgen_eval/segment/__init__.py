@@ -1,0 +1,248 @@
+"""Segmentation backends (``--segmenter`` specs) and their per-case label cache.
+
+Specs:
+- ``labels``: the cohort's own labels (our label map, a TotalSegmentator multilabel file with its label
+  table, or a folder of per-class masks), read as TotalSegmentator "total" class ids.
+- ``totalsegmentator`` (``totalsegmentator:fast`` / ``totalsegmentator:full``): TotalSegmentator on the CT;
+  needs its weights (never downloaded from here).
+- ``model:PATH``: a MONAI network checkpoint (safetensors + JSON); ``model:bundled`` (alias ``phantom``) is
+  the bundled phantom organ segmenter, a stand-in for offline evaluation of phantom-like volumes.
+
+Computed labels are cached as ``<cache_dir>/labels/<case_id>-<hash>.nii.gz``; the hash covers the CT file's
+content and the backend settings (and the model weights), so a re-run reuses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..organs import ORGAN_NAMES
+from ..volumes import Grid, read_grid, read_volume, write_volume
+from .formats import read_labels_any
+from .totalseg import totalsegmentator_weights
+
+__all__ = ["make_segmenter", "case_labels", "cached_labels", "segment_cohort", "default_segmenter",
+           "totalsegmentator_weights", "LabelsBackend", "TotalSegmentatorBackend", "ModelBackend"]
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """blake2b (16 hex) of a file's bytes, or of a folder's sorted names and file bytes."""
+    h = hashlib.blake2b(digest_size=8)
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode() if path.is_dir() else b"")
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LabelsBackend:
+    """The cohort's own labels."""
+
+    spec: str = "labels"
+
+    def settings(self) -> dict[str, Any]:
+        return {"backend": "labels"}
+
+
+@dataclass(frozen=True)
+class TotalSegmentatorBackend:
+    """TotalSegmentator on the CT (``fast``: its 3 mm model), restricted to the classes of ``organs``."""
+
+    fast: bool = True
+    device: str = "cpu"
+    organs: tuple[str, ...] = ORGAN_NAMES
+
+    @property
+    def spec(self) -> str:
+        return "totalsegmentator" if self.fast else "totalsegmentator:full"
+
+    def settings(self) -> dict[str, Any]:
+        from ..provenance import package_versions
+        return {"backend": "totalsegmentator", "fast": self.fast, "organs": list(self.organs),
+                "version": package_versions(("totalsegmentator",)).get("totalsegmentator")}
+
+    def segment(self, ct_path: Path, target_grid: Grid, out_path: Path) -> Path:
+        from .totalseg import run_totalsegmentator
+        return run_totalsegmentator(ct_path, out_path, fast=self.fast, device=self.device, organs=self.organs)
+
+
+@dataclass(frozen=True)
+class ModelBackend:
+    """A saved MONAI segmentation network (``path``: its JSON config, safetensors beside it)."""
+
+    path: Path
+    device: str = "cpu"
+
+    @property
+    def spec(self) -> str:
+        return f"model:{self.path}"
+
+    def settings(self) -> dict[str, Any]:
+        from .model import resolve_model_path
+        cfg, weights = resolve_model_path(self.path)
+        return {"backend": "model", "config": json.loads(cfg.read_text()), "weights": file_digest(weights)}
+
+    def segment(self, ct_path: Path, target_grid: Grid, out_path: Path) -> Path:
+        from .model import predict_labels
+        network, config = _load_cached(str(self.path), self.device)
+        ct, affine = read_volume(ct_path, dtype=np.float32)
+        labels = predict_labels(network, config, ct, Grid(tuple(ct.shape), affine), target_grid, self.device)
+        return write_volume(labels, target_grid.affine, out_path)
+
+
+_MODELS: dict[tuple[str, str], Any] = {}  # per-process memo of loaded networks (read-only after load)
+
+
+def _load_cached(path: str, device: str):
+    from .model import load_model
+    key = (path, device)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(path, device)
+    return _MODELS[key]
+
+
+Backend = LabelsBackend | TotalSegmentatorBackend | ModelBackend
+
+
+def make_segmenter(spec: str | Backend | None, device: str = "cpu", fast: bool = True,
+                   organs: Sequence[str] = ORGAN_NAMES) -> Backend:
+    """The backend for a ``--segmenter`` spec (see the module docstring); InputError for an unknown spec."""
+    if not isinstance(spec, str) and spec is not None:
+        return spec
+    s = (spec or "labels").strip()
+    if s == "labels":
+        return LabelsBackend()
+    if s in ("totalsegmentator", "totalsegmentator:fast", "totalsegmentator:full", "ts"):
+        return TotalSegmentatorBackend(fast=fast and not s.endswith(":full"), device=device,
+                                       organs=tuple(organs))
+    if s in ("phantom", "bundled", "model:bundled", "model:phantom"):
+        from .model import bundled_model_path
+        return ModelBackend(bundled_model_path(), device)
+    if s.startswith("model:"):
+        from .model import resolve_model_path
+        cfg, _ = resolve_model_path(s[len("model:"):])
+        return ModelBackend(cfg.resolve(), device)
+    raise InputError(f"unknown segmenter {s!r}: use labels, totalsegmentator, model:PATH or model:bundled",
+                     "--segmenter")
+
+
+def _safe(case_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(case_id))
+
+
+def _grid_of(case: Any) -> Grid:
+    return case.grid() if hasattr(case, "grid") else read_grid(case.pet)
+
+
+def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str | Path | None = None,
+                  device: str = "cpu", fast: bool = True) -> Path:
+    """Path of a label map in TotalSegmentator "total" ids for ``case``, computing and caching it if needed.
+
+    ``labels``: the case's own file when it is already in our format, else a converted copy in the cache.
+    Computing backends write ``<cache_dir>/labels/<case_id>-<hash>.nii.gz`` on the PET grid (TotalSegmentator:
+    on the CT's grid) and reuse it on a re-run.
+    """
+    backend = make_segmenter(segmenter, device=device, fast=fast)
+    if isinstance(backend, LabelsBackend):
+        src = _own_labels(case)
+        if src.is_file() and not _has_label_table(src):
+            return src
+        if cache_dir is None:
+            raise InputError("converting TotalSegmentator labels needs a cache folder", src)
+        out = Path(cache_dir) / "labels" / f"{_safe(case.case_id)}-{file_digest(src)}.nii.gz"
+        if not out.is_file():
+            labels, affine = read_labels_any(src)
+            write_volume(labels.astype(np.uint8), affine, out)
+        return out
+    if cache_dir is None:
+        raise InputError("computed labels need a cache folder (--out)", backend.spec)
+    key = json.dumps([file_digest(case.ct), backend.settings()], sort_keys=True, default=str)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    out = Path(cache_dir) / "labels" / f"{_safe(case.case_id)}-{digest}.nii.gz"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        backend.segment(Path(case.ct), _grid_of(case), out)
+    return out
+
+
+def _own_labels(case: Any) -> Path:
+    if getattr(case, "labels", None) is None:
+        raise InputError("this case has no labels; use --segmenter totalsegmentator or model:bundled",
+                         f"case {case.case_id}")
+    return Path(case.labels)
+
+
+def _has_label_table(path: Path) -> bool:
+    import nibabel as nib
+
+    from .formats import _label_table_xml
+    img = nib.load(path)  # header and extensions only
+    return _label_table_xml(img) is not None
+
+
+def case_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str | Path | None = None,
+                device: str = "cpu", fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(label array of "total" ids (i, j, k), its affine) for ``case``; ``labels`` formats read in memory."""
+    backend = make_segmenter(segmenter, device=device, fast=fast)
+    if isinstance(backend, LabelsBackend):
+        return read_labels_any(_own_labels(case))
+    return read_labels_any(cached_labels(case, backend, cache_dir, device, fast))
+
+
+def _segment_one(case: Any, spec: str, cache_dir: Path, device: str, fast: bool) -> tuple[str, Path]:
+    return case.case_id, cached_labels(case, spec, cache_dir, device, fast)
+
+
+def segment_cohort(cohort: Any, segmenter: str | None = None, cache_dir: str | Path = "segmentations",
+                   device: str = "cpu", fast: bool = True, workers: int = 1,
+                   progress: bool = True) -> dict[str, Path]:
+    """Labels for every case of a cohort ({case_id: label path}), cached under ``cache_dir/labels``."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from ..metrics import _pool_context, _progress
+
+    spec = segmenter or default_segmenter(cohort)
+    make_segmenter(spec, device, fast)  # bad specs fail before any work
+    cache_dir = Path(cache_dir)
+    cases = list(cohort)
+    out: dict[str, Path] = {}
+    with _progress(progress) as bar:
+        task = bar.add_task(f"segment ({spec})", total=len(cases))
+        if workers <= 1 or len(cases) <= 1:
+            for case in cases:
+                cid, path = _segment_one(case, spec, cache_dir, device, fast)
+                out[cid] = path
+                bar.advance(task)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+                futs = [pool.submit(_segment_one, c, spec, cache_dir, device, fast) for c in cases]
+                for fut in as_completed(futs):
+                    cid, path = fut.result()
+                    out[cid] = path
+                    bar.advance(task)
+    return {c.case_id: out[c.case_id] for c in cases}
+
+
+def default_segmenter(cohort: Any, fast: bool = True) -> str:
+    """``labels`` when every case has labels, else ``totalsegmentator`` when its weights exist, else InputError."""
+    cases = list(cohort)
+    if cases and all(getattr(c, "labels", None) is not None for c in cases):
+        return "labels"
+    found, searched = totalsegmentator_weights(fast)
+    if found:
+        return "totalsegmentator"
+    n_missing = sum(getattr(c, "labels", None) is None for c in cases)
+    raise InputError(f"{n_missing} of {len(cases)} cases have no organ labels and TotalSegmentator's weights are "
+                     f"absent (looked in {searched[0].parent}); choose --segmenter model:bundled (phantom-trained "
+                     "stand-in), model:PATH, or get the weights with `totalseg_download_weights -t total_fast`",
+                     getattr(cohort, "root", None))

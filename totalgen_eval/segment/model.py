@@ -1,0 +1,179 @@
+"""The ``model:PATH`` backend: a MONAI 3D segmentation network from safetensors + a JSON config.
+
+The config (``<stem>.json`` beside ``<stem>.safetensors``) names the network class (one of
+``monai.networks.nets``) and its arguments, the CT normalisation (HU window -> [0, 1]), the voxel size
+the network works at (mm), the TotalSegmentator class id of every output channel and the sliding-window
+settings. Weights load without pickle. Input CT is resampled (linearly) to the model's voxel size when its
+own differs; the argmax labels are resampled (nearest) back onto the target grid (the PET's).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..provenance import atomic_path, to_jsonable
+from ..volumes import Grid, resample_to_grid
+
+FORMAT = "totalgen-eval-segmenter/1"
+BUNDLED_NAME = "phantom_organs"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to run a saved segmentation network (saved as JSON beside its weights)."""
+
+    network: str  # a class of monai.networks.nets, e.g. "UNet"
+    network_args: dict[str, Any]
+    class_ids: tuple[int, ...]  # TotalSegmentator "total" id of each output channel (channel 0: background)
+    voxel_mm: tuple[float, float, float] = (8.0, 8.0, 8.0)
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU mapped linearly to [0, 1], clipped
+    roi_size: tuple[int, int, int] = (56, 40, 144)
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    @classmethod
+    def from_json(cls, path: Path) -> "ModelConfig":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"unreadable model config ({exc})", path) from None
+        if raw.get("format") != FORMAT:
+            raise InputError(f"not a {FORMAT} config (format {raw.get('format')!r})", path)
+        try:
+            return cls(network=raw["network"], network_args=dict(raw["network_args"]),
+                       class_ids=tuple(int(c) for c in raw["class_ids"]),
+                       voxel_mm=tuple(float(v) for v in raw["voxel_mm"]),
+                       ct_window=tuple(float(v) for v in raw["ct_window"]),
+                       roi_size=tuple(int(v) for v in raw["roi_size"]), overlap=float(raw.get("overlap", 0.25)),
+                       sw_batch_size=int(raw.get("sw_batch_size", 1)), description=raw.get("description", ""),
+                       training=dict(raw.get("training", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"model config lacks or mangles {exc}", path) from None
+
+
+def bundled_model_path() -> Path:
+    """The bundled phantom organ segmenter's config (``totalgen_eval/weights/phantom_organs.json``)."""
+    return Path(str(files("totalgen_eval").joinpath("weights", f"{BUNDLED_NAME}.json")))
+
+
+def resolve_model_path(spec_path: str | Path) -> tuple[Path, Path]:
+    """(config JSON, safetensors) from a path to either file, their common stem, or a folder with one pair."""
+    if str(spec_path) in ("bundled", "phantom"):
+        spec_path = bundled_model_path()
+    p = Path(spec_path)
+    if p.is_dir():
+        pairs = [j for j in sorted(p.glob("*.json")) if j.with_suffix(".safetensors").is_file()]
+        if len(pairs) != 1:
+            raise InputError(f"expected one <name>.json + <name>.safetensors pair, found {len(pairs)}", p)
+        p = pairs[0]
+    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    cfg, weights = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    for f in (cfg, weights):
+        if not f.is_file():
+            raise InputError("model file not found", f)
+    return cfg, weights
+
+
+def build_network(config: ModelConfig):
+    """An untrained network of the class and arguments in ``config`` (monai.networks.nets only)."""
+    from monai.networks import nets
+
+    cls = getattr(nets, config.network, None)
+    if cls is None or not isinstance(cls, type):
+        raise InputError(f"unknown network class {config.network!r} (expected a monai.networks.nets class)")
+    return cls(**config.network_args)
+
+
+def save_model(network, config: ModelConfig, stem: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (config), each atomically."""
+    from safetensors.torch import save_file
+
+    stem = Path(stem)
+    weights, cfg = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(cfg) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(config), indent=2) + "\n")
+    return cfg, weights
+
+
+def load_model(spec_path: str | Path, device: str = "cpu"):
+    """(network in eval mode on ``device``, ModelConfig) from a checkpoint; weights load without pickle."""
+    from safetensors.torch import load_file
+
+    cfg_path, weights = resolve_model_path(spec_path)
+    config = ModelConfig.from_json(cfg_path)
+    network = build_network(config)
+    try:
+        network.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:
+        raise InputError(f"weights do not fit the configured network ({str(exc).splitlines()[0]})", weights) from None
+    return network.to(torch_device(device)).eval(), config
+
+
+def torch_device(device: str):
+    """A torch.device from cpu / cuda / cuda:N / gpu; InputError when CUDA is asked for but absent."""
+    import torch
+
+    d = device.strip().lower().replace("gpu", "cuda")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA is not available on this machine", "--device")
+    try:
+        return torch.device(d)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}", "--device") from None
+
+
+def model_grid(grid: Grid, voxel_mm: tuple[float, float, float]) -> Grid:
+    """A grid over the same extent (outer box) as ``grid`` with voxels of ``voxel_mm`` (axis-aligned)."""
+    spacing = np.asarray(grid.spacing_mm)
+    target = np.asarray(voxel_mm, dtype=float)
+    shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(grid.shape, spacing, target))
+    direction = grid.affine[:3, :3] / spacing  # unit columns
+    corner = grid.affine[:3, :3] @ np.full(3, -0.5) + grid.affine[:3, 3]  # outer corner of voxel 0
+    affine = np.eye(4)
+    affine[:3, :3] = direction * target
+    affine[:3, 3] = corner + affine[:3, :3] @ np.full(3, 0.5)
+    return Grid(shape, affine)
+
+
+def normalise_ct(ct: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU -> [0, 1] over ``window`` (clipped), float32."""
+    lo, hi = window
+    return ((np.clip(ct, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def predict_labels(network, config: ModelConfig, ct: np.ndarray, ct_grid: Grid, target_grid: Grid | None = None,
+                   device: str = "cpu") -> np.ndarray:
+    """uint8 TotalSegmentator class ids on ``target_grid`` (default: the CT's) for a CT in HU (i, j, k)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    target_grid = target_grid or ct_grid
+    work = ct_grid
+    if not np.allclose(ct_grid.spacing_mm, config.voxel_mm, rtol=0.02):
+        work = model_grid(ct_grid, config.voxel_mm)
+        ct = resample_to_grid(ct.astype(np.float32), ct_grid, work, order=1, cval=-1024.0)
+    x = torch.from_numpy(normalise_ct(ct, config.ct_window))[None, None].to(torch_device(device))
+    with torch.inference_mode():
+        logits = sliding_window_inference(x, roi_size=config.roi_size, sw_batch_size=config.sw_batch_size,
+                                          predictor=network, overlap=config.overlap, mode="gaussian")
+    channel = logits[0].argmax(0).cpu().numpy()
+    lut = np.asarray(config.class_ids, dtype=np.uint8)
+    labels = lut[channel]
+    if not work.same_as(target_grid):
+        try:
+            labels = resample_to_grid(labels, work, target_grid, order=0)
+        except ValueError:
+            raise InputError("the CT and PET grids do not overlap") from None
+    return labels
