@@ -275,6 +275,16 @@ def test_truncated_and_corrupt_files_found_at_load_time(tmp_path):
     assert "case-02_ct.nii.gz" in cohort.problems[1][1]
 
 
+def test_header_check_of_complete_files_reads_no_voxel_data(ours_cohort, monkeypatch):
+    from totalgen_eval.cohort import case as case_module
+
+    def no_decompression(path):
+        raise AssertionError(f"decompressed {path}: the gzip trailer should have sufficed")
+
+    monkeypatch.setattr(case_module, "decompressed_size", no_decompression)
+    assert len(load_cohort(ours_cohort.root)) == 3
+
+
 def test_complete_multimember_gzip_is_not_called_truncated(tmp_path):
     built = write_ours(tmp_path / "o")
     import gzip

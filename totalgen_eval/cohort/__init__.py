@@ -138,16 +138,16 @@ def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "
 
 
 def check_cohort(cohort: Cohort, deep: bool = False, workers: int = 1) -> list[tuple[str, str]]:
-    """(case_id, problem) for every bad case: those left out at load time, then the loaded cases
-    checked again from their headers; with ``deep`` the voxel data are read too (truncation, a PET in
-    Bq/mL, NaNs). ``workers`` threads read cases in parallel (gzip decoding releases the GIL).
+    """(case_id, problem) for the loaded cases, checked again from their headers and, with ``deep``,
+    by reading the voxel data (truncation, a PET in Bq/mL, NaNs). The cases left out at load time are
+    in ``cohort.problems``, not repeated here. ``workers`` threads read cases in parallel.
     """
     def one(case: Case) -> list[tuple[str, str]]:
         return [(case.case_id, str(err)) for err in case_problems(case, deep=deep)]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         found = [p for ps in pool.map(one, cohort.cases) for p in ps]
-    return list(cohort.problems) + found
+    return found
 
 
 def summarize(cohort: Cohort) -> dict:

@@ -178,9 +178,9 @@ def file_grid(path: Path) -> Grid:
         raise InputError("file not found", path)
     try:
         img = nib.load(path)
-        header = img.header
         shape = tuple(int(x) for x in img.shape)
-        expected = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+        proxy = img.dataobj  # where nibabel will read the voxels from, and their stored type
+        expected = int(proxy.offset) + int(np.prod(shape)) * np.dtype(proxy.dtype).itemsize
     except Exception as exc:
         raise InputError(f"not a readable NIfTI header ({type(exc).__name__}: {exc})".splitlines()[0],
                          path) from None
