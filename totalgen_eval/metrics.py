@@ -78,16 +78,54 @@ def check_label_ids(labels: np.ndarray) -> np.ndarray:
     raise InputError(f"label ids {shown} are not TotalSegmentator 'total' classes (valid: 0..{N_TOTAL_CLASSES})")
 
 
-def _peak(pet_box: np.ndarray, valid_box: np.ndarray, organ_box: np.ndarray, kernel: np.ndarray) -> float:
-    """Highest sphere mean (normalised correlation) over the organ voxels of a box that has the margin."""
+def _sphere_rows(kernel: np.ndarray) -> list[tuple[int, int, int]]:
+    """The sphere as rows along axis i: (dj, dk, h) for each column, covering i offsets -h..h."""
+    cj, ck = kernel.shape[1] // 2, kernel.shape[2] // 2
+    rows = []
+    for j in range(kernel.shape[1]):
+        for k in range(kernel.shape[2]):
+            n = int(kernel[:, j, k].sum())
+            if n:
+                rows.append((j - cj, k - ck, (n - 1) // 2))
+    return rows
+
+
+def _sphere_sums(values: np.ndarray, centres: np.ndarray, rows: list[tuple[int, int, int]]) -> np.ndarray:
+    """Sum of ``values`` (padded so no sphere leaves it) over the sphere at each centre (N x 3 indices).
+
+    Each sphere row along axis i is a difference of two prefix sums: 2 gathers per row and centre.
+    """
+    prefix = np.zeros((values.shape[0] + 1,) + values.shape[1:], np.float64)
+    np.cumsum(values, axis=0, dtype=np.float64, out=prefix[1:])
+    s0, s1, s2 = (st // prefix.itemsize for st in prefix.strides)
+    base = centres[:, 0] * s0 + centres[:, 1] * s1 + centres[:, 2]
+    flat = prefix.ravel()
+    total = np.zeros(len(centres), np.float64)
+    for dj, dk, h in rows:
+        off = dj * s1 + dk * s2
+        total += flat[base + (off + (h + 1) * s0)] - flat[base + (off - h * s0)]
+    return total
+
+
+def _peak(pet_box: np.ndarray, valid_box: np.ndarray, organ_box: np.ndarray, kernel: np.ndarray,
+          clipped: bool) -> float:
+    """Highest sphere mean over the organ voxels of a box that holds the margin (or the array edge).
+
+    ``clipped``: the box was cut by the array border, so spheres there hold fewer voxels.
+    """
     if kernel.size == 1:
         vals = pet_box[organ_box & valid_box]
         return float(vals.max()) if vals.size else math.nan
-    k = kernel.astype(np.float64)
-    sums = ndimage.correlate(np.where(valid_box, pet_box, 0.0).astype(np.float64), k, mode="constant")
-    counts = ndimage.correlate(valid_box.astype(np.float64), k, mode="constant")
-    sel = organ_box & (counts > 0.5)
-    return float((sums[sel] / counts[sel]).max()) if sel.any() else math.nan
+    half = [k // 2 for k in kernel.shape]
+    pad = [(h, h) for h in half]
+    centres = np.argwhere(organ_box) + np.asarray(half)
+    rows = _sphere_rows(kernel)
+    sums = _sphere_sums(np.pad(np.where(valid_box, pet_box, 0.0), pad), centres, rows)
+    if clipped or not valid_box.all():
+        counts = _sphere_sums(np.pad(valid_box.astype(np.float64), pad), centres, rows)
+        ok = counts > 0.5
+        return float(np.max(sums[ok] / counts[ok])) if ok.any() else math.nan
+    return float(np.max(sums)) / float(kernel.sum())
 
 
 def _organ_row(name: str, box: tuple[slice, ...] | None, index: int, organ_map: np.ndarray, pet: np.ndarray,
@@ -118,8 +156,9 @@ def _organ_row(name: str, box: tuple[slice, ...] | None, index: int, organ_map: 
         half = [k // 2 for k in kernel.shape]
         wide = tuple(slice(max(s.start - h, 0), min(s.stop + h, dim))
                      for s, h, dim in zip(box, half, organ_map.shape))
+        clipped = any(w.stop - w.start < s.stop - s.start + 2 * h for w, s, h in zip(wide, box, half))
         pet_wide = pet[wide]
-        row["suv_peak"] = _peak(pet_wide, ~np.isnan(pet_wide), organ_map[wide] == index, kernel)
+        row["suv_peak"] = _peak(pet_wide, ~np.isnan(pet_wide), organ_map[wide] == index, kernel, clipped)
     if ct is not None:
         row["hu_mean"] = float(ct[box][inside].mean(dtype=np.float64))
     return row, n_nan
