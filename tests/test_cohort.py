@@ -335,8 +335,7 @@ def test_write_cohort_csv_round_trip_from_tcia(tcia_cohort):
     assert str(tcia_cohort.root) not in text  # paths are relative
     again = load_cohort(cohort.root)  # cohort.csv now wins
     assert again.layout == "totalgen"
-    pd.testing.assert_frame_equal(again.to_frame().drop(columns=["study_uid"]),
-                                  cohort.to_frame().drop(columns=["study_uid"]), check_dtype=False)
+    pd.testing.assert_frame_equal(again.to_frame(), cohort.to_frame(), check_dtype=False)
     for case in again:
         assert_case_arrays(case, tcia_cohort.cases[case.case_id])
     assert not [p for p in cohort.root.iterdir() if p.name.startswith(".cohort.csv")]  # written atomically
@@ -374,6 +373,8 @@ def test_phantom_cohorts_load_in_both_layouts(tmp_path):
     assert list(a["sex"]) == list(b["sex"])
     assert np.all(b["age"] == np.round(b["age"]))  # DICOM ages ("057Y") are whole years
     assert np.all(np.abs(a["age"] - b["age"]) < 1.0)
+    for cohort in (ours, tcia):  # the phantom's truth is keyed by the case ids the reader gives
+        assert set(pd.read_csv(cohort.root / "truth.csv")["case_id"]) == {c.case_id for c in cohort}
     for case in list(ours)[:1] + list(tcia)[:1]:
         pet, _ = case.read_pet()
         labels, _ = case.read_labels()
