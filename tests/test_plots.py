@@ -1,0 +1,195 @@
+"""Figures: panels, cell values, margin marks and NaN cells read back from the artists."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from scipy import stats
+
+from totalgen_eval import plots
+from totalgen_eval.demographics import age_group
+
+ORGANS4 = ("brain", "liver", "spleen", "kidneys")
+BASE = {"brain": (1300.0, 7.5), "liver": (1500.0, 2.1), "spleen": (200.0, 1.8), "kidneys": (320.0, 2.5)}
+
+
+def make_organ_metrics(n: int = 30, seed: int = 0, organs=ORGANS4, synth_demographics: bool = True,
+                       liver_suv_shift: float = 1.0) -> pd.DataFrame:
+    """A hand-made organ_metrics table: 2 cohorts x n cases x organs, seeded, with an age and sex effect."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cohort in ("real", "synth"):
+        for k in range(n):
+            age, sex = rng.uniform(25, 90), "MF"[k % 2]
+            height, weight = 1.6 + 0.15 * (sex == "M") + rng.normal(0, 0.06), rng.normal(75, 12)
+            for o in organs:
+                vol, suv = BASE[o]
+                vol *= (1.15 if sex == "M" else 1.0) * rng.lognormal(0, 0.1)
+                suv *= (1 - 0.004 * (age - 50)) * rng.lognormal(0, 0.08)
+                if cohort == "synth" and o == "liver":
+                    suv *= liver_suv_shift
+                keep = cohort == "real" or synth_demographics
+                rows.append(dict(case_id=f"{cohort}-{k:03d}", cohort=cohort, age=age if keep else np.nan,
+                                 sex=sex if keep else np.nan, height_m=height if keep else np.nan,
+                                 weight_kg=weight if keep else np.nan, organ=o, n_voxels=int(vol / 0.512),
+                                 volume_ml=vol, suv_mean=suv, suv_median=suv, suv_std=0.2 * suv, suv_max=2 * suv,
+                                 suv_peak=1.5 * suv, hu_mean=40.0, touches_border=False))
+    table = pd.DataFrame(rows)
+    table.insert(6, "age_group", age_group(table["age"], (60, 80)))
+    return table
+
+
+def _cell(organ, sex, age, dev, n_real=20, n_synth=20, metric="suv_mean", welch_p=0.01, equivalent=False):
+    return dict(organ=organ, metric=metric, sex=sex, age_group=age, n_real=n_real, n_synth=n_synth, real_mean=2.0,
+                synth_mean=2.0 * (1 + dev / 100) if dev == dev else np.nan, real_sd=0.3, synth_sd=0.3,
+                deviation_pct=dev, deviation_ci_low=dev - 3, deviation_ci_high=dev + 3, welch_p=welch_p,
+                mannwhitney_p=welch_p, ks_p=welch_p, wasserstein=0.1, tost_p=0.01 if equivalent else 0.4,
+                equivalent=equivalent, p_adjusted=welch_p)
+
+
+def make_concordance() -> pd.DataFrame:
+    """Hand-made concordance cells: 3 organs x (all, F, M, 60-80, 80+, F 60-80); a NaN cell; an untested cell."""
+    devs = {
+        "liver": [10.0, 12.5, 7.6, -2.0, 4.9, 20.0],
+        "brain": [-1.0, -6.0, 5.0, np.nan, 0.5, -5.2],
+        "heart": [0.0, 3.0, -4.9, 6.1, -7.0, 1.0],
+    }
+    groups = [("all", "all"), ("F", "all"), ("M", "all"), ("all", "60-80"), ("all", "80+"), ("F", "60-80")]
+    rows = []
+    for organ, values in devs.items():  # rows deliberately not in canonical order
+        for (s, a), dev in zip(groups, values):
+            untested = organ == "heart" and (s, a) == ("F", "60-80")
+            rows.append(_cell(organ, s, a, dev, n_real=3 if untested else 20,
+                              welch_p=np.nan if untested else 0.01, equivalent=organ == "heart" and s == "all"))
+    rows.append(_cell("liver", "all", "all", 99.0, metric="volume_ml"))  # another metric: must not leak in
+    return pd.DataFrame(rows)
+
+
+def _texts(fig: Figure, prefix: str) -> dict[str, str]:
+    return {t.get_gid().split(":", 1)[1]: t.get_text() for ax in fig.axes for t in ax.texts
+            if (t.get_gid() or "").startswith(prefix + ":")}
+
+
+def _patch_keys(fig: Figure, prefix: str) -> set[str]:
+    return {p.get_gid().split(":", 1)[1] for ax in fig.axes for p in ax.patches
+            if (p.get_gid() or "").startswith(prefix + ":")}
+
+
+def test_age_group_order_and_subgroup_labels():
+    assert plots.age_group_order(["80+", "<18", "60-80", "18-40", "all", np.nan, "40-60"]) == \
+        ["<18", "18-40", "40-60", "60-80", "80+"]
+    assert plots.age_group_order([">65", "<=65"]) == ["<=65", ">65"]
+    assert [plots.subgroup_label(*g) for g in (("all", "all"), ("F", "all"), ("all", "80+"), ("M", "<=65"))] == \
+        ["all", "F", "80+", "M <=65"]
+
+
+def test_heatmap_cells_equal_the_table():
+    conc = make_concordance()
+    fig = plots.deviation_heatmap(conc, "suv_mean", margin=0.05)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["brain", "heart", "liver"]  # canonical organ order
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["all", "F", "M", "60-80", "80+", "F 60-80"]
+    rows = conc[conc["metric"] == "suv_mean"]
+    values = _texts(fig, "value")
+    assert len(values) == len(rows)
+    mesh = ax.collections[0]
+    grid = np.ma.masked_invalid(mesh.get_array()).reshape(3, 6)
+    organ_row = {"brain": 0, "heart": 1, "liver": 2}
+    col = {("all", "all"): 0, ("F", "all"): 1, ("M", "all"): 2, ("all", "60-80"): 3, ("all", "80+"): 4,
+           ("F", "60-80"): 5}
+    for r in rows.itertuples():
+        key = f"{r.organ}|{r.sex}|{r.age_group}"
+        cell = grid[organ_row[r.organ], col[(r.sex, r.age_group)]]
+        if np.isnan(r.deviation_pct):
+            assert values[key] == "n/a" and cell is np.ma.masked
+        else:
+            assert float(values[key]) == pytest.approx(r.deviation_pct, abs=0.05)
+            assert float(cell) == pytest.approx(r.deviation_pct)
+    assert _texts(fig, "n")["brain|all|all"] == "20/20"
+    assert mesh.norm.vmin == -mesh.norm.vmax and mesh.norm.vmax >= 20.0  # centred at 0, symmetric
+
+
+def test_heatmap_marks_exactly_the_cells_outside_the_margin():
+    conc = make_concordance()
+    rows = conc[conc["metric"] == "suv_mean"]
+    for margin in (0.05, 0.10):
+        fig = plots.deviation_heatmap(conc, "suv_mean", margin=margin)
+        expected = {f"{r.organ}|{r.sex}|{r.age_group}" for r in rows.itertuples()
+                    if np.isfinite(r.deviation_pct) and abs(r.deviation_pct) > 100 * margin}
+        assert _patch_keys(fig, plots.OUTSIDE_GID) == expected
+    untested = {f"{r.organ}|{r.sex}|{r.age_group}" for r in rows.itertuples() if np.isnan(r.welch_p)}
+    assert _patch_keys(fig, plots.UNTESTED_GID) == untested == {"heart|F|60-80"}
+
+
+def test_heatmap_all_nan_and_unknown_metric():
+    conc = make_concordance().assign(deviation_pct=np.nan)
+    fig = plots.deviation_heatmap(conc, "suv_mean", 0.05)
+    assert set(_texts(fig, "value").values()) == {"n/a"} and not _patch_keys(fig, plots.OUTSIDE_GID)
+    with pytest.raises(ValueError, match="no concordance rows for metric 'hu_mean'"):
+        plots.deviation_heatmap(conc, "hu_mean", 0.05)
+
+
+def test_forest_panels_points_and_margin_band():
+    conc = make_concordance()
+    fig = plots.forest_plot(conc, "suv_mean", margin=0.05)
+    titles = [ax.get_title().split("  ")[0] for ax in fig.axes]
+    assert titles == ["all", "F", "M", "60-80", "80+"]  # sex x age cells are not panels by default
+    rows = conc[conc["metric"] == "suv_mean"].set_index(["sex", "age_group", "organ"])
+    for ax, group in zip(fig.axes, [("all", "all"), ("F", "all"), ("M", "all"), ("all", "60-80"), ("all", "80+")]):
+        band = [p for p in ax.patches if p.get_alpha() == pytest.approx(0.35)]
+        assert len(band) == 1
+        assert band[0].get_x() == pytest.approx(-5.0) and band[0].get_x() + band[0].get_width() == pytest.approx(5.0)
+        points = np.concatenate([ln.get_xdata() for ln in ax.lines if ln.get_marker() == "o"])
+        want = [rows.loc[(*group, o), "deviation_pct"] for o in ("brain", "heart", "liver")]
+        assert sorted(points[np.isfinite(points)]) == pytest.approx(sorted(w for w in want if np.isfinite(w)))
+    assert len(plots.forest_plot(conc, "suv_mean", 0.05, groups=[("all", "all")]).axes) == 1
+
+
+def test_distributions_one_panel_per_organ_and_sex():
+    table = make_organ_metrics(n=24)
+    fig = plots.distributions(table, "volume_ml")
+    assert len(fig.axes) == len(ORGANS4) * 2
+    for i, organ in enumerate(plots.organ_order(ORGANS4)):
+        values = table.loc[table["organ"] == organ, "volume_ml"]
+        for ax in fig.axes[2 * i: 2 * i + 2]:
+            assert ax.collections, "a panel without violins"
+            low, high = ax.get_ylim()
+            assert low <= values.min() and high >= values.max()  # its own scale per organ
+        assert organ in fig.axes[2 * i].get_ylabel() and "mL" in fig.axes[2 * i].get_ylabel()
+
+
+def test_distributions_without_synthetic_demographics_is_overall():
+    table = make_organ_metrics(n=12, synth_demographics=False)
+    assert not plots.has_demographics(table)
+    fig = plots.distributions(table, "suv_mean")
+    assert len(fig.axes) == len(ORGANS4)
+
+
+def test_trend_plot_lines_match_least_squares():
+    table = make_organ_metrics(n=30)
+    trends = pd.DataFrame([dict(organ="liver", metric="suv_mean", term="age", per="year", real_effect=-0.01,
+                                synth_effect=-0.02, interaction_p=0.03)])
+    fig = plots.trend_plot(table, trends, "suv_mean")
+    assert len(fig.axes) == len(ORGANS4)
+    liver_ax = [ax for ax in fig.axes if ax.get_title() == "liver"][0]
+    assert any("real -0.01" in t.get_text() and "p = 0.03" in t.get_text() for t in liver_ax.texts)
+    sub = table[(table["organ"] == "liver") & (table["cohort"] == "synth") & (table["sex"] == "F")]
+    fit = stats.linregress(sub["age"], sub["suv_mean"])
+    slopes = [np.diff(ln.get_ydata())[0] / np.diff(ln.get_xdata())[0] for ln in liver_ax.lines]
+    assert len(liver_ax.lines) == 4  # 2 cohorts x 2 sexes
+    assert any(s == pytest.approx(fit.slope, rel=1e-9) for s in slopes)
+    no_notes = plots.trend_plot(table, None, "suv_mean")
+    assert not any(ax.texts for ax in no_notes.axes)
+
+
+def test_figures_render_headless_without_pyplot_state():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    fig = plots.distributions(make_organ_metrics(n=8, organs=("liver",)), "suv_mean")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == before
