@@ -379,3 +379,16 @@ def test_phantom_cohorts_load_in_both_layouts(tmp_path):
         pet, _ = case.read_pet()
         labels, _ = case.read_labels()
         assert pet.shape == labels.shape == case.grid().shape
+
+
+def test_case_names_matched_by_subject_ids_of_other_shapes(tmp_path):
+    from totalgen_eval.cohort.autopet import StudyIndex, read_metadata
+    csv = tmp_path / "meta.csv"
+    pd.DataFrame({"Subject ID": ["ABC-12", "ABC-12", "ABC-123"], "Study Date": ["8/12/2005", "1/2/2007", "8/12/2005"],
+                  "age": ["050Y", "052Y", "060Y"], "sex": ["F", "F", "M"]}).to_csv(csv, index=False)
+    index = StudyIndex(read_metadata(csv), csv)
+    assert index.study_of_case_name("ABC-12_2007-01-02") == ("ABC-12", None, "2007-01-02")
+    assert index.study_of_case_name("case_ABC-123") == ("ABC-123", None, "2005-08-12")
+    with pytest.raises(InputError) as err:  # two studies, no date to choose
+        index.study_of_case_name("ABC-12")
+    one_line_error(err, "meta.csv", "2 studies")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
-from .autopet import discover_nnunet, discover_tcia, tcia_case_id, tcia_data_root
+from .autopet import discover_nnunet, discover_tcia, parse_channel_order, tcia_case_id, tcia_data_root
 from .case import BQML_MAX_SUV, Case, case_problems, file_grid
 from .ours import COHORT_CSV, CORE_COLUMNS, discover_ours, write_cohort_csv
 
@@ -110,6 +110,7 @@ def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "
     InputError; with it the bad cases are left out and listed in ``Cohort.problems``.
     ``channel_order`` ("ct,pet" or "pet,ct") says which nnU-Net channel (_0000, _0001) is which.
     """
+    parse_channel_order(channel_order)  # a bad option fails whatever the layout
     root = Path(path).expanduser()
     if root.is_file() and root.name == COHORT_CSV:
         root = root.parent

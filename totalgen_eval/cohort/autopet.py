@@ -153,6 +153,11 @@ class StudyIndex:
         self.studies = {(s, f, iso_date(f)) for (s, f) in self.by_folder}
         dated = {(s, d) for (s, _, d) in self.studies}
         self.studies |= {(s, None, d) for (s, d) in self.by_date if (s, d) not in dated}
+        # subject id tokens (the id and its part after PETCT_) -> studies, for names that contain them
+        self.by_token: dict[str, list[tuple]] = {}
+        for study in self.studies:
+            self.by_token.setdefault(subject_token(study[0]), []).append(study)
+        self.glued = {t: sts for t, sts in self.by_token.items() if _TOKEN_SPLIT.search(t)}  # rare
 
     def rows_for(self, subject: str, study_folder: str | None, date: str | None) -> list[Row]:
         """Rows of one study: by its folder in File Location, else by Subject ID + Study Date."""
@@ -170,7 +175,9 @@ class StudyIndex:
         if name in self.by_case_name:
             subject, folder = self.by_case_name[name]
             return subject, folder, iso_date(folder)
-        fits = sorted((st for st in self.studies if subject_in_name(st[0], name)), key=str)
+        fits = {st for part in _TOKEN_SPLIT.split(name) for st in self.by_token.get(part, ())}
+        fits |= {st for token, sts in self.glued.items() if token_in_name(token, name) for st in sts}
+        fits = sorted(fits, key=str)
         date = iso_date(name)
         if len(fits) > 1 and date:
             fits = [st for st in fits if st[2] == date]
@@ -181,11 +188,17 @@ class StudyIndex:
                          "(expected PETCT_<id>_<study folder> or fdg_<id>_<study folder>)", self.path)
 
 
-def subject_in_name(subject: str, name: str) -> bool:
-    """True when the subject id, or its part after ``PETCT_``, appears in ``name`` as a whole token."""
-    hexpart = subject[len(SUBJECT_PREFIX):] if subject.startswith(SUBJECT_PREFIX) else subject
-    return any(re.search(rf"(?<![0-9A-Za-z]){re.escape(token)}(?![0-9A-Za-z])", name)
-               for token in {subject, hexpart} if token)
+_TOKEN_SPLIT = re.compile(r"[^0-9A-Za-z]+")
+
+
+def subject_token(subject: str) -> str:
+    """What an nnU-Net case name contains of a subject id: the part after ``PETCT_``, else the id."""
+    return subject[len(SUBJECT_PREFIX):] if subject.startswith(SUBJECT_PREFIX) else subject
+
+
+def token_in_name(token: str, name: str) -> bool:
+    """True when ``token`` appears in ``name`` not glued to further letters or digits."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(token)}(?![0-9A-Za-z])", name) is not None
 
 
 def demographics_of(rows: list[Row], path: Path) -> tuple[float, str | None, dict]:
