@@ -1,0 +1,214 @@
+"""Writing a phantom cohort to disk: our ``cohort.csv`` layout or the TCIA FDG-PET-CT-Lesions layout.
+
+Case i draws everything from ``np.random.SeedSequence([seed, i])`` (spawned into demographics, truth,
+rendering and naming streams), so a case never depends on ``n``, ``workers`` or the layout. Runs are
+resumable: a case whose image files all exist is not rendered again (files appear atomically).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..provenance import stamp, write_json, write_table
+from ..volumes import write_volume
+from .population import DEMOGRAPHIC_COLUMNS, draw_subjects, expected, sample_demographics
+from .render import PhantomConfig, render_case
+
+LAYOUTS = ("ours", "tcia")
+TCIA_COLLECTION = "FDG-PET-CT-Lesions"
+TCIA_METADATA_NAME = "Clinical Metadata FDG PET_CT Lesions.csv"
+TCIA_STUDY_DESCRIPTION = "PET-CT Ganzkoerper  primaer mit KM"  # two spaces, as in the collection
+TCIA_SERIES = (("CT", "2.000000-GK nativ 3.0 B31f", "CTres.nii.gz"), ("PT", "4.000000-PET corr", "SUV.nii.gz"),
+               ("SEG", "300.000000-Segmentation", "SEG.nii.gz"))
+TCIA_ORGANS_NAME = "organs.nii.gz"
+UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.4219.6651."
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """Everything needed to render and file case ``index`` (picklable for worker processes)."""
+
+    index: int
+    case_id: str
+    demographics: dict
+    truth: pd.DataFrame
+    files: dict[str, str]  # role (ct, pet, labels, seg) -> path relative to the cohort root
+    render_seed: np.random.SeedSequence
+    naming: dict
+
+
+def case_streams(seed: int, index: int) -> dict[str, np.random.Generator]:
+    """Independent generators of case ``index``: demographics, truth, render, naming."""
+    children = np.random.SeedSequence([seed, index]).spawn(4)
+    return dict(zip(("demographics", "truth", "render", "naming"), (np.random.default_rng(c) for c in children)))
+
+
+def _render_seed(seed: int, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, index]).spawn(4)[2]
+
+
+def _tcia_naming(rng: np.random.Generator) -> dict:
+    """Subject hex id, study date and series numbers in the collection's style."""
+    hexid = "".join(f"{b:02x}" for b in rng.integers(0, 256, 5))
+    year, month, day = int(rng.integers(2002, 2019)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    number = int(rng.integers(10000, 99999))
+    uid = UID_ROOT + "".join(str(d) for d in rng.integers(0, 10, 30))
+    subject = f"PETCT_{hexid}"
+    study = f"{month:02d}-{day:02d}-{year:04d}-NA-{TCIA_STUDY_DESCRIPTION}-{number:05d}"
+    return {"subject": subject, "study": study, "study_uid": uid, "study_date": f"{month}/{day}/{year}",
+            "case_id": f"{subject}_{month:02d}-{day:02d}-{year:04d}",
+            "series_numbers": [int(x) for x in rng.integers(10000, 99999, len(TCIA_SERIES))]}
+
+
+def _case_files(layout: str, case_id: str, naming: dict) -> dict[str, str]:
+    if layout == "ours":
+        return {role: f"cases/{case_id}_{role}.nii.gz" for role in ("ct", "pet", "labels")}
+    folder = f"{naming['subject']}/{naming['study']}"
+    return {"ct": f"{folder}/CTres.nii.gz", "pet": f"{folder}/SUV.nii.gz", "seg": f"{folder}/SEG.nii.gz",
+            "labels": f"{folder}/{TCIA_ORGANS_NAME}"}
+
+
+def _render_and_write(root: str, spec: CaseSpec, config: PhantomConfig) -> int:
+    """Render one case and write its files; returns bytes written (0 when all existed)."""
+    root_p = Path(root)
+    paths = {role: root_p / rel for role, rel in spec.files.items()}
+    if all(p.is_file() for p in paths.values()):
+        return 0
+    case = render_case(spec.demographics, spec.truth, config, np.random.default_rng(spec.render_seed))
+    arrays = {"ct": case.ct, "pet": case.pet, "labels": case.labels, "seg": np.zeros(case.labels.shape, np.uint8)}
+    written = 0
+    for role, path in paths.items():
+        write_volume(arrays[role], case.affine, path)
+        written += path.stat().st_size
+    return written
+
+
+def _run(jobs: list[CaseSpec], root: Path, config: PhantomConfig, workers: int, progress: bool) -> int:
+    """Render the jobs (in ``workers`` processes when > 1) with an optional rich progress bar."""
+    if not jobs:
+        return 0
+    advance: Callable[[], None] = lambda: None
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("phantoms"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        task = bar.add_task("render", total=len(jobs))
+        advance = lambda: bar.advance(task)  # noqa: E731
+        bar.start()
+    total = 0
+    try:
+        if workers <= 1:
+            for spec in jobs:
+                total += _render_and_write(str(root), spec, config)
+                advance()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for written in pool.map(_render_and_write, [str(root)] * len(jobs), jobs, [config] * len(jobs),
+                                        chunksize=max(1, len(jobs) // (8 * workers))):
+                    total += written
+                    advance()
+    finally:
+        if bar is not None:
+            bar.stop()
+    return total
+
+
+def _demographics_for(n: int, seed: int, demographics: pd.DataFrame | None) -> pd.DataFrame:
+    """Per-case demographics: given ones (missing height/weight filled from the population model),
+    or case i's own draw from its demographics stream."""
+    draws = pd.concat([sample_demographics(1, case_streams(seed, i)["demographics"]) for i in range(n)],
+                      ignore_index=True) if n else pd.DataFrame(columns=DEMOGRAPHIC_COLUMNS)
+    if demographics is None:
+        return draws
+    given = demographics.reset_index(drop=True).copy()
+    for col in DEMOGRAPHIC_COLUMNS:
+        if col not in given.columns:
+            raise ValueError(f"demographics lack column {col!r}")
+    given["sex"] = given["sex"].astype(str)
+    for col in ("height_m", "weight_kg"):
+        given[col] = pd.to_numeric(given[col], errors="coerce").fillna(draws[col])
+    return given
+
+
+def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, config: PhantomConfig = PhantomConfig(),
+                layout: str = "ours", workers: int = 1, progress: bool = True,
+                demographics: pd.DataFrame | None = None) -> Path:
+    """Write a phantom cohort of ``n`` cases into ``out`` and return ``out``.
+
+    layout "ours": ``cases/<case_id>_{ct,pet,labels}.nii.gz`` and ``cohort.csv`` (case_id, age, sex,
+    height_m, weight_kg, ct, pet, labels, source="phantom"); layout "tcia": ``PETCT_<hex>/<study>/``
+    {CTres, SUV, SEG (lesions: empty), organs}.nii.gz and the collection's metadata CSV (one row per
+    series; no height/weight, as in AutoPET). Both: ``truth.csv`` (case_id, organ, volume_ml, suv_mean:
+    each subject's truth; then age, sex, height_m, weight_kg) and ``phantom.json`` (config, seed, n, package versions).
+    ``demographics`` (age, sex, height_m, weight_kg; n = its length) gives matched cohorts; missing
+    heights/weights are drawn from the population model. Existing case files are kept (resumable).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    if demographics is not None:
+        n = len(demographics)
+    if n is None or n < 0:
+        raise ValueError("n must be a non-negative number of cases")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    demo = _demographics_for(n, seed, demographics)
+    specs, truths, rows = [], [], []
+    for i in range(n):
+        streams = case_streams(seed, i)
+        d = {k: demo.at[i, k] for k in DEMOGRAPHIC_COLUMNS}
+        d = {"age": float(d["age"]), "sex": str(d["sex"]), "height_m": float(d["height_m"]),
+             "weight_kg": float(d["weight_kg"])}
+        one = pd.DataFrame([d])
+        naming = _tcia_naming(streams["naming"])
+        case_id = f"phantom-{i:04d}" if layout == "ours" else naming["case_id"]
+        one["case_id"] = case_id
+        truth = draw_subjects(one, streams["truth"]) if config.subject_variation else expected(one)
+        files = _case_files(layout, case_id, naming)
+        specs.append(CaseSpec(i, case_id, d, truth, files, _render_seed(seed, i), naming))
+        truths.append(truth)
+        rows.append({"case_id": case_id, **d, **{k: files[k] for k in ("ct", "pet", "labels")}})
+    written = _run(specs, root, config, workers, progress)
+    truth_table = pd.concat(truths, ignore_index=True) if truths else pd.DataFrame(
+        columns=["case_id", "organ", "volume_ml", "suv_mean"])
+    cohort = pd.DataFrame(rows, columns=["case_id", *DEMOGRAPHIC_COLUMNS, "ct", "pet", "labels"])
+    cohort["source"] = "phantom"
+    if layout == "ours":
+        write_table(cohort, root / "cohort.csv")
+    else:
+        write_table(tcia_metadata(specs), root / TCIA_METADATA_NAME)
+    demo_cols = cohort.set_index("case_id")[DEMOGRAPHIC_COLUMNS]
+    write_table(truth_table.join(demo_cols, on="case_id"), root / "truth.csv")
+    write_json({**stamp({"config": config, "layout": layout, "n": n}, seed), "source": "phantom",
+                "note": "procedural phantoms with known truth, not patient data", "bytes_written_last_run": written},
+               root / "phantom.json")
+    return root
+
+
+def dicom_age(age: float) -> str:
+    """DICOM age string, e.g. 57.4 -> "057Y"."""
+    return f"{int(age):03d}Y"
+
+
+def tcia_metadata(specs: Iterable[CaseSpec]) -> pd.DataFrame:
+    """The collection's clinical metadata CSV: one row per series (CT, PT, SEG) in NBIA columns."""
+    rows = []
+    for spec in specs:
+        nm = spec.naming
+        for (modality, series, _), number in zip(TCIA_SERIES, nm["series_numbers"]):
+            rows.append({
+                "Series UID": f"{nm['study_uid']}.{number}", "Collection": TCIA_COLLECTION,
+                "3rd Party Analysis": "NO", "Data Description URI": "",
+                "Subject ID": nm["subject"], "Study UID": nm["study_uid"],
+                "Study Description": TCIA_STUDY_DESCRIPTION, "Study Date": nm["study_date"],
+                "Series Description": series.split("-", 1)[1], "Manufacturer": "SIEMENS", "Modality": modality,
+                "File Location": f"./{TCIA_COLLECTION}/{nm['subject']}/{nm['study']}/{series}-{number:05d}",
+                "diagnosis": "NEGATIVE", "age": dicom_age(spec.demographics["age"]), "sex": spec.demographics["sex"],
+            })
+    return pd.DataFrame(rows)
