@@ -71,9 +71,13 @@ class TotalSegmentatorBackend:
         return {"backend": "totalsegmentator", "fast": self.fast, "organs": list(self.organs),
                 "version": package_versions(("totalsegmentator",)).get("totalsegmentator")}
 
-    def segment(self, ct_path: Path, target_grid: Grid, out_path: Path) -> Path:
+    def inputs(self, case: Any) -> list[Path]:
+        return [Path(case.ct)]
+
+    def segment(self, case: Any, target_grid: Grid, out_path: Path) -> Path:
         from .totalseg import run_totalsegmentator
-        return run_totalsegmentator(ct_path, out_path, fast=self.fast, device=self.device, organs=self.organs)
+        return run_totalsegmentator(Path(case.ct), out_path, fast=self.fast, device=self.device,
+                                    organs=self.organs)
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,21 @@ class ModelBackend:
         cfg, weights = resolve_model_path(self.path)
         return {"backend": "model", "config": json.loads(cfg.read_text()), "weights": file_digest(weights)}
 
-    def segment(self, ct_path: Path, target_grid: Grid, out_path: Path) -> Path:
+    def inputs(self, case: Any) -> list[Path]:
+        from .model import ModelConfig, resolve_model_path
+        config = ModelConfig.from_json(resolve_model_path(self.path)[0])
+        return [Path(case.ct)] + ([Path(case.pet)] if "pet" in config.inputs else [])
+
+    def segment(self, case: Any, target_grid: Grid, out_path: Path) -> Path:
         from .model import predict_labels
         network, config = _load_cached(str(self.path), self.device)
-        ct, affine = read_volume(ct_path, dtype=np.float32)
-        labels = predict_labels(network, config, ct, Grid(tuple(ct.shape), affine), target_grid, self.device)
+        ct, affine = read_volume(case.ct, dtype=np.float32)
+        pet, pet_grid = None, None
+        if "pet" in config.inputs:
+            pet, pet_affine = read_volume(case.pet, dtype=np.float32)
+            pet_grid = Grid(tuple(pet.shape), pet_affine)
+        labels = predict_labels(network, config, ct, Grid(tuple(ct.shape), affine), target_grid, self.device,
+                                pet=pet, pet_grid=pet_grid)
         return write_volume(labels, target_grid.affine, out_path)
 
 
@@ -167,12 +181,13 @@ def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str
         return out
     if cache_dir is None:
         raise InputError("computed labels need a cache folder (--out)", backend.spec)
-    key = json.dumps([file_digest(case.ct), backend.settings()], sort_keys=True, default=str)
+    key = json.dumps([[file_digest(p) for p in backend.inputs(case)], backend.settings()], sort_keys=True,
+                     default=str)
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     out = Path(cache_dir) / "labels" / f"{_safe(case.case_id)}-{digest}.nii.gz"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        backend.segment(Path(case.ct), _grid_of(case), out)
+        backend.segment(case, _grid_of(case), out)
     return out
 
 

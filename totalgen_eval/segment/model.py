@@ -32,7 +32,9 @@ class ModelConfig:
     network_args: dict[str, Any]
     class_ids: tuple[int, ...]  # TotalSegmentator "total" id of each output channel (channel 0: background)
     voxel_mm: tuple[float, float, float] = (8.0, 8.0, 8.0)
+    inputs: tuple[str, ...] = ("ct",)  # input channels: "ct" and optionally "pet"
     ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU mapped linearly to [0, 1], clipped
+    pet_max_suv: float = 25.0  # SUV clipped to [0, max], then log2(SUV + 1) / log2(max + 1)
     roi_size: tuple[int, int, int] = (56, 40, 144)
     overlap: float = 0.25
     sw_batch_size: int = 1
@@ -52,7 +54,9 @@ class ModelConfig:
             return cls(network=raw["network"], network_args=dict(raw["network_args"]),
                        class_ids=tuple(int(c) for c in raw["class_ids"]),
                        voxel_mm=tuple(float(v) for v in raw["voxel_mm"]),
+                       inputs=tuple(str(v) for v in raw.get("inputs", ("ct",))),
                        ct_window=tuple(float(v) for v in raw["ct_window"]),
+                       pet_max_suv=float(raw.get("pet_max_suv", 25.0)),
                        roi_size=tuple(int(v) for v in raw["roi_size"]), overlap=float(raw.get("overlap", 0.25)),
                        sw_batch_size=int(raw.get("sw_batch_size", 1)), description=raw.get("description", ""),
                        training=dict(raw.get("training", {})))
@@ -153,9 +157,33 @@ def normalise_ct(ct: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return ((np.clip(ct, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+def normalise_pet(pet: np.ndarray, max_suv: float) -> np.ndarray:
+    """SUV -> [0, 1]: log2(clip(SUV, 0, max) + 1) / log2(max + 1), float32 (NaN -> 0)."""
+    pet = np.nan_to_num(np.asarray(pet, np.float32), nan=0.0)
+    return (np.log2(np.clip(pet, 0.0, max_suv) + 1.0) / np.log2(max_suv + 1.0)).astype(np.float32)
+
+
+def network_input(config: ModelConfig, ct: np.ndarray, pet: np.ndarray | None = None) -> np.ndarray:
+    """The (C, i, j, k) float32 input of the network from CT (HU) and PET (SUV) on the same grid."""
+    channels = []
+    for name in config.inputs:
+        if name == "ct":
+            channels.append(normalise_ct(ct, config.ct_window))
+        elif name == "pet":
+            if pet is None:
+                raise InputError("this model needs the PET as a second input")
+            channels.append(normalise_pet(pet, config.pet_max_suv))
+        else:
+            raise InputError(f"unknown model input {name!r} (ct, pet)")
+    return np.stack(channels)
+
+
 def predict_labels(network, config: ModelConfig, ct: np.ndarray, ct_grid: Grid, target_grid: Grid | None = None,
-                   device: str = "cpu") -> np.ndarray:
-    """uint8 TotalSegmentator class ids on ``target_grid`` (default: the CT's) for a CT in HU (i, j, k)."""
+                   device: str = "cpu", pet: np.ndarray | None = None, pet_grid: Grid | None = None) -> np.ndarray:
+    """uint8 TotalSegmentator class ids on ``target_grid`` (default: the CT's) for a CT in HU (i, j, k).
+
+    When the model also takes the PET (SUV), it is resampled (linearly) onto the model's working grid.
+    """
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -164,7 +192,12 @@ def predict_labels(network, config: ModelConfig, ct: np.ndarray, ct_grid: Grid, 
     if not np.allclose(ct_grid.spacing_mm, config.voxel_mm, rtol=0.02):
         work = model_grid(ct_grid, config.voxel_mm)
         ct = resample_to_grid(ct.astype(np.float32), ct_grid, work, order=1, cval=-1024.0)
-    x = torch.from_numpy(normalise_ct(ct, config.ct_window))[None, None].to(torch_device(device))
+    if "pet" in config.inputs and pet is not None:
+        try:
+            pet = resample_to_grid(np.nan_to_num(pet.astype(np.float32)), pet_grid or ct_grid, work, order=1)
+        except ValueError:
+            raise InputError("the CT and PET grids do not overlap") from None
+    x = torch.from_numpy(network_input(config, ct, pet))[None].to(torch_device(device))
     with torch.inference_mode():
         logits = sliding_window_inference(x, roi_size=config.roi_size, sw_batch_size=config.sw_batch_size,
                                           predictor=network, overlap=config.overlap, mode="gaussian")
