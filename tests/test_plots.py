@@ -193,3 +193,20 @@ def test_figures_render_headless_without_pyplot_state():
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.get_fignums() == before
+
+
+def test_subgroups_without_synthetic_cases_are_left_out():
+    rows = [_cell(o, "all", "all", 2.0) for o in ("liver", "spleen")]
+    rows += [_cell(o, s, a, np.nan, n_synth=0, welch_p=np.nan) for o in ("liver", "spleen")
+             for s, a in (("F", "all"), ("M", "all"), ("all", "60-80"))]
+    conc = pd.DataFrame(rows)
+    heat = plots.deviation_heatmap(conc, "suv_mean", 0.05)
+    assert [t.get_text() for t in heat.axes[0].get_xticklabels()] == ["all"]
+    assert len(plots.forest_plot(conc, "suv_mean", 0.05).axes) == 1
+
+
+def test_forest_marks_untested_cells_with_crosses():
+    fig = plots.forest_plot(make_concordance(), "suv_mean", 0.05, groups=[("F", "60-80")])
+    crosses = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [1.0]  # heart F 60-80: n 3, no Welch p
+    assert list(crosses[0].get_ydata()) == [1]  # heart is the second organ (brain, heart, liver)

@@ -88,6 +88,15 @@ def subgroups(concordance: pd.DataFrame) -> list[tuple[str, str]]:
     return [p for p in order if p in pairs]
 
 
+def populated_subgroups(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """:func:`subgroups` that hold a deviation or cases on both sides in at least one organ (a synthetic
+    cohort without demographics leaves only ``all``)."""
+    dev = pd.to_numeric(rows["deviation_pct"], errors="coerce").notna()
+    both = (pd.to_numeric(rows["n_real"], errors="coerce") > 0) & (pd.to_numeric(rows["n_synth"], errors="coerce") > 0)
+    keep = set(zip(rows.loc[dev | both, "sex"].astype(str), rows.loc[dev | both, "age_group"].astype(str)))
+    return [g for g in subgroups(rows) if g in keep] or subgroups(rows)[:1]
+
+
 def _kind(sex: str, age: str) -> int:
     return (sex != "all") + 2 * (age != "all")
 
@@ -127,7 +136,7 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     """
     rows = _cells(concordance, metric)
     organs = organ_order(rows["organ"])
-    groups = subgroups(rows)
+    groups = populated_subgroups(rows)
     lookup = {(r.organ, r.sex, r.age_group): r for r in rows.itertuples(index=False)}
     values = np.full((len(organs), len(groups)), np.nan)
     for i, o in enumerate(organs):
@@ -141,7 +150,7 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     norm = Normalize(-vmax, vmax)
     cmap = sns.color_palette(DEVIATION_CMAP, as_cmap=True).with_extremes(bad=NAN_COLOUR)
 
-    width = 2.4 + 0.72 * len(groups) + 1.2
+    width = max(7.0, 2.4 + 0.72 * len(groups) + 1.2)  # the title needs ~7 in
     height = 1.9 + 0.52 * len(organs)
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.add_subplot()
@@ -195,17 +204,17 @@ def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: flo
     """Deviation (%) with its bootstrap CI per organ, one panel per subgroup; the margin shaded.
 
     ``groups`` lists (sex, age_group) pairs; by default all subjects, each sex and each age group.
-    Filled markers: equivalent by TOST; hollow: not shown equivalent.
+    Filled markers: equivalent by TOST; hollow: not shown equivalent; grey crosses: too few cases to test.
     """
     rows = _cells(concordance, metric)
     organs = organ_order(rows["organ"])
     if groups is None:
-        groups = [g for g in subgroups(rows) if _kind(*g) < 3]
+        groups = [g for g in populated_subgroups(rows) if _kind(*g) < 3]
     groups = list(groups)
     if not groups:
         raise ValueError(f"no subgroups to plot for {metric!r}")
-    ncols = max(1, min(ncols, len(groups)))
-    nrows = math.ceil(len(groups) / ncols)
+    nrows = math.ceil(len(groups) / max(1, ncols))
+    ncols = math.ceil(len(groups) / nrows)  # balanced rows: 5 panels as 3 + 2, not 4 + 1
     fig = Figure(figsize=(1.6 + 2.7 * ncols, 0.9 + nrows * (0.9 + 0.32 * len(organs))), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     for ax in axes[len(groups):]:
@@ -213,6 +222,7 @@ def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: flo
     lims = rows[["deviation_pct", "deviation_ci_low", "deviation_ci_high"]].abs().to_numpy(dtype=float)
     xmax = max(100 * margin * 2, np.nanmax(lims) if np.isfinite(lims).any() else 0.0) * 1.1
     y = np.arange(len(organs))
+    any_untested = False
     for ax, (s, a) in zip(axes, groups):
         sub = rows[(rows["sex"] == s) & (rows["age_group"] == a)].set_index("organ").reindex(organs)
         dev = sub["deviation_pct"].to_numpy(dtype=float)
@@ -223,8 +233,12 @@ def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: flo
         ax.axvline(0, color="grey", linewidth=0.8)
         ax.errorbar(dev, y, xerr=np.vstack([dev - lo, hi - dev]), fmt="none", ecolor=SYNTH_COLOUR,
                     elinewidth=1.4, capsize=2)
-        ax.plot(dev[eq], y[eq], "o", color=SYNTH_COLOUR, markersize=5)
-        ax.plot(dev[~eq], y[~eq], "o", markerfacecolor="white", markeredgecolor=SYNTH_COLOUR, markersize=5)
+        tested = np.array([_tested(r) for r in sub.itertuples()], dtype=bool)
+        any_untested |= bool((~tested & np.isfinite(dev)).any())
+        ax.plot(dev[eq & tested], y[eq & tested], "o", color=SYNTH_COLOUR, markersize=5)
+        ax.plot(dev[~eq & tested], y[~eq & tested], "o", markerfacecolor="white", markeredgecolor=SYNTH_COLOUR,
+                markersize=5)
+        ax.plot(dev[~tested], y[~tested], "x", color="grey", markersize=5)
         for k in np.flatnonzero(~np.isfinite(dev)):
             ax.text(0, y[k], "n/a", ha="center", va="center", fontsize=7, color="grey")
         n = sub[["n_real", "n_synth"]].max()
@@ -239,6 +253,8 @@ def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: flo
     handles = [Line2D([], [], marker="o", linestyle="", color=SYNTH_COLOUR, label="equivalent (TOST)"),
                Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor=SYNTH_COLOUR,
                       label="not shown equivalent")]
+    if any_untested:
+        handles.append(Line2D([], [], marker="x", linestyle="", color="grey", label="too few cases, not tested"))
     _title_legend(fig, f"{metric_label(metric)}: deviation by subgroup", handles)
     return fig
 
@@ -294,7 +310,8 @@ def distributions(organ_metrics: pd.DataFrame, metric: str = "suv_mean") -> Figu
         data = data.assign(sex="all subjects", age_group="all")
         sexes, ages = ["all subjects"], ["all"]
     ncols = len(sexes)
-    fig = Figure(figsize=(1.2 + ncols * (0.9 + 0.75 * len(ages)), 1.0 + 1.75 * len(organs)), layout="constrained")
+    width = max(5.5, 1.2 + ncols * (0.9 + 0.75 * len(ages)))  # wide enough for the title legend
+    fig = Figure(figsize=(width, 1.0 + 1.75 * len(organs)), layout="constrained")
     axes = fig.subplots(len(organs), ncols, squeeze=False, sharex=True, sharey="row")
     for i, o in enumerate(organs):
         row = data[data["organ"] == o]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 
 TOO_FEW = "too few cases"
