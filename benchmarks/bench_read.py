@@ -42,13 +42,15 @@ def synthetic_volumes(shape=(200, 200, 300), seed=0) -> dict[str, np.ndarray]:
     return {"pet_float32": pet, "ct_int16": ct}
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
+def _median_seconds(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each callable; interleaved, so a busy machine slows all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _plain_nibabel(path: Path) -> np.ndarray:
@@ -73,8 +75,8 @@ def run(shape=(200, 200, 300), repeats: int = 5, seed: int = 0) -> dict:
             for reader in readers.values():  # every reader gives the same array
                 got = reader()
                 np.testing.assert_array_equal(got[0] if isinstance(got, tuple) else got, ref)
-            secs = {k: _median_seconds(f, repeats) for k, f in readers.items()}
-            header_ms = 1000 * _median_seconds(lambda: file_grid(path), repeats)
+            secs = _median_seconds(readers, repeats)
+            header_ms = 1000 * _median_seconds({"header": lambda: file_grid(path)}, repeats)["header"]
             out["volumes"][name] = {
                 "decompressed_mb": round(raw_mb, 1), "compressed_mb": round(path.stat().st_size / 1e6, 1),
                 **{f"{k}_s": round(v, 3) for k, v in secs.items()},
