@@ -252,7 +252,8 @@ def test_changed_input_is_recomputed(tmp_path):
     cases = _write_cases(tmp_path, n=1)
     cache = tmp_path / "cache"
     metrics.organ_metrics(cases, cache_dir=cache, progress=False)
-    pet, aff = metrics.read_volume(cases[0].pet)
+    from totalgen_eval.volumes import read_volume
+    pet, aff = read_volume(cases[0].pet)
     write_volume(pet * 2, aff, cases[0].pet)
     again = metrics.organ_metrics(cases, cache_dir=cache, progress=False)
     assert again.attrs["n_computed"] == 1

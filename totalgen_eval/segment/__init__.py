@@ -224,7 +224,7 @@ def segment_cohort(cohort: Any, segmenter: str | None = None, cache_dir: str | P
                    progress: bool = True) -> dict[str, Path]:
     """Labels for every case of a cohort ({case_id: label path}), cached under ``cache_dir/labels``."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
-    from ..metrics import _pool_context, _progress
+    from ..metrics.cohort import _pool_context, _progress
 
     spec = segmenter or default_segmenter(cohort)
     make_segmenter(spec, device, fast)  # bad specs fail before any work
