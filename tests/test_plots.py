@@ -210,3 +210,14 @@ def test_forest_marks_untested_cells_with_crosses():
     crosses = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [1.0]  # heart F 60-80: n 3, no Welch p
     assert list(crosses[0].get_ydata()) == [1]  # heart is the second organ (brain, heart, liver)
+
+
+def test_heatmap_colour_scale_ignores_untested_cells():
+    conc = make_concordance()
+    conc.loc[(conc["organ"] == "heart") & (conc["sex"] == "F") & (conc["age_group"] == "60-80"), "deviation_pct"] = 99.0
+    fig = plots.deviation_heatmap(conc, "suv_mean", 0.05)
+    mesh = fig.axes[0].collections[0]
+    tested = conc[(conc["metric"] == "suv_mean") & conc["welch_p"].notna()]["deviation_pct"].abs().max()
+    assert mesh.norm.vmax == pytest.approx(tested) and mesh.norm.vmin == -mesh.norm.vmax
+    assert fig.axes[1].get_label() == "<colorbar>" and fig.axes[1].collections  # the colour bar exists
+    assert _texts(fig, "value")["heart|F|60-80"] == "+99.0"  # still printed, only its colour clips

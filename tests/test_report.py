@@ -132,7 +132,7 @@ def test_html_is_self_contained_and_embeds_every_figure(written):
     assert embedded == {(out / p).read_bytes() for p in pngs}
     text = " ".join(page.text)
     for section in ("Headline", "Verdict per organ", "Worst cells", "Demographic trends", "Concordance table",
-                    "Parameters and data sources", "Package versions"):
+                    "Data sources", "Parameters", "Package versions"):
         assert section in text
     assert "liver" in text and v.DIFFERS in text
 
@@ -209,3 +209,15 @@ def test_stats_output_goes_through_the_report(tmp_path):
     fitted = trends[trends["interaction_p"].notna()]
     assert len(fitted) > 0 and "age effect per year" in "".join(
         t.get_text() for t in plots.trend_plot(table, trends, "suv_mean").axes[0].texts)
+
+
+def test_statistics_notes_and_exclusions_are_reported(tmp_path):
+    table = make_organ_metrics(n=8, organs=("liver",))
+    comparison = _comparison(table)
+    comparison["summary"] = {"parameters": {"alpha": 0.01, "bootstrap_method": "BCa"},
+                             "excluded_rows": {"synth": {"suv_mean": {"no_voxels": 3, "missing_value": 0}}},
+                             "notes": {"trends": [{"organ": "liver", "metric": "suv_mean", "reason": "too few <cases>"}]}}
+    md = report.write_report(tmp_path, table, comparison, _config())["report.md"].read_text(encoding="utf-8")
+    assert "synth.suv_mean.no_voxels | 3" in md and "missing_value" not in md
+    assert r"too few \<cases\>" in md and "BCa" in md
+    assert "p \\< 0.01" in md  # alpha from the statistics' parameters drives the verdict rule

@@ -129,7 +129,8 @@ def _fmt_n(value: object) -> str:
 def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margin: float = 0.05) -> Figure:
     """Organ (rows) x subgroup (columns) heatmap of deviation_pct (%) for one metric.
 
-    Colour is centred at 0 with symmetric limits; each cell shows the deviation and n real/synth;
+    Colour is centred at 0 with limits symmetric around the largest tested |deviation| (at least twice
+    the margin); each cell shows the deviation and n real/synth;
     cells with |deviation| > 100 * margin get a black outline (gid ``"outside-margin"``);
     cells without a deviation are grey and say ``n/a``; cells not tested (no ``welch_p``: fewer than
     min_n cases a side) are hatched.
@@ -139,14 +140,17 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     groups = populated_subgroups(rows)
     lookup = {(r.organ, r.sex, r.age_group): r for r in rows.itertuples(index=False)}
     values = np.full((len(organs), len(groups)), np.nan)
+    tested = np.zeros(values.shape, dtype=bool)
     for i, o in enumerate(organs):
         for j, (s, a) in enumerate(groups):
             r = lookup.get((o, s, a))
             if r is not None and r.deviation_pct is not None:
                 values[i, j] = float(r.deviation_pct)
+                tested[i, j] = _tested(r)
     limit_pct = 100.0 * margin
-    finite = np.abs(values[np.isfinite(values)])
-    vmax = max(2.0 * limit_pct, float(finite.max()) if finite.size else 0.0, 1.0)
+    finite = np.isfinite(values)
+    scale = np.abs(values[finite & tested]) if (finite & tested).any() else np.abs(values[finite])
+    vmax = max(2.0 * limit_pct, float(scale.max()) if scale.size else 0.0, 1.0)  # untested noise may clip
     norm = Normalize(-vmax, vmax)
     cmap = sns.color_palette(DEVIATION_CMAP, as_cmap=True).with_extremes(bad=NAN_COLOUR)
 
@@ -194,7 +198,8 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     ax.set_title(f"{metric_label(metric)}: synthetic vs real, deviation of the mean (%)\n"
                  f"outlined: |deviation| > {limit_pct:g}% margin; small print: n real/synthetic; grey: n/a{hatched}",
                  fontsize=9, loc="left")
-    cbar = fig.colorbar(mesh, ax=ax, shrink=0.8, pad=0.01)
+    clipped = bool(finite.any() and np.nanmax(np.abs(values)) > vmax)
+    cbar = fig.colorbar(mesh, ax=ax, shrink=0.8, pad=0.01, extend="both" if clipped else "neither")
     cbar.set_label("deviation (%)  synthetic lower <-> higher")
     return fig
 
@@ -289,6 +294,8 @@ def _with_columns(organ_metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
     if metric not in organ_metrics:
         raise ValueError(f"organ_metrics has no column {metric!r}")
     data = organ_metrics.dropna(subset=[metric])
+    if "n_voxels" in data:  # organs absent from a case are not values (as in stats)
+        data = data[~(pd.to_numeric(data["n_voxels"], errors="coerce") == 0)]
     if data.empty:
         raise ValueError(f"no finite {metric!r} values to plot")
     return data.assign(organ=data["organ"].astype(str), cohort=data["cohort"].astype(str))

@@ -218,11 +218,43 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, fmt(obj, 6) if not isinstance(obj, str) else obj)]
 
 
+SOURCE_KEYS = ("cohorts", "segmenters", "real_is_phantom", "synth_is_phantom", "synth_has_demographics")
+
+
+def _notes_frame(notes: Any) -> pd.DataFrame:
+    rows = []
+    for scope, items in (notes.items() if isinstance(notes, Mapping) else []):
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, Mapping):
+                where = " ".join(str(item[k]) for k in ("organ", "metric", "sex", "age_group") if k in item)
+                rows.append((str(scope), where, str(item.get("reason", item.get("note", "")))))
+            else:
+                rows.append((str(scope), "", str(item)))
+    return pd.DataFrame(rows, columns=["step", "cell", "note"])
+
+
 def provenance_blocks(config: Mapping[str, Any], summary: Mapping[str, Any]) -> list[Block]:
-    """Parameters and data sources (every option of the run), then package versions."""
-    params = {k: v for k, v in config.items() if k != "versions"}
-    blocks: list[Block] = [Heading("Parameters and data sources"),
-                           Table(pd.DataFrame(_flatten(params), columns=["option", "value"]))]
+    """Data sources, the run's options, the statistics' parameters and notes, then package versions."""
+    sources = {k: config[k] for k in SOURCE_KEYS if k in config}
+    params = {k: v for k, v in config.items() if k not in SOURCE_KEYS and k != "versions"}
+    blocks: list[Block] = [Heading("Data sources")]
+    blocks.append(Table(pd.DataFrame(_flatten(sources), columns=["source", "value"])) if sources else
+                  Paragraph("No data sources recorded (config.json absent or empty)."))
+    blocks.append(Heading("Parameters"))
+    if params:
+        blocks.append(Table(pd.DataFrame(_flatten(params), columns=["option", "value"]), caption="options of the run"))
+    stats_params = summary.get("parameters")
+    if isinstance(stats_params, Mapping) and stats_params:
+        blocks.append(Table(pd.DataFrame(_flatten(stats_params), columns=["parameter", "value"]),
+                            caption="statistics parameters (summary.json)"))
+    excluded = [(k, v) for k, v in _flatten(summary.get("excluded_rows") or {}) if v not in ("0", "")]
+    if excluded:
+        blocks.append(Table(pd.DataFrame(excluded, columns=["cohort.metric.reason", "rows left out"]),
+                            caption="organ rows left out of a metric (organ absent from the case, or no value)"))
+    notes = _notes_frame(summary.get("notes"))
+    if len(notes):
+        blocks.append(Table(notes, caption=f"notes from the statistics ({len(notes)}): cells or models left out "
+                                           "and why", collapsed=True))
     versions = config.get("versions") or summary.get("versions") or {}
     blocks.append(Heading("Package versions"))
     if versions:
