@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..organs import ORGAN_NAMES
 
@@ -80,11 +79,16 @@ TRUTH_COLUMNS = ["case_id", "organ", "volume_ml", "suv_mean"]
 DEMOGRAPHIC_COLUMNS = ["age", "sex", "height_m", "weight_kg"]
 
 
-def _truncated_normal(rng: np.random.Generator, size: int | tuple, mean, sd, lo, hi) -> np.ndarray:
-    """Normal(mean, sd) draws truncated to [lo, hi] (elementwise mean/sd allowed)."""
-    mean, sd = np.broadcast_to(mean, size), np.broadcast_to(sd, size)
-    a, b = (lo - mean) / sd, (hi - mean) / sd
-    return stats.truncnorm.rvs(a, b, loc=mean, scale=sd, size=size, random_state=rng)
+def _truncated_normal(rng: np.random.Generator, size: int, mean, sd, lo, hi) -> np.ndarray:
+    """Normal(mean, sd) draws truncated to [lo, hi] by rejection (elementwise mean/sd/bounds allowed)."""
+    mean, sd = np.broadcast_to(mean, size).astype(float), np.broadcast_to(sd, size).astype(float)
+    lo, hi = np.broadcast_to(lo, size).astype(float), np.broadcast_to(hi, size).astype(float)
+    x = mean + sd * rng.standard_normal(size)
+    bad = (x < lo) | (x > hi)
+    while bad.any():
+        x[bad] = mean[bad] + sd[bad] * rng.standard_normal(int(bad.sum()))
+        bad = (x < lo) | (x > hi)
+    return x
 
 
 def sample_demographics(n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -98,10 +102,8 @@ def sample_demographics(n: int, rng: np.random.Generator) -> pd.DataFrame:
     age = _truncated_normal(rng, n, np.where(male, 60.0, 58.0), 16.0, *AGE_RANGE)
     h_mean = np.where(male, 1.78, 1.65) - 0.01 * np.clip((age - 50) / 10, 0, None)
     height = _truncated_normal(rng, n, h_mean, np.where(male, 0.07, 0.065), *HEIGHT_RANGE_M)
-    lo, hi = WEIGHT_RANGE_KG[0] / height**2, WEIGHT_RANGE_KG[1] / height**2
     bmi_mean, bmi_sd = np.where(male, 26.5, 26.0), np.where(male, 4.0, 5.0)
-    bmi = stats.truncnorm.rvs((lo - bmi_mean) / bmi_sd, (hi - bmi_mean) / bmi_sd, loc=bmi_mean, scale=bmi_sd,
-                              size=n, random_state=rng)
+    bmi = _truncated_normal(rng, n, bmi_mean, bmi_sd, WEIGHT_RANGE_KG[0] / height**2, WEIGHT_RANGE_KG[1] / height**2)
     return pd.DataFrame({
         "age": np.round(age, 1),
         "sex": np.where(male, "M", "F"),
@@ -147,26 +149,31 @@ def expected_suv_mean(organ: str, age, sex, height_m, weight_kg) -> np.ndarray:
             * m.suv_age_ratio**decades)
 
 
+def _expected_arrays(demographics: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(volume_ml, suv_mean), each (n_organs, n_cases) in ORGAN_NAMES order."""
+    _check_demographics(demographics)
+    d = demographics
+    cols = (d["age"].to_numpy(float), d["sex"].astype(str).to_numpy(), d["height_m"].to_numpy(float),
+            d["weight_kg"].to_numpy(float))
+    vol = np.stack([expected_volume_ml(o, *cols) for o in ORGAN_NAMES])
+    suv = np.stack([expected_suv_mean(o, *cols) for o in ORGAN_NAMES])
+    return vol, suv
+
+
+def _truth_frame(ids: np.ndarray, vol: np.ndarray, suv: np.ndarray) -> pd.DataFrame:
+    """Tidy table, case by case, organs in canonical order."""
+    k = len(ORGAN_NAMES)
+    return pd.DataFrame({"case_id": np.repeat(ids, k), "organ": np.tile(np.array(ORGAN_NAMES, dtype=object), len(ids)),
+                         "volume_ml": vol.T.ravel(), "suv_mean": suv.T.ravel()})
+
+
 def expected(demographics: pd.DataFrame) -> pd.DataFrame:
     """Population truth: tidy [case_id, organ, volume_ml, suv_mean], one row per case x organ.
 
     ``demographics`` has age, sex ("M"/"F"), height_m, weight_kg (and optionally case_id).
     """
-    _check_demographics(demographics)
-    d = demographics
-    ids = _case_ids(d)
-    cols = (d["age"].to_numpy(float), d["sex"].astype(str).to_numpy(), d["height_m"].to_numpy(float),
-            d["weight_kg"].to_numpy(float))
-    frames = [pd.DataFrame({"case_id": ids, "organ": organ, "volume_ml": expected_volume_ml(organ, *cols),
-                            "suv_mean": expected_suv_mean(organ, *cols)}) for organ in ORGAN_NAMES]
-    return _tidy(pd.concat(frames, ignore_index=True), ids)
-
-
-def _tidy(frame: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
-    """Rows ordered case by case, organs in canonical order."""
-    order = {c: i for i, c in enumerate(dict.fromkeys(ids))}
-    frame = frame.assign(_c=frame["case_id"].map(order), _o=frame["organ"].map({o: i for i, o in enumerate(ORGAN_NAMES)}))
-    return frame.sort_values(["_c", "_o"], kind="stable").drop(columns=["_c", "_o"]).reset_index(drop=True)
+    vol, suv = _expected_arrays(demographics)
+    return _truth_frame(_case_ids(demographics), vol, suv)
 
 
 def lognormal_sigma(cv: float) -> float:
@@ -176,7 +183,9 @@ def lognormal_sigma(cv: float) -> float:
 
 def truncated_lognormal_mean(sigma: float, c: float = TRUNCATE_SD) -> float:
     """E[exp(sigma Z) | |Z| <= c] for standard normal Z (used to make the factor mean one)."""
-    phi = stats.norm.cdf
+    def phi(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
     return math.exp(sigma**2 / 2) * (phi(c - sigma) - phi(-c - sigma)) / (phi(c) - phi(-c))
 
 
@@ -185,7 +194,7 @@ def variation_factors(cv: float, size: int, rng: np.random.Generator, c: float =
     if cv <= 0:
         return np.ones(size)
     sigma = lognormal_sigma(cv)
-    z = stats.truncnorm.rvs(-c, c, size=size, random_state=rng)
+    z = _truncated_normal(rng, size, 0.0, 1.0, -c, c)
     return np.exp(sigma * z) / truncated_lognormal_mean(sigma, c)
 
 
@@ -204,14 +213,9 @@ def draw_subjects(demographics: pd.DataFrame, rng: np.random.Generator) -> pd.Da
     (truncated log-normal, CVs in ``VOLUME_CV`` / ``SUV_CV``), so averages over many draws approach
     ``expected``. Draw order: per organ (canonical order) the volume factors then the SUV factors.
     """
-    frame = expected(demographics)
+    vol, suv = _expected_arrays(demographics)
     n = len(demographics)
-    ids = _case_ids(demographics)
-    parts = []
-    for organ in ORGAN_NAMES:
-        rows = frame[frame["organ"] == organ]
-        vol = rows["volume_ml"].to_numpy() * variation_factors(VOLUME_CV[organ], n, rng)
-        suv = rows["suv_mean"].to_numpy() * variation_factors(SUV_CV[organ], n, rng)
-        parts.append(pd.DataFrame({"case_id": rows["case_id"].to_numpy(), "organ": organ, "volume_ml": vol,
-                                   "suv_mean": suv}))
-    return _tidy(pd.concat(parts, ignore_index=True), ids)
+    for k, organ in enumerate(ORGAN_NAMES):
+        vol[k] *= variation_factors(VOLUME_CV[organ], n, rng)
+        suv[k] *= variation_factors(SUV_CV[organ], n, rng)
+    return _truth_frame(_case_ids(demographics), vol, suv)
