@@ -63,6 +63,7 @@ class BodySegment:
     name: str
     outer: Shape
     core: Shape
+    visceral: Shape | None = None  # abdomen/pelvis: the cavity inside the muscular wall (fat-marbled)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Anatomy:
     body: tuple[BodySegment, ...]
     bones: tuple[tuple[str, Shape], ...]  # (kind, solid); kinds: skull_outer/skull_inner, spine, femur, rib_zone
     vertex_z: float
+    visceral_fat: float = 0.0  # fraction of fat in the abdominal/pelvic cavity background
 
     def organ_volume_mm3(self, organ: str) -> float:
         """Analytic volume of an organ (sum of its disjoint solids)."""
@@ -158,6 +160,11 @@ def fat_thickness_mm(bmi: float, sex: str) -> float:
     """Subcutaneous fat layer (mm) of the trunk: grows with BMI and saturates; women +15%."""
     t = 5.0 + 30.0 * math.tanh((bmi - 22.0) / 12.0)
     return max(2.0, t) * (1.15 if sex == "F" else 1.0)
+
+
+def visceral_fat_fraction(bmi: float, sex: str) -> float:
+    """Share of fat in the abdominal cavity's background tissue: rises with BMI, higher in men."""
+    return float(np.clip(0.15 + 0.015 * (bmi - 25.0) + (0.05 if sex == "M" else 0.0), 0.05, 0.5))
 
 
 def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
@@ -280,7 +287,11 @@ def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
         inner = _overlapping(organ_shapes + [spine], z0, z1)
         tk = t * (0.6 if name == "thorax" else 1.0)
         outer, core = _torso_section(anthro, inner, tk, fov_mm[:2], z0, z1)
-        segments.append(BodySegment(name, outer, core))
+        visceral = None
+        if name != "thorax":
+            (a_c, b_c), wall = core.axes_xy, min(WALL_MM, 0.5 * min(core.axes_xy))
+            visceral = ZSuperCylinder(core.center_xy, (a_c - wall, b_c - wall), z0, z1, core.power)
+        segments.append(BodySegment(name, outer, core, visceral))
     r_neck = 55.0 * s
     neck_z1 = head_cz
     segments.append(BodySegment("neck", ZCylinder((0.0, 0.0), (r_neck + 0.4 * t, r_neck + 0.4 * t), z_top, neck_z1),
@@ -307,4 +318,4 @@ def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
         ("rib_zone", segments[0].core),
         *femurs,
     ]
-    return Anatomy(tuple(parts), tuple(segments), tuple(bones), zv)
+    return Anatomy(tuple(parts), tuple(segments), tuple(bones), zv, visceral_fat_fraction(bmi, sex))

@@ -145,9 +145,13 @@ def paint_tissues(anatomy: Anatomy, config: PhantomConfig) -> tuple[np.ndarray, 
         _paint(ct, seg.outer, axes, HU["fat"])
         _paint(act, seg.outer, axes, BACKGROUND_SUV["fat"])
         _paint(body, seg.outer, axes, True)
+    f = anatomy.visceral_fat
     for seg in anatomy.body:
         _paint(ct, seg.core, axes, HU["soft"])
         _paint(act, seg.core, axes, BACKGROUND_SUV["soft"])
+        if seg.visceral is not None:  # fat-marbled cavity: a fat/soft-tissue mix
+            _paint(ct, seg.visceral, axes, f * HU["fat"] + (1 - f) * HU["soft"])
+            _paint(act, seg.visceral, axes, f * BACKGROUND_SUV["fat"] + (1 - f) * BACKGROUND_SUV["soft"])
     bones = dict(anatomy.bones)
     # skull: a shell between two ellipsoids
     skull = np.zeros(shape, bool)
