@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
+from totalgen_eval.errors import InputError
 from totalgen_eval.organs import CLASSES, ORGAN_NAMES, ORGANS
 from totalgen_eval.phantom import (PhantomConfig, build_anatomy, canvas_affine, canvas_shape, draw_subjects,
                                    expected, make_cohort, render_case, sample_demographics)
@@ -398,5 +399,14 @@ def test_make_cohort_with_given_demographics(tmp_path):
     cohort = pd.read_csv(root / "cohort.csv")
     assert len(cohort) == 2 and list(cohort.sex) == ["F", "M"] and list(cohort.age) == [30.0, 70.0]
     assert cohort.height_m[0] == 1.6 and 1.5 <= cohort.height_m[1] <= 2.0
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         make_cohort(tmp_path / "x", n=2, layout="nnunet", progress=False)
+    with pytest.raises(InputError):
+        make_cohort(tmp_path / "x", demographics=demo.drop(columns="sex"), progress=False)
+    with pytest.raises(InputError, match="other parameters"):  # same folder, other seed
+        make_cohort(root, n=None, seed=2, demographics=demo, progress=False)
+    with pytest.raises(InputError, match="other parameters"):  # same folder, other demographics
+        make_cohort(root, n=None, seed=1, demographics=demo.assign(age=[31.0, 70.0]), progress=False)
+    dicom = make_cohort(tmp_path / "y", n=None, seed=1, demographics=demo.assign(age=["030Y", "070Y"],
+                                                                                     sex=["female", "M"]), progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(dicom / "truth.csv"), pd.read_csv(root / "truth.csv"))

@@ -6,6 +6,8 @@ resumable: a case whose image files all exist is not rendered again (files appea
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from ..provenance import stamp, write_json, write_table
+from ..demographics import parse_age, parse_sex
+from ..errors import InputError
+from ..provenance import stamp, to_jsonable, write_json, write_table
 from ..volumes import write_volume
 from .population import DEMOGRAPHIC_COLUMNS, draw_subjects, expected, sample_demographics
 from .render import PhantomConfig, render_case
@@ -128,13 +132,44 @@ def _demographics_for(n: int, seed: int, demographics: pd.DataFrame | None) -> p
     if demographics is None:
         return draws
     given = demographics.reset_index(drop=True).copy()
-    for col in DEMOGRAPHIC_COLUMNS:
-        if col not in given.columns:
-            raise ValueError(f"demographics lack column {col!r}")
-    given["sex"] = given["sex"].astype(str)
+    missing = [c for c in ("age", "sex") if c not in given.columns]
+    if missing:
+        raise InputError(f"demographics lack column(s) {', '.join(missing)}")
+    try:
+        given["sex"] = [parse_sex(x) for x in given["sex"]]
+        given["age"] = [parse_age(x) for x in given["age"]]
+    except ValueError as exc:
+        raise InputError(f"demographics: {exc}") from None
+    if given["age"].isna().any():
+        raise InputError("demographics: missing ages")
     for col in ("height_m", "weight_kg"):
-        given[col] = pd.to_numeric(given[col], errors="coerce").fillna(draws[col])
-    return given
+        values = pd.to_numeric(given[col], errors="coerce") if col in given.columns else pd.Series(np.nan, given.index)
+        given[col] = values.fillna(draws[col])
+    return given[DEMOGRAPHIC_COLUMNS]
+
+
+def _parameters(config: PhantomConfig, layout: str, demographics: pd.DataFrame | None) -> dict:
+    """What fixes the cases of a cohort folder (with the seed); saved in phantom.json."""
+    given = None
+    if demographics is not None:
+        text = demographics.to_csv(index=False).encode()
+        given = hashlib.sha256(text).hexdigest()[:16]
+    return {"config": to_jsonable(config), "layout": layout, "demographics_sha256": given}
+
+
+def _check_folder(root: Path, params: dict, seed: int) -> None:
+    """A folder that already holds a phantom cohort must have been made with the same parameters."""
+    path = root / "phantom.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        same = old.get("seed") == seed and all(old["parameters"].get(k) == v for k, v in params.items())
+    except (ValueError, KeyError, AttributeError):
+        same = False
+    if not same:
+        raise InputError("the folder holds a phantom cohort made with other parameters (seed, config, layout "
+                         "or demographics); use an empty folder", path)
 
 
 def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, config: PhantomConfig = PhantomConfig(),
@@ -147,16 +182,20 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
     {CTres, SUV, SEG (lesions: empty), organs}.nii.gz and the collection's metadata CSV (one row per
     series; no height/weight, as in AutoPET). Both: ``truth.csv`` (case_id, organ, volume_ml, suv_mean:
     each subject's truth; then age, sex, height_m, weight_kg) and ``phantom.json`` (config, seed, n, package versions).
-    ``demographics`` (age, sex, height_m, weight_kg; n = its length) gives matched cohorts; missing
-    heights/weights are drawn from the population model. Existing case files are kept (resumable).
+    ``demographics`` (age in years or "057Y", sex M/F, height_m, weight_kg; n = its length) gives
+    matched cohorts; missing heights/weights are drawn from the population model. Existing case files
+    are kept (resumable); a folder made with another seed/config/layout/demographics is refused
+    (InputError), as is bad input.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if demographics is not None:
         n = len(demographics)
     if n is None or n < 0:
-        raise ValueError("n must be a non-negative number of cases")
+        raise InputError("n must be a non-negative number of cases")
     root = Path(out)
+    params = _parameters(config, layout, demographics)
+    _check_folder(root, params, seed)
     root.mkdir(parents=True, exist_ok=True)
     demo = _demographics_for(n, seed, demographics)
     specs, truths, rows = [], [], []
@@ -185,7 +224,7 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
         write_table(tcia_metadata(specs), root / TCIA_METADATA_NAME)
     demo_cols = cohort.set_index("case_id")[DEMOGRAPHIC_COLUMNS]
     write_table(truth_table.join(demo_cols, on="case_id"), root / "truth.csv")
-    write_json({**stamp({"config": config, "layout": layout, "n": n}, seed), "source": "phantom",
+    write_json({**stamp(params, seed), "n": n, "source": "phantom",
                 "note": "procedural phantoms with known truth, not patient data", "bytes_written_last_run": written},
                root / "phantom.json")
     return root
