@@ -72,7 +72,7 @@ class Anatomy:
 
     parts: tuple[OrganPart, ...]
     body: tuple[BodySegment, ...]
-    bones: tuple[tuple[str, Shape], ...]  # (kind, solid); kinds: skull_outer/skull_inner, spine, femur, rib_zone
+    bones: tuple[tuple[str, Shape], ...]  # (kind, solid): skull_outer/inner, spine, femur, rib_zone, pelvis_zone
     vertex_z: float
     visceral_fat: float = 0.0  # fraction of fat in the abdominal/pelvic cavity background
 
@@ -310,12 +310,14 @@ def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
                                     ZCylinder(c, (r_leg_outer, r_leg_outer), z_leg_end, z_crotch),
                                     ZCylinder(c, (r_leg, r_leg), z_leg_end, z_crotch)))
         femurs.append(("femur", ZCylinder(c, (13.0, 13.0), z_leg_end, z_crotch + 60.0)))
+        femurs.append(("femur", Ellipsoid((c[0], c[1], z_crotch + 60.0), (24.0, 24.0, 24.0))))  # femoral head
 
     bones: list[tuple[str, Shape]] = [
         ("skull_outer", Ellipsoid(brain.center, tuple(b_ax + 9.0))),
         ("skull_inner", Ellipsoid(brain.center, tuple(b_ax + 2.0))),
         ("spine", spine),
         ("rib_zone", segments[0].core),
+        ("pelvis_zone", segments[2].core),
         *femurs,
     ]
     return Anatomy(tuple(parts), tuple(segments), tuple(bones), zv, visceral_fat_fraction(bmi, sex))

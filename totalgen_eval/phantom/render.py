@@ -170,6 +170,16 @@ def paint_tissues(anatomy: Anatomy, config: PhantomConfig) -> tuple[np.ndarray, 
         ribs = (rho > 0.88) & (rho <= 0.95) & (np.sin(2 * np.pi * z / RIB_PITCH_MM) > 0.2)
         ribs = np.broadcast_to(ribs, ct[sl].shape) & bones["rib_zone"].inside(x, y, z)
         ct[sl][ribs] = HU["rib"]
+    # pelvic bones: the back and sides of a shell inside the pelvis core, its upper two thirds
+    zone = bones["pelvis_zone"]
+    got = _box(zone, axes)
+    if got is not None:
+        sl, (x, y, z) = got
+        rho = zone.radius(x, y)
+        z_lo = zone.z0 + (zone.z1 - zone.z0) / 3
+        wing = (rho > 0.80) & (rho <= 0.87) & (y < zone.center_xy[1] + 0.3 * zone.axes_xy[1]) & (z >= z_lo)
+        wing = np.broadcast_to(wing, ct[sl].shape) & zone.inside(x, y, z)
+        ct[sl][wing], act[sl][wing] = HU["bone_cortical"] * 0.7, BACKGROUND_SUV["bone"]
     return ct, act, body
 
 
