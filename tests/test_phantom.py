@@ -308,6 +308,38 @@ def test_extreme_subjects_fit_the_canvas_without_overlap(mode):
         assert -60 < top < 0, "head vertex a little below the canvas top"
 
 
+def _pairwise_overlap_points(anatomy, rng, k=4000) -> int:
+    """Random points in each pair's bounding-box intersection that fall inside both solids (continuous
+    check, no voxels)."""
+    hits = 0
+    for p, q in itertools.combinations(anatomy.parts, 2):
+        (lo1, hi1), (lo2, hi2) = p.shape.bbox(), q.shape.bbox()
+        lo, hi = np.maximum(lo1, lo2), np.minimum(hi1, hi2)
+        if np.any(hi <= lo):
+            continue
+        x, y, z = (rng.uniform(lo, hi, size=(k, 3))).T
+        hits += int(np.sum(p.shape.inside(x, y, z) & q.shape.inside(x, y, z)))
+    return hits
+
+
+def test_population_subjects_never_overlap_and_fit():
+    rng = np.random.default_rng(21)
+    demo = sample_demographics(60, rng)
+    demo["case_id"] = [f"p{i}" for i in range(len(demo))]
+    truth = draw_subjects(demo, rng)
+    cfg = PhantomConfig(voxel_mm=8.0)
+    for i, row in demo.iterrows():
+        anatomy = anatomy_of(row, truth[truth.case_id == row.case_id])
+        assert _pairwise_overlap_points(anatomy, rng, 500) == 0, row.to_dict()
+        labels = paint_labels(anatomy, cfg)
+        _, _, body = paint_tissues(anatomy, cfg)
+        assert not np.any((labels > 0) & ~body)
+    for i, demo_x in enumerate(EXTREMES):
+        for mode in ("max", "min", "mixed"):
+            anatomy = build_anatomy(demo_x, _extreme_volumes(demo_x, mode, seed=i))
+            assert _pairwise_overlap_points(anatomy, rng) == 0, (demo_x, mode)
+
+
 def test_anatomical_sides_and_levels():
     row, truth = one_subject(8)
     anatomy = anatomy_of(row, truth)
