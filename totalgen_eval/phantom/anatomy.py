@@ -85,12 +85,8 @@ class Anatomy:
         return sum(p.shape.surface_mm2 for p in self.parts if p.organ == organ)
 
 
-def _ellipsoid_of_volume(center, base_axes, volume_mm3: float) -> Ellipsoid:
-    k = (volume_mm3 / (4.0 / 3.0 * math.pi * np.prod(base_axes))) ** (1.0 / 3.0)
-    return Ellipsoid(tuple(float(c) for c in center), tuple(float(a * k) for a in base_axes))
-
-
 def _scaled_axes(base_axes, volume_mm3: float) -> np.ndarray:
+    """Semi-axes (mm) of the reference shape scaled isotropically to ``volume_mm3``."""
     k = (volume_mm3 / (4.0 / 3.0 * math.pi * np.prod(base_axes))) ** (1.0 / 3.0)
     return np.asarray(base_axes, float) * k
 
@@ -265,7 +261,7 @@ def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
     bl_z = min(z_floor + bl_ax[2], liver.z_range[0] - GAP_MM - bl_ax[2])
     bladder = Ellipsoid((0.0, y_desc + r_ao + GAP_MM + bl_ax[1], bl_z), tuple(bl_ax))
     g_ax = _scaled_axes(BASE_AXES["gluteus"], GLUTEUS_SHARE * V["muscle"] / 2)
-    g_med = max(bl_ax[0], ps_lat) + GAP_MM
+    g_med = max(bl_ax[0], ps_lat, x_ao + r_ao) + GAP_MM
     gz = min(zv - 0.48 * H, upper_bottom - g_ax[2])
     glut_r = Ellipsoid((-(g_med + g_ax[0]), y_spine + 25.0, gz), tuple(g_ax))
     glut_l = Ellipsoid((g_med + g_ax[0], y_spine + 25.0, gz), tuple(g_ax))
@@ -278,7 +274,7 @@ def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
     organ_shapes = [p.shape for p in parts if p.organ != "brain"]
     z_crotch = min(zv - 0.54 * H, min(sh.z_range[0] for sh in organ_shapes) - 10.0)
     spine = ZCylinder((0.0, y_spine), (r_spine, r_spine), z_crotch + 60.0, head_bottom + 40.0)
-    z_iliac = zv - 0.43 * H
+    z_iliac = min(zv - 0.43 * H, z_dia - 40.0)
     segments = []
     z_top = max(z_sh, max(sh.z_range[1] for sh in organ_shapes) + WALL_MM)  # thorax top: above the arch
     for name, z0, z1, anthro in (("thorax", z_dia, z_top, (150.0 * s, 100.0 * s)),
