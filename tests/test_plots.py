@@ -221,3 +221,12 @@ def test_heatmap_colour_scale_ignores_untested_cells():
     assert mesh.norm.vmax == pytest.approx(tested) and mesh.norm.vmin == -mesh.norm.vmax
     assert fig.axes[1].get_label() == "<colorbar>" and fig.axes[1].collections  # the colour bar exists
     assert _texts(fig, "value")["heart|F|60-80"] == "+99.0"  # still printed, only its colour clips
+
+
+def test_violin_density_matches_scipy_gaussian_kde():
+    from totalgen_eval.plots.cohorts import kde_outline
+
+    values = np.random.default_rng(3).lognormal(0.5, 0.3, size=40)
+    grid, density = kde_outline(values)
+    assert grid[0] == values.min() and grid[-1] == values.max()  # cut at the data, no tails
+    assert density == pytest.approx(stats.gaussian_kde(values)(grid), rel=1e-10)

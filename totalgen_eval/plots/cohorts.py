@@ -5,11 +5,10 @@ import math
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .style import (COHORT_PALETTE, COHORTS, SEX_STYLE, age_group_order, cohort_handles, label_bottom_row,
+from .style import (COHORT_PALETTE, SEX_STYLE, age_group_order, cohort_handles, label_bottom_row,
                     metric_label, organ_order, title_legend)
 
 
@@ -30,6 +29,31 @@ def _with_columns(organ_metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
     if data.empty:
         raise ValueError(f"no finite {metric!r} values to plot")
     return data.assign(organ=data["organ"].astype(str), cohort=data["cohort"].astype(str))
+
+
+def kde_outline(values: np.ndarray, n_grid: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian kernel density (Scott's bandwidth, as scipy.stats.gaussian_kde) on a grid spanning the
+    data (no extrapolation past min/max); returns (grid, density)."""
+    grid = np.linspace(values.min(), values.max(), n_grid)
+    bandwidth = values.std(ddof=1) * values.size ** (-1 / 5)
+    z = (grid[:, None] - values[None, :]) / bandwidth
+    return grid, np.exp(-0.5 * z * z).sum(axis=1) / (values.size * bandwidth * math.sqrt(2 * math.pi))
+
+
+def half_violin(ax, values: np.ndarray, x: float, side: int, colour: str, half_width: float = 0.4) -> None:
+    """One half of a split violin at ``x`` (side -1 left, +1 right), every half scaled to the same
+    maximum width, with white quartile lines (median solid). One distinct value draws a line."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    if values.size < 2 or np.ptp(values) == 0:
+        ax.plot([x, x + side * half_width], [values[0]] * 2, color=colour, linewidth=2)
+        return
+    grid, density = kde_outline(values)
+    width = density / density.max() * half_width
+    ax.fill_betweenx(grid, x, x + side * width, facecolor=colour, edgecolor="0.25", linewidth=0.6)
+    for q, style in zip(np.percentile(values, [25, 50, 75]), ("--", "-", "--")):
+        ax.plot([x, x + side * np.interp(q, grid, width)], [q, q], color="white", linewidth=0.8, linestyle=style)
 
 
 def distributions(organ_metrics: pd.DataFrame, metric: str = "suv_mean") -> Figure:
@@ -58,11 +82,13 @@ def distributions(organ_metrics: pd.DataFrame, metric: str = "suv_mean") -> Figu
             cell = row[row["sex"] == s]
             if cell.empty:
                 ax.text(0.5, 0.5, "no cases", transform=ax.transAxes, ha="center", color="grey")
-            else:
-                sns.violinplot(data=cell, x="age_group", y=metric, hue="cohort", order=ages,
-                               hue_order=[c for c in COHORTS if c in set(data["cohort"])],
-                               palette=COHORT_PALETTE, split=True, inner="quart", cut=0, density_norm="width",
-                               linewidth=0.6, inner_kws={"color": "white", "linewidth": 0.8}, ax=ax, legend=False)
+            for x, age in enumerate(ages):
+                at_age = cell[cell["age_group"] == age]
+                for cohort, side in (("real", -1), ("synth", 1)):
+                    half_violin(ax, at_age.loc[at_age["cohort"] == cohort, metric].to_numpy(float), x, side,
+                                COHORT_PALETTE[cohort])
+            ax.set_xticks(range(len(ages)), ages)
+            ax.set_xlim(-0.6, len(ages) - 0.4)
             ax.set_ylabel(f"{o.replace('_', ' ')}\n{metric_label(metric)}" if j == 0 else "", fontsize=8)
             ax.set_xlabel("age group (years)" if i == len(organs) - 1 and ages != ["all"] else "")
             ax.tick_params(labelsize=7)
