@@ -5,8 +5,8 @@ lives in the one table ``ORGAN_MODEL`` below. Two layers of truth:
 
 * ``expected(demographics)``: the population expectation for given demographics (no randomness);
 * ``draw_subjects(demographics, rng)``: one subject's truth = expectation x a mean-one random factor
-  (log-normal with the organ's CV, truncated at +-``TRUNCATE_SD`` standard deviations so the
-  anatomy stays bounded; the truncation is corrected so the factor's mean is exactly 1).
+  (log-normal truncated at +-``TRUNCATE_SD`` standard deviations so the anatomy stays bounded; its
+  log-scale SD is chosen so the factor's CV is exactly the organ's CV and its mean exactly 1).
 
 Functional forms (ref: height 1.72 m, weight 75 kg, BMI 25, age 50):
     volume_ml = V[sex] * (h/1.72)^h_exp * (w/75)^w_exp * vol_age_ratio^(max(age - vol_age_onset, 0)/10)
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
 
 from ..organs import ORGAN_NAMES
 
@@ -47,7 +49,7 @@ class OrganModel:
     vol_weight_exp: float
     vol_age_ratio: float  # volume multiplier per decade after vol_age_onset
     vol_age_onset: float
-    vol_cv: float  # subject-level coefficient of variation of volume (before truncation)
+    vol_cv: float  # subject-level coefficient of variation of volume
     suv0: float  # SUV at reference (women)
     suv_male_add: float
     suv_bmi_slope: float  # SUV per BMI unit (kg/m^2)
@@ -176,11 +178,6 @@ def expected(demographics: pd.DataFrame) -> pd.DataFrame:
     return _truth_frame(_case_ids(demographics), vol, suv)
 
 
-def lognormal_sigma(cv: float) -> float:
-    """Log-scale SD of a log-normal variable with coefficient of variation ``cv``."""
-    return math.sqrt(math.log1p(cv * cv))
-
-
 def truncated_lognormal_mean(sigma: float, c: float = TRUNCATE_SD) -> float:
     """E[exp(sigma Z) | |Z| <= c] for standard normal Z (used to make the factor mean one)."""
     def phi(x: float) -> float:
@@ -189,11 +186,24 @@ def truncated_lognormal_mean(sigma: float, c: float = TRUNCATE_SD) -> float:
     return math.exp(sigma**2 / 2) * (phi(c - sigma) - phi(-c - sigma)) / (phi(c) - phi(-c))
 
 
+@lru_cache(maxsize=None)
+def lognormal_sigma(cv: float, c: float = TRUNCATE_SD) -> float:
+    """Log-scale SD sigma for which exp(sigma Z), Z truncated at +-c, has coefficient of variation ``cv``.
+
+    CV^2 = E[exp(2 sigma Z)] / E[exp(sigma Z)]^2 - 1 (truncated moments); solved numerically.
+    """
+    def excess(sigma: float) -> float:
+        return truncated_lognormal_mean(2 * sigma, c) / truncated_lognormal_mean(sigma, c) ** 2 - 1 - cv * cv
+
+    return float(brentq(excess, 1e-9, 5.0, xtol=1e-14))
+
+
 def variation_factors(cv: float, size: int, rng: np.random.Generator, c: float = TRUNCATE_SD) -> np.ndarray:
-    """Mean-one multiplicative factors: exp(sigma Z) / E[...], Z standard normal truncated at +-c."""
+    """Mean-one multiplicative factors with coefficient of variation ``cv``: exp(sigma Z) / E[exp(sigma Z)],
+    Z standard normal truncated at +-c (a bounded log-normal)."""
     if cv <= 0:
         return np.ones(size)
-    sigma = lognormal_sigma(cv)
+    sigma = lognormal_sigma(cv, c)
     z = _truncated_normal(rng, size, 0.0, 1.0, -c, c)
     return np.exp(sigma * z) / truncated_lognormal_mean(sigma, c)
 
@@ -202,7 +212,7 @@ def max_variation_factor(cv: float, c: float = TRUNCATE_SD) -> float:
     """The largest factor ``variation_factors`` can return (at Z = +c)."""
     if cv <= 0:
         return 1.0
-    sigma = lognormal_sigma(cv)
+    sigma = lognormal_sigma(cv, c)
     return math.exp(sigma * c) / truncated_lognormal_mean(sigma, c)
 
 
