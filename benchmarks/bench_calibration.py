@@ -215,7 +215,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def headline(rates: pd.DataFrame, tost: pd.DataFrame, spread: pd.DataFrame, cfg: CalibrationConfig) -> dict:
+def headline(rates: pd.DataFrame, spread: pd.DataFrame, cfg: CalibrationConfig) -> dict:
     def get(scenario, n, cells, stat):
         hit = rates[(rates.scenario == scenario) & (rates.n_per_sex == n) & (rates.cells == cells) & (rates.statistic == stat)]
         return float(hit["rate"].iloc[0]) if len(hit) else None
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     rates = rate_rows(cells, cfg)
     tost = tost_by_cell(cells, cfg)
     spread = spread_table(cfg, cells_per_table)
-    head = headline(rates, tost, spread, cfg)
+    head = headline(rates, spread, cfg)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     write_report(cfg, rates, tost, spread, head, seconds, cpu, cells_per_table)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
