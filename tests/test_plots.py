@@ -173,15 +173,17 @@ def test_trend_plot_lines_match_least_squares():
                                 synth_effect=-0.02, interaction_p=0.03)])
     fig = plots.trend_plot(table, trends, "suv_mean")
     assert len(fig.axes) == len(ORGANS4)
-    liver_ax = [ax for ax in fig.axes if ax.get_title() == "liver"][0]
-    assert any("real -0.01" in t.get_text() and "p = 0.03" in t.get_text() for t in liver_ax.texts)
+    liver_ax = [ax for ax in fig.axes if ax.get_title(loc="right") == "liver"][0]
+    note = liver_ax.get_title(loc="left")  # above the panel, not over the data
+    assert "real -0.01" in note and "synthetic -0.02" in note and "p = 0.03" in note
     sub = table[(table["organ"] == "liver") & (table["cohort"] == "synth") & (table["sex"] == "F")]
     fit = stats.linregress(sub["age"], sub["suv_mean"])
     slopes = [np.diff(ln.get_ydata())[0] / np.diff(ln.get_xdata())[0] for ln in liver_ax.lines]
     assert len(liver_ax.lines) == 4  # 2 cohorts x 2 sexes
     assert any(s == pytest.approx(fit.slope, rel=1e-9) for s in slopes)
     no_notes = plots.trend_plot(table, None, "suv_mean")
-    assert not any(ax.texts for ax in no_notes.axes)
+    assert not any(ax.get_title(loc="left") for ax in no_notes.axes)
+    assert [ax.get_title() for ax in no_notes.axes] == list(plots.organ_order(ORGANS4))
 
 
 def test_figures_render_headless_without_pyplot_state():

@@ -208,7 +208,7 @@ def test_stats_output_goes_through_the_report(tmp_path):
     trends = comparison.trends
     fitted = trends[trends["interaction_p"].notna()]
     assert len(fitted) > 0 and "age effect per year" in "".join(
-        t.get_text() for t in plots.trend_plot(table, trends, "suv_mean").axes[0].texts)
+        ax.get_title(loc="left") for ax in plots.trend_plot(table, trends, "suv_mean").axes)
 
 
 def test_statistics_notes_and_exclusions_are_reported(tmp_path):

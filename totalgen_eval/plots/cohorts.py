@@ -109,7 +109,7 @@ def _trend_note(trends: pd.DataFrame | None, organ: str, metric: str) -> str:
     real, synth, p = (float(r.get(k, np.nan)) for k in ("real_effect", "synth_effect", "interaction_p"))
     if not np.isfinite(real):
         return ""
-    return f"age effect per year (model): real {real:+.3g}, synthetic {synth:+.3g}\ndifference p = {p:.2g}"
+    return f"age effect per year (model)\nreal {real:+.3g}, synthetic {synth:+.3g}; p = {p:.2g}"
 
 
 def trend_plot(organ_metrics: pd.DataFrame, trends: pd.DataFrame | None = None, metric: str = "suv_mean",
@@ -140,11 +140,10 @@ def trend_plot(organ_metrics: pd.DataFrame, trends: pd.DataFrame | None = None, 
                 slope, intercept = np.polyfit(x, v, 1)
                 xs = np.array([x.min(), x.max()])
                 ax.plot(xs, intercept + slope * xs, color=colour, linestyle=style["linestyle"], linewidth=1.8)
-        ax.set_title(o.replace("_", " "), fontsize=9)
         note = _trend_note(trends, o, metric)
-        if note:
-            ax.text(0.02, 0.98, note, transform=ax.transAxes, va="top", fontsize=6.5,
-                    bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+        ax.set_title(o.replace("_", " "), fontsize=9, fontweight="bold", loc="right" if note else "center")
+        if note:  # above the panel, left of the organ name: never over the data
+            ax.set_title(note, fontsize=6.5, loc="left", gid="trend-note")
         ax.set_ylabel(metric_label(metric), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
