@@ -1,0 +1,227 @@
+"""The cascade: stage 1 samples a low-res (16 mm) PET/CT from demographics; stage 2 adds the residual
+detail at 8 mm (super-resolution conditioned on the upsampled low-res volume and the canvas positions).
+
+Per-case seeding: case ``index`` of a run with ``seed`` draws all its noise from a CPU torch.Generator
+seeded by (seed, index), so a case's volumes do not depend on the batch it was generated in (up to float
+rounding of batched convolutions) nor on the device.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoints import CheckpointError, bundled_folder, check_safetensors, load_stage, PICKLE_SUFFIXES
+from .config import StageConfig
+from .diffusion import Denoiser, karras_sigmas
+from .intensity import from_unit
+from .population import PopulationModel, parse_sex
+from .sampling import chunked, get_sampler, guided
+from .stages import canvas_affine, sr_condition
+
+
+def case_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for case ``index`` of a run with ``seed`` (numpy SeedSequence of the pair)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def case_noise(seed: int, index: int, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Standard normal noise tensors of ``shapes`` for one case, drawn in order on the CPU."""
+    gen = torch.Generator().manual_seed(case_seed(seed, index))
+    return [torch.randn(shape, generator=gen) for shape in shapes]
+
+
+def demographics_tensor(demographics: Mapping[str, Any]) -> torch.Tensor:
+    """(N, 4) float tensor (age years, sex F=0/M=1, height m, weight kg); ValueError for an unknown sex."""
+    sex = [1.0 if parse_sex(s) == "M" else 0.0 for s in demographics["sex"]]
+    cols = [np.asarray(demographics["age"], float), np.asarray(sex), np.asarray(demographics["height_m"], float),
+            np.asarray(demographics["weight_kg"], float)]
+    table = np.stack(cols, 1)
+    if not np.isfinite(table).all():
+        raise ValueError("demographics have missing values (age, height_m and weight_kg are required)")
+    return torch.as_tensor(table, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Resolved sampling settings of a run (what a generated cohort records)."""
+
+    lowres_sampler: str
+    lowres_steps: int
+    guidance: float
+    sr_sampler: str
+    sr_steps: int
+    sr_chunk: int | None = None
+
+
+@dataclass
+class Cascade:
+    """Both stages, the population model and the device. Build with ``load_cascade``."""
+
+    lowres: Denoiser
+    lowres_config: StageConfig
+    sr: Denoiser
+    sr_config: StageConfig
+    population: PopulationModel | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """RAS+ affine of the output (8 mm canvas)."""
+        return canvas_affine(self.sr_config.voxel_mm, self.sr_config.fov_mm)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Output volume shape (X, Y, Z)."""
+        return tuple(self.sr_config.shape)
+
+    @property
+    def checkpoint_id(self) -> str:
+        """Short digest of both stages' weights (identifies the checkpoint in generated cohorts)."""
+        text = f"{self.meta.get('lowres_sha256', 'random')}-{self.meta.get('sr_sha256', 'random')}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def settings(self, steps: int | None = None, guidance: float | None = None, sr_steps: int | None = None,
+                 sr_chunk: int | None = None) -> SamplingSettings:
+        """Defaults of the checkpoint overridden by the given values."""
+        lo, sr = self.lowres_config.schedule, self.sr_config.schedule
+        return SamplingSettings(lo.sampler, int(steps or lo.steps), float(lo.guidance if guidance is None else guidance),
+                                sr.sampler, int(sr_steps or sr.steps), sr_chunk)
+
+    def prepare(self, demographics: Mapping[str, Any], warn: bool = True) -> dict[str, np.ndarray]:
+        """Demographics as used for conditioning: sex checked (ValueError), values clamped to the training range.
+
+        Out-of-range age/height/weight are clamped with a UserWarning (the networks never saw them; a
+        diffusion model extrapolates unreliably), never refused.
+        """
+        cols = {k: np.asarray(demographics[k]) for k in ("age", "sex", "height_m", "weight_kg")}
+        cols["sex"] = np.asarray([parse_sex(s) for s in cols["sex"]])
+        if self.population is None:
+            return cols
+        clamped, _ = self.population.clamp(cols, warn=warn)
+        return clamped
+
+    def iter_generate(self, demographics: Mapping[str, Any], seed: int = 0, steps: int | None = None,
+                      guidance: float | None = None, batch_size: int = 8, indices: Sequence[int] | None = None,
+                      sr_steps: int | None = None, sr_chunk: int | None = None,
+                      callback: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield (row, CT HU float32 (X, Y, Z), PET SUV float32 (X, Y, Z)) per demographics row, in order.
+
+        ``indices``: the case index of each row for per-case seeding (default 0..n-1); a resumed run passes
+        the indices of its missing cases so that they come out as in an uninterrupted run.
+        ``callback(k)`` is called after each batch with the number of cases it finished.
+        """
+        table = self.prepare(demographics)
+        cond_all = demographics_tensor(table)
+        n = cond_all.shape[0]
+        indices = list(range(n)) if indices is None else [int(i) for i in indices]
+        if len(indices) != n:
+            raise ValueError(f"{len(indices)} indices for {n} demographics rows")
+        s = self.settings(steps, guidance, sr_steps, sr_chunk)
+        lo_cfg, sr_cfg = self.lowres_config, self.sr_config
+        lo_sigmas = karras_sigmas(s.lowres_steps, lo_cfg.schedule.sigma_min, lo_cfg.schedule.sigma_max,
+                                  lo_cfg.schedule.rho, self.device)
+        sr_sigmas = karras_sigmas(s.sr_steps, sr_cfg.schedule.sigma_min, sr_cfg.schedule.sigma_max,
+                                  sr_cfg.schedule.rho, self.device)
+        lo_model = guided(self.lowres, s.guidance)
+        sr_model = chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr
+        lo_sample, sr_sample = get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler)
+        shapes = [(lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape)]
+        for start in range(0, n, max(1, int(batch_size))):
+            rows = range(start, min(n, start + batch_size))
+            noises = [case_noise(seed, indices[r], shapes) for r in rows]
+            cond = {"demographics": cond_all[list(rows)].to(self.device)}
+            with torch.inference_mode():
+                x = torch.stack([z[0] for z in noises]).to(self.device) * lo_sigmas[0]
+                x_lo = lo_sample(lo_model, x, lo_sigmas, cond)
+                up, image = sr_condition(x_lo)
+                r = torch.stack([z[1] for z in noises]).to(self.device) * sr_sigmas[0]
+                residual = sr_sample(sr_model, r, sr_sigmas, dict(cond, image=image))
+                ct, pet = from_unit((up + residual).float().cpu())
+            for k, row in enumerate(rows):
+                yield row, ct[k].numpy().astype(np.float32), pet[k].numpy().astype(np.float32)
+            if callback is not None:
+                callback(len(rows))
+
+    def generate(self, demographics: Mapping[str, Any], seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, batch_size: int = 8, **kwargs: Any
+                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One (CT HU float32 (X, Y, Z), PET SUV float32 (X, Y, Z), 4x4 affine) per demographics row.
+
+        demographics: a DataFrame or mapping with columns age (years), sex ("F"/"M"), height_m, weight_kg.
+        steps/guidance: stage 1 sampler steps and classifier-free guidance scale (default: the checkpoint's).
+        Further keywords: indices, sr_steps, sr_chunk (see ``iter_generate``).
+        """
+        return [(ct, pet, self.affine.copy()) for _, ct, pet in
+                self.iter_generate(demographics, seed, steps, guidance, batch_size, **kwargs)]
+
+    def to(self, device: str | torch.device) -> "Cascade":
+        self.device = torch.device(device)
+        self.lowres.to(self.device)
+        self.sr.to(self.device)
+        return self
+
+
+def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -> None:
+    """CheckpointError unless stage 1 is "lowres", stage 2 "sr", on the same canvas at half/full resolution."""
+    if lowres.kind != "lowres" or sr.kind != "sr":
+        raise CheckpointError(f"{source}: expected a lowres and an sr stage, found {lowres.kind} and {sr.kind}")
+    if tuple(2 * s for s in lowres.shape) != tuple(sr.shape) or tuple(lowres.fov_mm) != tuple(sr.fov_mm):
+        raise CheckpointError(f"{source}: stages do not fit together (lowres {lowres.shape} on {lowres.fov_mm} mm, "
+                              f"sr {sr.shape} on {sr.fov_mm} mm; sr must be twice lowres on the same canvas)")
+    if sr.network.in_channels != 2 * lowres.network.out_channels + 3:
+        raise CheckpointError(f"{source}: sr network takes {sr.network.in_channels} channels, expected "
+                              f"{2 * lowres.network.out_channels + 3}")
+
+
+def load_cascade(path: str | Path | None = None, device: str | torch.device = "cpu") -> Cascade:
+    """Load a cascade folder (lowres.*, sr.*, population.json); ``None`` loads the bundled weights.
+
+    Raises FileNotFoundError (missing files, with how to train), CheckpointError (a ValueError) for pickle
+    files, non-safetensors files, architectures that differ from their config or stages that do not fit.
+    """
+    if path is None:
+        folder = bundled_folder()
+    else:
+        folder = Path(path)
+        if folder.suffix.lower() in PICKLE_SUFFIXES or (folder.is_file() and folder.suffix != ".safetensors"):
+            check_safetensors(folder)  # raises with the reason
+        if folder.is_file():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such cascade folder")
+    device = torch.device(device)
+    lowres, lo_cfg, lo_meta = load_stage(folder / "lowres.safetensors", device)
+    sr, sr_cfg, sr_meta = load_stage(folder / "sr.safetensors", device)
+    check_stages_fit(lo_cfg, sr_cfg, folder)
+    pop_path = folder / "population.json"
+    population = PopulationModel.load(pop_path) if pop_path.is_file() else None
+    meta = {"folder": str(folder), "lowres_sha256": lo_meta.get("sha256"), "sr_sha256": sr_meta.get("sha256"),
+            "lowres": lo_meta, "sr": sr_meta}
+    return Cascade(lowres, lo_cfg, sr, sr_cfg, population, device, meta)
+
+
+def random_cascade(lowres: StageConfig, sr: StageConfig, population: PopulationModel | None = None,
+                   device: str | torch.device = "cpu", seed: int = 0) -> Cascade:
+    """An untrained cascade for tests and speed measurements.
+
+    The layers that training starts from zero (output convs, FiLM) get small random weights instead, so
+    that every part of the networks influences the output.
+    """
+    from .checkpoints import build_denoiser
+
+    check_stages_fit(lowres, sr, "random cascade")
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lo_net, sr_net = build_denoiser(lowres), build_denoiser(sr)
+        for net in (lo_net, sr_net):
+            for name, param in net.named_parameters():
+                if torch.count_nonzero(param) == 0 and not name.endswith("null_emb"):
+                    torch.nn.init.normal_(param, std=0.05)
+    return Cascade(lo_net.to(device).eval(), lowres, sr_net.to(device).eval(), sr, population, device, {})

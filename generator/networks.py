@@ -1,0 +1,142 @@
+"""One lean 3D UNet with demographic conditioning (FiLM from an embedding of noise level and demographics).
+
+Tensors are (B, C, X, Y, Z). The embedding is the sum of a Fourier embedding of the noise level and an
+MLP of the normalised demographics (age, sex, height, weight); a learned null embedding replaces the
+demographic one where ``keep`` is False (condition dropout in training, the unconditional branch of
+classifier-free guidance in sampling). Every residual block modulates its second GroupNorm by a
+per-channel scale and shift computed from that embedding (FiLM / adaptive GroupNorm).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import NetworkConfig
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: up to 8, at least 2 channels per group, dividing ``channels``."""
+    for g in (8, 4, 2, 1):
+        if channels % g == 0 and channels // g >= 2:
+            return g
+    return 1
+
+
+class FourierEmbedding(nn.Module):
+    """Sinusoidal features of a scalar (the EDM c_noise = ln(sigma) / 4), fixed log-spaced frequencies."""
+
+    def __init__(self, dim: int, max_period: float = 100.0):
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs * 2 * math.pi, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.float()[:, None] * self.freqs[None, :]
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv, FiLM-modulated GroupNorm-SiLU-Conv, plus a (1x1) skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout, affine=False)
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class UNet3D(nn.Module):
+    """3D UNet: ``len(channels)`` levels with stride-2 convs down and nearest-upsample + conv up.
+
+    forward(x, c_noise, cond, keep): x (B, in_channels, X, Y, Z) with X, Y, Z divisible by
+    2 ** (levels - 1); c_noise (B,); cond (B, 4) raw demographics (age years, sex F=0/M=1, height m,
+    weight kg) or None; keep (B,) bool, False -> null embedding (None: keep all when cond is given).
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        ch, e = config.channels, config.emb_dim
+        self.noise_emb = nn.Sequential(FourierEmbedding(e), nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+        self.cond_emb = nn.Sequential(nn.Linear(config.cond_dim, e), nn.SiLU(), nn.Linear(e, e))
+        self.null_emb = nn.Parameter(torch.zeros(e))
+        self.register_buffer("cond_center", torch.tensor(config.cond_center, dtype=torch.float32), persistent=False)
+        self.register_buffer("cond_scale", torch.tensor(config.cond_scale, dtype=torch.float32), persistent=False)
+        self.stem = nn.Conv3d(config.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i, c in enumerate(ch):
+            cin = ch[i - 1] if i > 0 else ch[0]
+            blocks = [ResBlock(cin if b == 0 else c, c, e) for b in range(config.blocks_per_level)]
+            self.down_blocks.append(nn.ModuleList(blocks))
+            if i < len(ch) - 1:
+                self.downsamples.append(nn.Conv3d(c, c, 3, stride=2, padding=1))
+        self.mid = ResBlock(ch[-1], ch[-1], e)
+        self.up_blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i in reversed(range(len(ch) - 1)):
+            self.upsamples.append(nn.Conv3d(ch[i + 1], ch[i], 3, padding=1))
+            blocks = [ResBlock(2 * ch[i] if b == 0 else ch[i], ch[i], e) for b in range(config.blocks_per_level)]
+            self.up_blocks.append(nn.ModuleList(blocks))
+        self.out_norm = nn.GroupNorm(_groups(ch[0]), ch[0])
+        self.out_conv = nn.Conv3d(ch[0], config.out_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes must be divisible by this."""
+        return 2 ** (len(self.config.channels) - 1)
+
+    def embedding(self, c_noise: torch.Tensor, cond: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, emb_dim): noise-level embedding plus demographic (or null) embedding, through SiLU."""
+        emb = self.noise_emb(c_noise)
+        if cond is None:
+            demo = self.null_emb.expand_as(emb)
+        else:
+            demo = self.cond_emb((cond.float() - self.cond_center) / self.cond_scale)
+            if keep is not None:
+                demo = torch.where(keep[:, None], demo, self.null_emb.expand_as(demo))
+        return F.silu(emb + demo)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embedding(c_noise, cond, keep)
+        h = self.stem(x)
+        skips = []
+        for i, blocks in enumerate(self.down_blocks):
+            for block in blocks:
+                h = block(h, emb)
+            if i < len(self.downsamples):
+                skips.append(h)
+                h = self.downsamples[i](h)
+        h = self.mid(h, emb)
+        for upsample, blocks in zip(self.upsamples, self.up_blocks):
+            h = upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            h = torch.cat([h, skips.pop()], dim=1)
+            for block in blocks:
+                h = block(h, emb)
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
