@@ -82,32 +82,39 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 def inspect(
     cohort: Annotated[Path, typer.Argument(help="A cohort folder: cohort.csv, the TCIA FDG-PET-CT-Lesions layout, "
                                                 "or nnU-Net imagesTr.")],
-    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the case table to this CSV.")] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the case table (with grids) to this CSV.")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Load the good cases, list the bad ones.")] = False,
     deep: Annotated[bool, typer.Option("--deep", help="Read every volume (truncation, Bq/mL PET, NaNs).")] = False,
+    resample_ct: Annotated[bool, typer.Option("--resample-ct", help="Accept CT on another grid than the PET "
+                                                                    "(resampled linearly onto it when read).")] = False,
     channel_order: Annotated[str, typer.Option(help="nnU-Net channels: ct,pet (autoPET II-IV) or pet,ct (autoPET I).")] = "ct,pet",
 ) -> None:
     """Show what a cohort folder holds: layout, cases, demographics, files, problems."""
-    from .cohort import check_cohort, load_cohort
+    from .cohort import check_cohort, inspect_frame, load_cohort, summarize
     from .provenance import write_table
 
-    c = load_cohort(cohort, skip_bad=skip_bad, channel_order=channel_order)
-    frame = c.to_frame()
+    c = load_cohort(cohort, skip_bad=skip_bad, channel_order=channel_order, resample_ct=resample_ct)
+    s = summarize(c)
     problems = list(c.problems) + (list(check_cohort(c, deep=True)) if deep else [])
-    t = Table(title=f"{cohort}  [{c.layout} layout{', phantom data' if c.is_phantom else ''}]")
-    for col in ("cases", "female", "male", "age (years)", "height (m)", "weight (kg)", "with labels", "problems"):
-        t.add_column(col)
-    def rng(col):
-        s = frame[col].dropna() if col in frame else frame.iloc[0:0, 0]
-        return f"{s.min():.4g}-{s.max():.4g} (n={len(s)})" if len(s) else "missing"
-    t.add_row(str(len(frame)), str(int((frame["sex"] == "F").sum())), str(int((frame["sex"] == "M").sum())),
-              rng("age"), rng("height_m"), rng("weight_kg"),
-              str(int(frame["labels"].notna().sum())) if "labels" in frame else "0", str(len(problems)))
+    kind = f"{c.layout} layout" + (", [bold]phantom data[/bold] (not patients)" if c.is_phantom else "")
+    t = Table(title=f"{cohort}  ({kind})", show_header=False)
+    t.add_column("item")
+    t.add_column("value")
+    age = s["age"]
+    t.add_row("cases", str(s["n_cases"]))
+    t.add_row("sex", f"{s['sex']['F']} F, {s['sex']['M']} M, {s['sex']['missing']} missing")
+    t.add_row("age (years)", "missing" if age["mean"] is None else
+              f"{age['mean']:.1f} +- {age['sd'] or 0:.1f} (range {age['min']:g}-{age['max']:g}; {age['missing']} missing)")
+    t.add_row("with height / weight", f"{s['with_height']} / {s['with_weight']}")
+    t.add_row("with organ labels", str(s["with_labels"]))
+    if "diagnosis" in s:
+        t.add_row("diagnosis", ", ".join(f"{k} {v}" for k, v in s["diagnosis"].items()))
+    t.add_row("problems", str(len(problems)))
     out.print(t)
     for case_id, problem in problems:
         out.print(f"[yellow]problem[/yellow] {case_id}: {problem}", highlight=False)
     if csv is not None:
-        write_table(frame, csv)
+        write_table(inspect_frame(c), csv)
         out.print(f"case table written to {csv}")
 
 

@@ -120,6 +120,9 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     real, synth = load_cohort(cfg.real), load_cohort(cfg.synth)
+    for cohort in (real, synth):
+        if len(cohort) == 0:
+            raise InputError("holds no usable case", cohort.root)
     seg_real = cfg.real_segmenter or default_segmenter(real)
     seg_synth = cfg.synth_segmenter or default_segmenter(synth)
     tables = []
