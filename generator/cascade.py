@@ -20,6 +20,7 @@ from .config import StageConfig
 from .diffusion import Denoiser, karras_sigmas
 from .intensity import from_unit
 from .population import PopulationModel, parse_sex
+from .precision import autocast, resolve_precision
 from .sampling import chunked, get_sampler, guided
 from .stages import canvas_affine, sr_condition
 
@@ -60,7 +61,8 @@ class SamplingSettings:
 
 @dataclass
 class Cascade:
-    """Both stages, the population model and the device. Build with ``load_cascade``."""
+    """Both stages, the population model, the device and the sampling precision ("fp32", "bf16" autocast,
+    or "auto": bf16 where the device runs it fast). Build with ``load_cascade``."""
 
     lowres: Denoiser
     lowres_config: StageConfig
@@ -69,6 +71,7 @@ class Cascade:
     population: PopulationModel | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     meta: dict = field(default_factory=dict)
+    precision: str = "fp32"
 
     @property
     def affine(self) -> np.ndarray:
@@ -138,11 +141,13 @@ class Cascade:
             cond = {"demographics": cond_all[list(rows)].to(self.device)}
             with torch.inference_mode():
                 x = torch.stack([z[0] for z in noises]).to(self.device) * lo_sigmas[0]
-                x_lo = lo_sample(lo_model, x, lo_sigmas, cond)
+                with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
+                    x_lo = lo_sample(lo_model, x, lo_sigmas, cond).float()
                 up, image = sr_condition(x_lo)
                 r = torch.stack([z[1] for z in noises]).to(self.device) * sr_sigmas[0]
-                residual = sr_sample(sr_model, r, sr_sigmas, dict(cond, image=image))
-                ct, pet = from_unit((up + residual).float().cpu())
+                with autocast(self.precision, self.device):
+                    residual = sr_sample(sr_model, r, sr_sigmas, dict(cond, image=image)).float()
+                ct, pet = from_unit((up + residual).cpu())
             for k, row in enumerate(rows):
                 yield row, ct[k].numpy().astype(np.float32), pet[k].numpy().astype(np.float32)
             if callback is not None:
@@ -179,8 +184,11 @@ def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -
                               f"{2 * lowres.network.out_channels + 3}")
 
 
-def load_cascade(path: str | Path | None = None, device: str | torch.device = "cpu") -> Cascade:
+def load_cascade(path: str | Path | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32") -> Cascade:
     """Load a cascade folder (lowres.*, sr.*, population.json); ``None`` loads the bundled weights.
+
+    precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device runs it fast); ValueError otherwise.
 
     Raises FileNotFoundError (missing files, with how to train), CheckpointError (a ValueError) for pickle
     files, non-safetensors files, architectures that differ from their config or stages that do not fit.
@@ -196,6 +204,7 @@ def load_cascade(path: str | Path | None = None, device: str | torch.device = "c
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such cascade folder")
     device = torch.device(device)
+    resolve_precision(precision, device)
     lowres, lo_cfg, lo_meta = load_stage(folder / "lowres.safetensors", device)
     sr, sr_cfg, sr_meta = load_stage(folder / "sr.safetensors", device)
     check_stages_fit(lo_cfg, sr_cfg, folder)
@@ -203,7 +212,7 @@ def load_cascade(path: str | Path | None = None, device: str | torch.device = "c
     population = PopulationModel.load(pop_path) if pop_path.is_file() else None
     meta = {"folder": str(folder), "lowres_sha256": lo_meta.get("sha256"), "sr_sha256": sr_meta.get("sha256"),
             "lowres": lo_meta, "sr": sr_meta}
-    return Cascade(lowres, lo_cfg, sr, sr_cfg, population, device, meta)
+    return Cascade(lowres, lo_cfg, sr, sr_cfg, population, device, meta, precision)
 
 
 def random_cascade(lowres: StageConfig, sr: StageConfig, population: PopulationModel | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import StageConfig, stage_from_dict, to_dict
+from .config import ScheduleConfig, StageConfig, stage_from_dict, to_dict
 from .diffusion import Denoiser
 from .networks import UNet3D
 
@@ -192,6 +192,15 @@ def load_training_state(folder: Path, config: StageConfig, model: torch.nn.Modul
     opt["state"] = state
     optimizer.load_state_dict(opt)
     return meta
+
+
+def set_schedule(folder: str | Path, kind: str, schedule: ScheduleConfig) -> Path:
+    """Rewrite the default sampling schedule saved in ``<kind>.json`` (weights untouched; not architecture)."""
+    path = Path(folder) / f"{kind}.json"
+    data = json.loads(path.read_text())
+    data["config"]["schedule"] = to_dict(schedule)
+    read_stage_json(path)  # still a valid stage config
+    return write_json(data, path)
 
 
 def bundled_folder(name: str | None = None) -> Path:

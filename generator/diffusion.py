@@ -81,6 +81,6 @@ def edm_loss(denoiser: Denoiser, x0: torch.Tensor, cond: dict, p_mean: float, p_
     b = (slice(None),) + (None,) * (x0.ndim - 1)
     sd = denoiser.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
-    denoised = denoiser(x0 + sigma[b] * noise, sigma, cond)
+    denoised = denoiser(x0 + sigma[b] * noise, sigma, cond).float()
     per_case = ((denoised - x0) ** 2).flatten(1).mean(1)
     return (weight * per_case).mean()

@@ -5,7 +5,8 @@ The paper clips CT to [-500, 500] HU and SUV to [0, 25]. Here neither is clipped
 * CT: x = asinh(HU / 200) / asinh(5). Air (-1000 HU) -> -1, +1000 HU -> +1, bone at 2000 HU -> 1.30.
   Near soft tissue the slope is 1 / 463 per HU, about the paper's 1 / 500 (its [0, 1] over 1000 HU is
   2 / 1000 in a [-1, 1] space), so soft-tissue contrast keeps the paper's resolution while bone and air
-  stay representable and invertible (HU = 200 sinh(x asinh(5))).
+  stay representable and invertible (HU = 200 sinh(x asinh(5))). Generated CT is floored at -1024 HU
+  (below air is not physical; the inverse map would amplify small errors there); there is no upper limit.
 * PET: x = 2 log2(SUV + 1) / log2(26) - 1, the paper's log map without its clip: SUV 0 -> -1, 25 -> +1,
   a bladder at 40 -> 1.28. Negative SUV is not physical: SUV is floored at 0 on both sides of the map.
 
@@ -18,6 +19,7 @@ import math
 import torch
 
 CT_SCALE_HU = 200.0
+CT_FLOOR_HU = -1024.0
 _CT_NORM = math.asinh(5.0)
 _PET_NORM = math.log2(26.0)
 
@@ -28,8 +30,8 @@ def ct_to_unit(hu: torch.Tensor) -> torch.Tensor:
 
 
 def unit_to_ct(x: torch.Tensor) -> torch.Tensor:
-    """Normalised CT -> HU (inverse of ``ct_to_unit``)."""
-    return CT_SCALE_HU * torch.sinh(x * _CT_NORM)
+    """Normalised CT -> HU (inverse of ``ct_to_unit``), floored at CT_FLOOR_HU (nothing is below air)."""
+    return (CT_SCALE_HU * torch.sinh(x * _CT_NORM)).clamp_min(CT_FLOOR_HU)
 
 
 def pet_to_unit(suv: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 from .checkpoints import build_denoiser, load_training_state, save_stage, save_training_state
 from .config import StageConfig
 from .diffusion import Denoiser, edm_loss
+from .precision import autocast, resolve_precision
 from .stages import downsample, sr_training_pair
 
 
@@ -94,18 +95,21 @@ def _distributed(device: torch.device) -> tuple[int, int]:
 def train_stage(config: StageConfig, volumes: torch.Tensor, demographics: torch.Tensor, out: str | Path,
                 steps: int | None = None, batch_size: int | None = None, seed: int = 0,
                 device: str | torch.device = "cpu", checkpoint_every: int = 200, log_every: int = 10,
-                callback: Callable[[TrainProgress], None] | None = None, meta: dict | None = None) -> Path:
+                callback: Callable[[TrainProgress], None] | None = None, meta: dict | None = None,
+                precision: str = "auto") -> Path:
     """Train (or resume training of) one stage and return the path of its EMA weights.
 
     volumes (N, 2, X, Y, Z) normalised 8 mm canvas; demographics (N, 4). ``out`` is a cascade folder:
     it receives ``<kind>.safetensors/.json`` (EMA weights, what sampling uses), ``<kind>-state.*`` (resume)
     and ``<kind>-loss.csv`` (step, loss, lr, seconds). A folder holding a state of another architecture
     raises CheckpointError. ``steps``/``batch_size`` override the config's (they are saved in it).
+    ``precision``: "auto" (bf16 autocast where the device runs it fast, see generator.precision), "bf16", "fp32".
     """
     out = Path(out)
     device = torch.device(device)
     config = dataclasses.replace(config, steps=steps or config.steps, batch_size=batch_size or config.batch_size)
     rank, world = _distributed(device)
+    precision = resolve_precision(precision, device)
     model: Denoiser = build_denoiser(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -135,7 +139,7 @@ def train_stage(config: StageConfig, volumes: torch.Tensor, demographics: torch.
     def save() -> None:
         if rank != 0:
             return
-        info = dict(meta or {}, seed=seed, seconds=round(time.perf_counter() - t0, 1),
+        info = dict(meta or {}, seed=seed, precision=precision, seconds=round(time.perf_counter() - t0, 1),
                     loss_recent=(sum(recent) / len(recent) if recent else None), world_size=world)
         save_training_state(out, config, model, ema, optimizer, step, info)
         save_stage(ema, config, out, dict(info, step=step))
@@ -148,7 +152,8 @@ def train_stage(config: StageConfig, volumes: torch.Tensor, demographics: torch.
         lr = config.lr * min(1.0, step / 100)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = edm_loss(model_ddp, x0, cond, config.p_mean, config.p_std, generator=gen)
+        with autocast(precision, device):
+            loss = edm_loss(model_ddp, x0, cond, config.p_mean, config.p_std, generator=gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

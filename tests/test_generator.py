@@ -147,6 +147,7 @@ def test_intensity_maps_are_invertible_and_anchor_points():
     assert math.isclose(float(ct_to_unit(torch.tensor(-1000.0))), -1.0, abs_tol=1e-6)
     assert math.isclose(float(ct_to_unit(torch.tensor(1000.0))), 1.0, abs_tol=1e-6)
     assert float(ct_to_unit(torch.tensor(3000.0))) > 1.0  # not clipped
+    assert float(unit_to_ct(torch.tensor(-1.5))) == -1024.0  # floored below air
     suv = torch.tensor([0.0, 0.5, 2.0, 25.0, 60.0], dtype=torch.float64)
     torch.testing.assert_close(unit_to_pet(pet_to_unit(suv)), suv)
     assert math.isclose(float(pet_to_unit(torch.tensor(25.0))), 1.0, abs_tol=1e-6)
@@ -285,6 +286,43 @@ def test_cascade_folder_checks(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "BUNDLED", {"phantom-8mm": tmp_path / "nothing"})
     with pytest.raises(FileNotFoundError, match="totalgen-eval train"):
         load_cascade()
+
+
+def test_schedule_can_be_changed_without_touching_weights(tmp_path):
+    from generator.checkpoints import set_schedule
+    from generator.config import ScheduleConfig
+
+    cfg = tiny_lowres()
+    path = save_stage(build_denoiser(cfg), cfg, tmp_path)
+    digest = checkpoints.file_digest(path)
+    set_schedule(tmp_path, "lowres", ScheduleConfig(sigma_max=20.0, steps=7, sampler="heun"))
+    _, loaded, _ = load_stage(path)
+    assert loaded.schedule.steps == 7 and loaded.schedule.sampler == "heun" and loaded.network == cfg.network
+    assert checkpoints.file_digest(path) == digest
+
+
+def test_precision_choices():
+    from generator.precision import autocast, resolve_precision
+
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp8", "cpu")
+    with autocast("fp32", "cpu"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    with autocast("bf16", "cpu"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_bf16_sampling_stays_close_to_fp32(tiny_cascade):
+    tiny_cascade.precision = "bf16"
+    try:
+        low = tiny_cascade.generate(DEMO, seed=2)
+    finally:
+        tiny_cascade.precision = "fp32"
+    full = tiny_cascade.generate(DEMO, seed=2)
+    for (ct_b, pet_b, _), (ct_f, pet_f, _) in zip(low, full):
+        assert abs(pet_b.mean() - pet_f.mean()) < 0.02 * max(pet_f.mean(), 0.1)
+        assert np.median(np.abs(ct_b - ct_f)) < 20
 
 
 # cascade ---------------------------------------------------------------------------------------------------

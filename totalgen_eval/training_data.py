@@ -132,14 +132,16 @@ def stage_config(stage: str, out: Path, volumes: torch.Tensor):
 
 def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path = "runs/cascade",
                 steps: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
-                progress: bool = True, threads: int | None = None, checkpoint_every: int = 200) -> Path:
+                progress: bool = True, threads: int | None = None, checkpoint_every: int = 200,
+                precision: str = "auto") -> Path:
     """Train stage ``lowres`` or ``sr`` of the generator on a cohort; returns the EMA weights' path.
 
     ``out`` is a cascade folder: train both stages into the same folder and pass it to
     ``generate --checkpoint``. It also receives population.json (the cohort's demographics model),
     ``<stage>-loss.csv`` and ``train-<stage>.json`` (command settings, cohort, versions). Re-running the
     same command resumes from the last checkpoint; a folder holding another architecture is refused.
-    Under ``torchrun`` the loop runs data-parallel (DDP) with the same command.
+    Under ``torchrun`` the loop runs data-parallel (DDP) with the same command. ``precision`` "auto" trains
+    with bf16 autocast where the device runs it fast (AMX/AVX512-BF16 CPUs, recent GPUs), else float32.
     """
     from generator.checkpoints import CheckpointError
     from generator.population import PopulationModel
@@ -168,10 +170,10 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
         started = time.time()
         settings = {"cohort": str(Path(cohort_path).resolve()), "n_cases": int(volumes.shape[0]), "stage": stage,
                     "steps": total, "batch_size": batch_size or config.batch_size, "seed": seed, "device": device,
-                    "threads": torch.get_num_threads()}
+                    "threads": torch.get_num_threads(), "precision": precision}
         try:
             path = train_loop(config, volumes, cond, out, steps=steps, batch_size=batch_size, seed=seed,
-                              device=device, checkpoint_every=checkpoint_every, callback=callback,
+                              device=device, checkpoint_every=checkpoint_every, callback=callback, precision=precision,
                               meta={"cohort": settings["cohort"], "n_cases": settings["n_cases"]})
         except CheckpointError as exc:
             raise InputError(f"{exc}; use another --out", out) from None
