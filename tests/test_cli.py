@@ -35,11 +35,12 @@ def test_phantoms_then_inspect_and_metrics(tmp_path):
     table = pd.read_csv(tmp_path / "m.csv")
     assert len(table) == 4 * 9
     merged = table.merge(truth, on=["case_id", "organ"], suffixes=("", "_truth"))
-    # volumes from the true labels against the analytic volumes at 8 mm: large organs within 3%, every organ
-    # within 20% (the thin aorta tube carries the largest voxelisation error); tight bounds: tests/test_phantom.py
+    # volumes from the true labels against the analytic volumes at 8 mm: compact organs within 5%; the aorta,
+    # a tube of radius r ~ 11 mm, within 30% (surface bound: (2 pi r L)(v / 2) / (pi r^2 L) = v / r ~ 0.7).
+    # Tight per-organ bounds at 4 mm: tests/test_phantom.py
     error = (merged.volume_ml / merged.volume_ml_truth - 1).abs()
-    assert (error[merged.organ.isin(["brain", "lungs", "liver", "muscle"])] < 0.03).all()
-    assert (error < 0.20).all()
+    assert (error[merged.organ != "aorta"] < 0.05).all()
+    assert (error < 0.30).all()
 
 
 def test_bad_inputs_are_one_line_and_status_2(tmp_path):
