@@ -296,20 +296,21 @@ def write_report(cfg: CalibrationConfig, rates: pd.DataFrame, tost: pd.DataFrame
     (REPORTS / "calibration.md").write_text("\n".join(md))
 
 
-def parse_args(argv: list[str] | None) -> CalibrationConfig:
+def parse_args(argv: list[str] | None) -> tuple[CalibrationConfig, bool]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=200)
     p.add_argument("--n", default="50,100", help="cases per sex per cohort, comma list")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--power-n", type=int, default=160, help="cases per sex of the power-only check (0: none)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave reports/ as it is")
     a = p.parse_args(argv)
     return CalibrationConfig(reps=a.reps, n_per_sex=tuple(int(x) for x in a.n.split(",")), workers=a.workers,
-                             seed=a.seed, power_n=a.power_n, power_reps=max(a.reps // 2, 1))
+                             seed=a.seed, power_n=a.power_n, power_reps=max(a.reps // 2, 1)), not a.no_write
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(argv)
+    cfg, write = parse_args(argv)
     start, cpu_start = time.perf_counter(), cpu_seconds()
     cells = run_all(cfg)
     tested_null = cells[(cells["shift"] == 0) & cells["welch_p"].notna()]
@@ -319,13 +320,14 @@ def main(argv: list[str] | None = None) -> dict:
     spread = spread_table(cfg, cells_per_table)
     head = headline(rates, spread, cfg)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
-    write_report(cfg, rates, tost, spread, head, seconds, cpu, cells_per_table)
+    if write:
+        write_report(cfg, rates, tost, spread, head, seconds, cpu, cells_per_table)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(rates.to_string(index=False))
         print(tost.to_string(index=False))
         print(spread.to_string(index=False))
     print("\n".join(verdicts(head, cfg)))
-    print(f"phantom; {seconds:.0f} s wall, {cpu:.0f} s CPU; reports/calibration.{{md,csv,json}} written")
+    print(f"phantom; {seconds:.0f} s wall, {cpu:.0f} s CPU" + ("; reports/calibration.{md,csv,json} written" if write else ""))
     return to_jsonable(head)
 
 

@@ -386,10 +386,20 @@ def benchmark(
     publish: Annotated[bool, typer.Option("--publish", help="Regenerate the reports/ folder.")] = False,
     fast: Annotated[bool, typer.Option("--fast/--full", help="The CI subset or the full suite.")] = True,
 ) -> None:
-    """Regression and performance benchmarks against committed baselines."""
-    from benchmarks.suite import run_suite  # noqa: the benchmarks live beside the package in a checkout
+    """Regression and performance benchmarks against committed baselines (benchmarks/baselines/*.json).
 
-    ok = run_suite(suite, update=update, publish=publish, fast=fast)
+    Exits 1 naming every figure that regressed; --update rewrites the baselines deliberately."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "suite.py").is_file():
+        raise InputError("the benchmarks live in the source checkout (git clone); not in an installed wheel", root)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.suite import run_suite
+
+    try:
+        ok = run_suite(suite, update=update, publish=publish, fast=fast, echo=out.print)
+    except ValueError as exc:
+        raise InputError(str(exc), "--suite") from None
     raise typer.Exit(0 if ok else 1)
 
 

@@ -1,0 +1,181 @@
+"""The benchmark suites behind `totalgen-eval benchmark`: figures, their baselines, and the verdict.
+
+Each suite is a set of *providers*; a provider runs one benchmark (in process: no shelling out) and returns
+named figures. Every figure has a baseline in ``benchmarks/baselines/<suite>.json`` and every baseline a
+figure (tests/test_benchmark_suite.py checks both directions):
+
+    {"figure": {"value": 0.05, "tolerance": 0.02, "better": "near" | "higher" | "lower", "note": "..."}}
+
+A figure regresses when it is worse than its baseline by more than the tolerance ("higher": value <
+baseline - tolerance; "lower": value > baseline + tolerance; "near": |value - baseline| > tolerance).
+``--update`` rewrites the baselines with the current figures (tolerances kept); ``--fast`` (CI) runs the
+small configurations that the baselines were recorded with.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = ROOT / "benchmarks" / "baselines"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+Figures = dict[str, float]
+
+
+def provides(*names: str) -> Callable:
+    """Declare the figures a provider returns, so baselines can be checked against them without a run."""
+    def mark(func: Callable) -> Callable:
+        func.figures = names
+        return func
+    return mark
+
+
+@provides("calibration.type1_welch_n50", "calibration.type1_mannwhitney_n50", "calibration.type1_ks_n50",
+          "calibration.null_any_bh_flag_n50", "calibration.power_raw_welch_shift10_n50")
+def calibration_figures(fast: bool, publish: bool) -> Figures:
+    """Type-I error and power of the concordance tests on phantom organ tables (no images)."""
+    from benchmarks import bench_calibration
+
+    argv = ["--reps", "60", "--n", "50", "--power-n", "0"] if fast else []
+    head = bench_calibration.main(argv + ([] if publish and not fast else ["--no-write"]))
+    t1 = head["type1_sex_strata"]["n50"]
+    return {
+        "calibration.type1_welch_n50": t1["welch"],
+        "calibration.type1_mannwhitney_n50": t1["mannwhitney"],
+        "calibration.type1_ks_n50": t1["ks"],
+        "calibration.null_any_bh_flag_n50": head["null_bh_any_flag"]["n50"],
+        "calibration.power_raw_welch_shift10_n50": head["power_welch_raw"]["+10%"]["n50"],
+    }
+
+
+@provides("metrics.speedup_vs_naive", "metrics.speedup_vs_totalsegmentator", "read.speedup_isal")
+def metrics_speed_figures(fast: bool, publish: bool) -> Figures:
+    """Organ metrics vs a mask-per-organ loop and TotalSegmentator's statistics; isal vs plain gzip reads."""
+    from benchmarks import bench_metrics
+
+    shape = (120, 120, 180) if fast else (200, 200, 300)
+    res = bench_metrics.run(shape=shape, repeats=3 if fast else 5)
+    return {
+        "metrics.speedup_vs_naive": res["ratio_naive"],
+        "metrics.speedup_vs_totalsegmentator": res["ratio_totalsegmentator_roi_subset"],
+        "read.speedup_isal": res["ratio_isal"],
+    }
+
+
+@provides("phantoms.seconds_per_case_8mm")
+def phantom_speed_figures(fast: bool, publish: bool) -> Figures:
+    """Wall seconds per 8 mm phantom case (render + write), 2 workers."""
+    import shutil
+    import tempfile
+
+    from totalgen_eval.phantom import make_cohort
+
+    n = 20 if fast else 200
+    tmp = Path(tempfile.mkdtemp(prefix="bench_phantoms_"))
+    try:
+        start = time.perf_counter()
+        make_cohort(tmp / "c", n=n, seed=0, workers=2, progress=False)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"phantoms.seconds_per_case_8mm": seconds / n}
+
+
+PROVIDERS: dict[str, dict[str, Callable[[bool, bool], Figures]]] = {
+    "regression": {"calibration": calibration_figures},
+    "perf": {"metrics_speed": metrics_speed_figures, "phantom_speed": phantom_speed_figures},
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One figure against its baseline."""
+
+    figure: str
+    value: float
+    baseline: float
+    tolerance: float
+    better: str
+
+    @property
+    def regressed(self) -> bool:
+        if self.better == "higher":
+            return self.value < self.baseline - self.tolerance
+        if self.better == "lower":
+            return self.value > self.baseline + self.tolerance
+        return abs(self.value - self.baseline) > self.tolerance
+
+
+def load_baselines(suite: str) -> dict[str, dict]:
+    """The baselines of one suite (figure -> {value, tolerance, better, note})."""
+    path = BASELINES / f"{suite}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def judge(figures: Figures, baselines: dict[str, dict]) -> tuple[list[Verdict], list[str], list[str]]:
+    """Verdicts for figures with a baseline; figures without one; baselines without a figure."""
+    verdicts = [Verdict(k, float(v), float(baselines[k]["value"]), float(baselines[k]["tolerance"]),
+                        baselines[k].get("better", "near")) for k, v in figures.items() if k in baselines]
+    return verdicts, sorted(set(figures) - set(baselines)), sorted(set(baselines) - set(figures))
+
+
+def declared_figures(suite: str) -> set[str]:
+    """Every figure the providers of ``suite`` declare."""
+    return {name for func in PROVIDERS[suite].values() for name in func.figures}
+
+
+def suites(name: str) -> list[str]:
+    """Suite names that ``name`` stands for (``all`` is every suite)."""
+    if name == "all":
+        return list(PROVIDERS)
+    if name not in PROVIDERS:
+        raise ValueError(f"unknown suite {name!r}: choose from {', '.join(PROVIDERS)} or all")
+    return [name]
+
+
+def run_suite(name: str, update: bool = False, publish: bool = False, fast: bool = True,
+              echo: Callable[[str], None] = print) -> bool:
+    """Run the suite(s), print every figure beside its baseline; True when nothing regressed.
+
+    ``update`` rewrites the baselines' values (keeping tolerances and notes) instead of judging.
+    """
+    ok = True
+    for suite in suites(name):
+        baselines = load_baselines(suite)
+        figures: Figures = {}
+        for provider, func in PROVIDERS[suite].items():
+            start = time.perf_counter()
+            got = func(fast, publish)
+            if set(got) != set(func.figures):
+                raise RuntimeError(f"{provider} returned {sorted(got)}, declared {sorted(func.figures)}")
+            figures.update(got)
+            echo(f"[{suite}] {provider}: {time.perf_counter() - start:.1f} s")
+        verdicts, unbased, orphaned = judge(figures, baselines)
+        for v in verdicts:
+            mark = "REGRESSED" if v.regressed else "ok"
+            echo(f"  {v.figure:<40} {v.value:>9.4g} vs {v.baseline:>9.4g} +-{v.tolerance:<7.2g} {v.better:<6} {mark}")
+        if update:
+            for fig, value in figures.items():
+                entry = baselines.setdefault(fig, {"tolerance": abs(value) * 0.25, "better": "near"})
+                entry["value"] = value
+            for fig in orphaned:
+                baselines.pop(fig)
+            BASELINES.mkdir(parents=True, exist_ok=True)
+            (BASELINES / f"{suite}.json").write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
+            echo(f"  baselines of {suite} updated ({len(figures)} figures)")
+            continue
+        for fig in unbased:
+            echo(f"  {fig}: no baseline (run with --update)")
+        for fig in orphaned:
+            echo(f"  {fig}: baseline without a figure")
+        failed = [v.figure for v in verdicts if v.regressed]
+        if failed or unbased or orphaned:
+            ok = False
+            echo(f"[{suite}] FAILED: " + ", ".join(failed + unbased + orphaned))
+    return ok

@@ -1,0 +1,43 @@
+"""The regression suite: baselines and figures match both ways; a stricter baseline fails the run."""
+import json
+import shutil
+
+import pytest
+
+suite = pytest.importorskip("benchmarks.suite", reason="the benchmarks folder is part of the source checkout")
+
+
+@pytest.mark.parametrize("name", sorted(suite.PROVIDERS))
+def test_every_figure_has_a_baseline_and_every_baseline_a_figure(name):
+    baselines = suite.load_baselines(name)
+    assert set(baselines) == suite.declared_figures(name)
+    for entry in baselines.values():
+        assert entry["better"] in ("near", "higher", "lower") and entry["tolerance"] >= 0 and entry["note"]
+
+
+def test_verdicts():
+    v = suite.Verdict("f", value=0.8, baseline=1.0, tolerance=0.1, better="higher")
+    assert v.regressed
+    assert not suite.Verdict("f", 0.95, 1.0, 0.1, "higher").regressed
+    assert suite.Verdict("f", 1.2, 1.0, 0.1, "lower").regressed
+    assert suite.Verdict("f", 0.85, 1.0, 0.1, "near").regressed and not suite.Verdict("f", 1.05, 1.0, 0.1, "near").regressed
+
+
+@pytest.mark.slow
+def test_regression_passes_then_fails_when_a_baseline_is_made_stricter(tmp_path, monkeypatch):
+    baselines = tmp_path / "baselines"
+    shutil.copytree(suite.BASELINES, baselines)
+    monkeypatch.setattr(suite, "BASELINES", baselines)
+    monkeypatch.setattr(suite, "PROVIDERS", {"regression": {"calibration": suite.calibration_figures}})
+    kept = {k: v for k, v in json.loads((baselines / "regression.json").read_text()).items()
+            if k in suite.calibration_figures.figures}  # the fast, deterministic provider alone
+    (baselines / "regression.json").write_text(json.dumps(kept))
+    lines = []
+    assert suite.run_suite("regression", fast=True, echo=lines.append), "\n".join(lines)
+    data = json.loads((baselines / "regression.json").read_text())
+    entry = data["calibration.power_raw_welch_shift10_n50"]
+    entry["value"] = entry["value"] + 2 * entry["tolerance"] + 0.01  # stricter than the current figure
+    (baselines / "regression.json").write_text(json.dumps(data))
+    lines.clear()
+    assert not suite.run_suite("regression", fast=True, echo=lines.append)
+    assert any("FAILED" in line and "calibration.power_raw_welch_shift10_n50" in line for line in lines)
