@@ -154,11 +154,24 @@ def test_intensity_maps_are_invertible_and_anchor_points():
     assert float(unit_to_pet(torch.tensor(-1.3))) == 0.0
 
 
-def test_sr_pair_reconstructs_high_res_and_positions_span_the_canvas():
-    x = torch.randn(2, 2, 8, 8, 16)
+def test_sr_pair_reconstructs_high_res_and_low_res_keeps_physical_means():
+    gen = torch.Generator().manual_seed(0)
+    hu = torch.empty(2, 8, 8, 16).uniform_(-1000, 1500, generator=gen)
+    suv = torch.empty(2, 8, 8, 16).uniform_(0, 30, generator=gen)
+    x = torch.stack([ct_to_unit(hu), pet_to_unit(suv)], 1)
     residual, image = sr_training_pair(x)
     torch.testing.assert_close(residual + image[:, :2], x)
-    torch.testing.assert_close(upsample(downsample(x))[:, :, 2:4, 2:4, 2:4].mean(), image[:, :2, 2:4, 2:4, 2:4].mean())
+    lo = downsample(x)
+    assert lo.shape == (2, 2, 4, 4, 8)
+    # a low-res voxel holds the mean HU and SUV of its 2x2x2 block (not the mean of normalised values)
+    torch.testing.assert_close(unit_to_pet(lo[:, 1, 1, 2, 3]), suv[:, 2:4, 4:6, 6:8].mean((1, 2, 3)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unit_to_ct(lo[:, 0, 0, 0, 0]), hu[:, :2, :2, :2].mean((1, 2, 3)), rtol=1e-4, atol=1e-2)
+    # trilinear upsampling of a constant is the constant
+    const = torch.stack([ct_to_unit(torch.full((1, 4, 4, 8), 40.0)), pet_to_unit(torch.full((1, 4, 4, 8), 2.0))], 1)
+    torch.testing.assert_close(upsample(const), torch.nn.functional.interpolate(const, scale_factor=2.0))
+
+
+def test_positions_span_the_canvas():
     pos = position_channels((4, 6, 8))
     assert pos.shape == (1, 3, 4, 6, 8)
     assert math.isclose(float(pos[0, 2, 0, 0, 0]), -1 + 1 / 8) and math.isclose(float(pos[0, 0, -1, 0, 0]), 1 - 1 / 4)
