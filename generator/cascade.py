@@ -22,7 +22,7 @@ from .intensity import from_unit
 from .population import PopulationModel, parse_sex
 from .precision import autocast, resolve_precision
 from .sampling import chunked, get_sampler, guided
-from .stages import canvas_affine, sr_condition
+from .stages import canvas_affine, lowres_condition, sr_condition
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -134,6 +134,7 @@ class Cascade:
         lo_model = guided(self.lowres, s.guidance)
         sr_model = chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr
         lo_sample, sr_sample = get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler)
+        lo_positions = lo_cfg.network.in_channels > lo_cfg.network.out_channels
         shapes = [(lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape)]
         for start in range(0, n, max(1, int(batch_size))):
             rows = range(start, min(n, start + batch_size))
@@ -141,8 +142,9 @@ class Cascade:
             cond = {"demographics": cond_all[list(rows)].to(self.device)}
             with torch.inference_mode():
                 x = torch.stack([z[0] for z in noises]).to(self.device) * lo_sigmas[0]
+                lo_cond = dict(cond, image=lowres_condition(x) if lo_positions else None)
                 with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
-                    x_lo = lo_sample(lo_model, x, lo_sigmas, cond).float()
+                    x_lo = lo_sample(lo_model, x, lo_sigmas, lo_cond).float()
                 up, image = sr_condition(x_lo)
                 r = torch.stack([z[1] for z in noises]).to(self.device) * sr_sigmas[0]
                 with autocast(self.precision, self.device):
@@ -179,6 +181,9 @@ def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -
     if tuple(2 * s for s in lowres.shape) != tuple(sr.shape) or tuple(lowres.fov_mm) != tuple(sr.fov_mm):
         raise CheckpointError(f"{source}: stages do not fit together (lowres {lowres.shape} on {lowres.fov_mm} mm, "
                               f"sr {sr.shape} on {sr.fov_mm} mm; sr must be twice lowres on the same canvas)")
+    if lowres.network.in_channels not in (lowres.network.out_channels, lowres.network.out_channels + 3):
+        raise CheckpointError(f"{source}: lowres network takes {lowres.network.in_channels} channels, expected "
+                              f"{lowres.network.out_channels} or {lowres.network.out_channels + 3} (with positions)")
     if sr.network.in_channels != 2 * lowres.network.out_channels + 3:
         raise CheckpointError(f"{source}: sr network takes {sr.network.in_channels} channels, expected "
                               f"{2 * lowres.network.out_channels + 3}")

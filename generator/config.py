@@ -88,12 +88,14 @@ class StageConfig:
 def default_lowres() -> StageConfig:
     """Stage 1 defaults: 16 mm canvas (28, 20, 72), UNet (16, 32, 64), DPM-Solver++(2M) 16 steps from sigma 20.
 
+    Input channels: 2 noisy image + 3 position channels (the lean UNet cannot see the whole canvas).
+
     sigma_max 20 is still ~45x the data's standard deviation; with 16 steps the probability-flow error on
     Gaussian data of std 0.02-0.43 stays within ~5% (sigma_max 80 needs ~24 steps for the same).
     """
     return StageConfig(kind="lowres", voxel_mm=16.0, shape=(28, 20, 72), sigma_data=0.5,
                        p_mean=-1.0, p_std=1.2, cond_dropout=0.1,
-                       network=NetworkConfig(in_channels=2, out_channels=2, channels=(16, 32, 64)),
+                       network=NetworkConfig(in_channels=5, out_channels=2, channels=(16, 32, 64)),
                        schedule=ScheduleConfig(sigma_min=0.002, sigma_max=20.0, steps=16, sampler="dpmpp_2m"),
                        lr=2e-3, ema_decay=0.998, batch_size=8, steps=4000)
 
@@ -118,7 +120,7 @@ def tiny_lowres(shape: tuple[int, int, int] = (8, 8, 16)) -> StageConfig:
     """A tiny stage 1 for tests: fov scaled so that voxel 16 mm still holds."""
     return dataclasses.replace(
         default_lowres(), shape=shape, fov_mm=tuple(16.0 * s for s in shape),
-        network=NetworkConfig(in_channels=2, out_channels=2, channels=(4, 8), emb_dim=16),
+        network=NetworkConfig(in_channels=5, out_channels=2, channels=(4, 8), emb_dim=16),
         schedule=ScheduleConfig(steps=4), batch_size=4, steps=10)
 
 

@@ -46,6 +46,14 @@ def position_channels(shape: tuple[int, int, int], batch: int = 1, device: torch
     return grid.unsqueeze(0).expand(batch, -1, -1, -1, -1)
 
 
+def lowres_condition(x_lo: torch.Tensor) -> torch.Tensor | None:
+    """Stage 1's conditioning image: the 3 position channels of its grid (B, 3, X, Y, Z).
+
+    A lean UNet's receptive field does not span the 72-slice canvas; positions tell it where head and legs go.
+    """
+    return position_channels(tuple(x_lo.shape[2:]), x_lo.shape[0], x_lo.device, torch.float32)
+
+
 def sr_condition(x_lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(upsampled low-res (B, 2, ...), conditioning image (B, 5, ...) = upsampled + 3 positions)."""
     up = upsample(x_lo)

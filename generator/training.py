@@ -27,7 +27,7 @@ from .checkpoints import build_denoiser, load_training_state, save_stage, save_t
 from .config import StageConfig
 from .diffusion import Denoiser, edm_loss
 from .precision import autocast, resolve_precision
-from .stages import downsample, sr_training_pair
+from .stages import downsample, lowres_condition, sr_training_pair
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ def stage_batch(config: StageConfig, volumes: torch.Tensor, generator: torch.Gen
     and the conditioning image after they were computed on the whole volume.
     """
     if config.kind == "lowres":
-        return downsample(volumes), None
+        x_lo = downsample(volumes)
+        return x_lo, (lowres_condition(x_lo) if config.network.in_channels > config.network.out_channels else None)
     if config.kind != "sr":
         raise ValueError(f"unknown stage kind {config.kind!r} (lowres or sr)")
     x0, image = sr_training_pair(volumes)

@@ -62,7 +62,8 @@ def test_denoiser_with_zero_network_is_c_skip_times_x():
     cfg = tiny_lowres()
     den = build_denoiser(cfg)
     x = torch.randn(2, 2, *cfg.shape)
-    out = den(x, torch.tensor(1.3), {"demographics": torch.tensor([[50, 1, 1.7, 70.0]] * 2)})
+    out = den(x, torch.tensor(1.3), {"demographics": torch.tensor([[50, 1, 1.7, 70.0]] * 2),
+                                     "image": position_channels(cfg.shape, 2)})
     torch.testing.assert_close(out, x * cfg.sigma_data ** 2 / (1.3 ** 2 + cfg.sigma_data ** 2))
 
 
@@ -256,7 +257,7 @@ def test_stage_round_trip_without_pickle(tmp_path):
     loaded, cfg2, meta = load_stage(path)
     assert cfg2 == cfg and meta["note"] == "test" and len(meta["sha256"]) == 12
     x = torch.randn(1, 2, *cfg.shape)
-    cond = {"demographics": torch.tensor([[40, 1, 1.8, 80.0]])}
+    cond = {"demographics": torch.tensor([[40, 1, 1.8, 80.0]]), "image": position_channels(cfg.shape)}
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, torch.tensor(0.7), cond), den.eval()(x, torch.tensor(0.7), cond))
 
