@@ -1,6 +1,5 @@
 """Cohort I/O: the three layouts round-trip what was written; every bad input is one clear InputError."""
 import math
-import shutil
 
 import nibabel as nib
 import numpy as np

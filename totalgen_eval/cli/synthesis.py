@@ -1,0 +1,86 @@
+"""Commands of the generator: generate, train, benchmark."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from .app import Device, Progress, Seed, _command, out
+
+
+# generate / train / benchmark -------------------------------------------------------------------------
+@_command()
+def generate(
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Number of cases (ignored with --match).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the synthetic cohort.")] = Path("synth"),
+    match: Annotated[Optional[Path], typer.Option("--match", help="One synthetic twin per case of this cohort.")] = None,
+    sex: Annotated[Optional[str], typer.Option("--sex", help="Only F or M.")] = None,
+    age: Annotated[Optional[str], typer.Option("--age", help="Age range in years, e.g. 40-70.")] = None,
+    height: Annotated[Optional[str], typer.Option("--height", help="Height (m) or range, e.g. 1.6-1.8.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", help="Weight (kg) or range, e.g. 60-90.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (default: the checkpoint's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Volumes denoised together.")] = 8,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A cascade folder (default: bundled weights).")] = None,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    force: Annotated[bool, typer.Option("--force", help="Start afresh in a folder that holds another run.")] = False,
+    progress: Progress = True,
+) -> None:
+    """Sample a synthetic PET/CT cohort from the bundled cascaded diffusion generator."""
+    from ..synthesis import generate_cohort
+
+    if n is None and match is None:
+        n = 500
+    path = generate_cohort(out_dir, n=n, match=match, sex=sex, age=age, height=height, weight=weight, steps=steps,
+                           guidance=guidance, batch_size=batch_size, checkpoint=checkpoint, seed=seed,
+                           device=device, force=force, progress=progress)
+    out.print(f"synthetic cohort written to {path}")
+
+
+@_command()
+def train(
+    cohort: Annotated[Path, typer.Argument(help="Training cohort folder.")],
+    stage: Annotated[str, typer.Option("--stage", help="lowres (stage 1) or sr (stage 2).")] = "lowres",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder (resumes if it holds one).")] = Path("runs/lowres"),
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    progress: Progress = True,
+) -> None:
+    """Train one stage of the cascade on a cohort (resumable; works under torchrun for DDP)."""
+    from ..training_data import train_stage
+
+    if stage not in ("lowres", "sr"):
+        raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
+    path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
+                       device=device, progress=progress)
+    out.print(f"checkpoint written to {path}")
+
+
+@_command()
+def benchmark(
+    suite: Annotated[str, typer.Option("--suite", help="regression, perf or all.")] = "regression",
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the baselines with the current figures.")] = False,
+    publish: Annotated[bool, typer.Option("--publish", help="Regenerate the reports/ folder.")] = False,
+    fast: Annotated[bool, typer.Option("--fast/--full", help="The CI subset or the full suite.")] = True,
+) -> None:
+    """Regression and performance benchmarks against committed baselines (benchmarks/baselines/*.json).
+
+    Exits 1 naming every figure that regressed; --update rewrites the baselines deliberately."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "suite.py").is_file():
+        raise InputError("the benchmarks live in the source checkout (git clone); not in an installed wheel", root)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.suite import run_suite
+
+    try:
+        ok = run_suite(suite, update=update, publish=publish, fast=fast, echo=out.print)
+    except ValueError as exc:
+        raise InputError(str(exc), "--suite") from None
+    raise typer.Exit(0 if ok else 1)
