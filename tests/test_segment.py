@@ -223,3 +223,22 @@ def test_default_segmenter_prefers_labels(tmp_path):
     _, _, labels = toy_volumes(shape=(24, 20, 22))
     path = write_volume(labels, _affine(), tmp_path / "l.nii.gz")
     assert segment.default_segmenter([_case(tmp_path, path)]) == "labels"
+
+
+def test_bundled_segmenter_on_fresh_phantoms(tmp_path):
+    """The bundled phantom segmenter on phantoms of a seed it never saw (goals of TRAINING.md, with a margin)."""
+    if not seg_model.bundled_model_path().is_file():
+        pytest.skip("the bundled phantom segmenter's weights are not in totalgen_eval/weights/")
+    phantom = pytest.importorskip("totalgen_eval.phantom", reason="phantom.py is not there yet")
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.segment.training import evaluate
+
+    cohort = load_cohort(phantom.make_cohort(tmp_path / "ph", n=3, seed=4242, progress=False))
+    per_case = evaluate(seg_model.bundled_model_path(), cohort)
+    res = per_case.groupby("organ").mean(numeric_only=True)  # per organ, over the cases
+    large = ["brain", "lungs", "heart", "liver", "spleen", "kidneys", "muscle"]
+    assert res.loc[large, "dice"].min() >= 0.85, res
+    assert res.loc[["aorta", "urinary_bladder"], "dice"].min() >= 0.75, res
+    assert res["suv_mean_diff_pct"].abs().max() < 5.0, res
+    assert per_case["dice"].min() >= 0.6, per_case
+    assert segment.make_segmenter("model:bundled").path == seg_model.bundled_model_path()

@@ -46,6 +46,7 @@ class TrainConfig:
     threads: int = 2
     checkpoint_every: int = 100
     max_minutes: float = 30.0
+    init: str = ""  # start from this checkpoint's weights (fine-tuning / a second run)
 
 
 def phantom_cohort(path: Path, n: int, seed: int):
@@ -108,6 +109,10 @@ def train(cfg: TrainConfig) -> Path:
     ct, pet, target = load_arrays(phantom_cohort(data / "train", cfg.n_train, cfg.train_seed), cfg.inputs)
     mcfg = model_config(cfg)
     net = build_network(mcfg)
+    if cfg.init:
+        from safetensors.torch import load_file
+        from .model import resolve_model_path
+        net.load_state_dict(load_file(str(resolve_model_path(cfg.init)[1])))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
