@@ -93,6 +93,8 @@ def test_suv_peak_against_brute_force():
     expected = brute_force_peak(pet, labels == 5, (2.0, 2.5, 3.0), metrics.PEAK_RADIUS_MM)
     assert row.suv_peak == pytest.approx(expected, rel=1e-6)
     assert math.isnan(row.hu_mean)
+    fortran = metrics.case_metrics(np.asfortranarray(pet), None, np.asfortranarray(labels), grid, organs=("liver",))
+    assert fortran.iloc[0].suv_peak == pytest.approx(expected, rel=1e-6)  # NIfTI arrays come in F order
 
 
 def test_peak_radius_is_one_millilitre():
