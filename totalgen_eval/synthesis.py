@@ -189,6 +189,7 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
     _check_folder(root, settings, force)
     (root / CASE_DIR).mkdir(parents=True, exist_ok=True)
     record = {"settings": settings, "status": "running", "batch_size": batch_size, "device": str(device),
+              "precision": getattr(cascade, "precision", "fp32"),
               "checkpoint": to_jsonable({k: v for k, v in cascade.meta.items() if k in ("folder", "lowres", "sr")}),
               "n_clamped": int(clamped.sum()), "versions": package_versions()}
     write_json(record, root / GENERATE_JSON)
