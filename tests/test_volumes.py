@@ -69,6 +69,14 @@ def test_resample_nearest_onto_finer_grid():
     assert out[0, 0, 0] == 1 and out[2, 0, 0] == 2 and out[4, 0, 0] == 3
 
 
+def test_resample_nearest_keeps_the_border_cells():
+    # coarse 4 mm labels onto a 1 mm grid spanning the same cells: the outer half voxel keeps its label
+    src = volumes.Grid((2, 1, 1), _affine((4.0, 1.0, 1.0)))  # centres 0 and 4 mm: cells -2..2, 2..6
+    dst = volumes.Grid((8, 1, 1), _affine((1.0, 1.0, 1.0), (-1.5, 0.0, 0.0)))  # centres -1.5 .. 5.5 mm
+    out = volumes.resample_to_grid(np.array([7, 9], np.uint8).reshape(2, 1, 1), src, dst, order=0)
+    assert out[:, 0, 0].tolist() == [7, 7, 7, 7, 9, 9, 9, 9]
+
+
 def test_resample_linear_matches_analytic_ramp():
     src = volumes.Grid((10, 1, 1), _affine((2.0, 1.0, 1.0)))
     dst = volumes.Grid((6, 1, 1), _affine((3.0, 1.0, 1.0), (1.0, 0.0, 0.0)))  # 1..16 mm, inside 0..18

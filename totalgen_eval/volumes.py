@@ -130,5 +130,8 @@ def resample_to_grid(array: np.ndarray, source: Grid, target: Grid, order: int, 
     # voxel of target -> mm -> voxel of source
     mapping = np.linalg.inv(source.affine) @ target.affine
     out_dtype = array.dtype if order == 0 else np.float32
+    # nearest neighbour: a source voxel covers its whole cell, out to half a voxel beyond its centre
+    # ("grid-constant"); "constant" would drop the outer half voxel of the source grid
+    mode = "grid-constant" if order == 0 else "constant"
     return ndimage.affine_transform(array, mapping[:3, :3], offset=mapping[:3, 3], output_shape=target.shape,
-                                    order=order, mode="constant", cval=cval, output=out_dtype, prefilter=False)
+                                    order=order, mode=mode, cval=cval, output=out_dtype, prefilter=False)
