@@ -58,3 +58,9 @@ def test_doctor_reports_weights_and_device():
     result = _run("doctor")
     assert result.exit_code == 0, result.output
     assert "TotalSegmentator weights" in result.output and "torch" in result.output
+
+
+def test_version():
+    from totalgen_eval import __version__
+    result = _run("--version")
+    assert result.exit_code == 0 and result.output.strip() == __version__

@@ -71,8 +71,13 @@ def _command(name: str | None = None, **kw) -> Callable:
     return register
 
 
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         print(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Generate synthetic whole-body FDG PET/CT and judge it against real scans, organ by organ."""
