@@ -166,6 +166,7 @@ class DemoConfig:
     workers: int = 2
     device: str = "cpu"
     voxel_mm: float = 8.0  # the bundled generator's output grid
+    checkpoint: Path | None = None  # a cascade folder; None: the bundled weights
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> CompareResult:
@@ -176,7 +177,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> CompareResult:
 
     real = make_cohort(cfg.out / "real", n=cfg.n, seed=cfg.seed, config=PhantomConfig(voxel_mm=cfg.voxel_mm),
                        workers=cfg.workers, progress=progress)
-    synth = generate_cohort(cfg.out / "synth", match=real, seed=cfg.seed, device=cfg.device, progress=progress)
+    synth = generate_cohort(cfg.out / "synth", match=real, seed=cfg.seed, device=cfg.device,
+                            checkpoint=cfg.checkpoint, progress=progress)
     compare_cfg = CompareConfig(real=real, synth=synth, out=cfg.out, real_segmenter="labels",
                                 synth_segmenter="model:bundled", workers=cfg.workers, device=cfg.device,
                                 seed=cfg.seed, force=True)

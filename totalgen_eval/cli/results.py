@@ -78,12 +78,14 @@ def demo(
     seed: Seed = 0,
     workers: Workers = 2,
     device: Device = "cpu",
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A cascade folder (default: bundled weights).")] = None,
     progress: Progress = True,
 ) -> None:
     """End to end on the embedded default: phantom cohort -> generate twins -> compare -> report."""
     from ..pipeline import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=out_dir, n=n, seed=seed, workers=workers, device=device), progress=progress)
+    result = run_demo(DemoConfig(out=out_dir, n=n, seed=seed, workers=workers, device=device,
+                                   checkpoint=checkpoint), progress=progress)
     _print_headline(result.comparison.summary)
     out.print(f"report: {result.report}")
 
