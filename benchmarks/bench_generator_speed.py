@@ -6,7 +6,7 @@ the CLI: totalgen_eval.synthesis.generate_cohort). Goal (issue 6): <= 2.4 s per 
 Uses the bundled weights when present, else a random-weight cascade of the same architecture (speed does
 not depend on the weights). Writes reports/generator_speed.json.
 
-    python benchmarks/bench_generator_speed.py [--threads 2] [--n 20] [--batch-size 8]
+    python benchmarks/bench_generator_speed.py [--threads 2] [--n 20] [--batch-size 8] [--precision fp32]
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import torch
 from generator import default_lowres, default_sr, load_cascade, random_cascade
 from generator.diffusion import karras_sigmas
 from generator.sampling import get_sampler, guided
-from generator.stages import sr_condition
+from generator.precision import autocast, resolve_precision
+from generator.stages import lowres_condition, sr_condition
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,10 +56,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16 or fp32")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "generator_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cascade, source = cascade_under_test()
+    cascade.precision = resolve_precision(args.precision, cascade.device)
     s = cascade.settings()
     b = args.batch_size
     lo, sr = cascade.lowres_config, cascade.sr_config
@@ -66,12 +69,13 @@ def main() -> None:
     lo_sig = karras_sigmas(s.lowres_steps, lo.schedule.sigma_min, lo.schedule.sigma_max, lo.schedule.rho)
     sr_sig = karras_sigmas(s.sr_steps, sr.schedule.sigma_min, sr.schedule.sigma_max, sr.schedule.rho)
     x_lo = torch.randn(b, 2, *lo.shape) * lo_sig[0]
-    with torch.inference_mode():
-        low = get_sampler(s.lowres_sampler)(guided(cascade.lowres, s.guidance), x_lo, lo_sig, {"demographics": demo})
+    lo_cond = {"demographics": demo, "image": lowres_condition(x_lo)}
+    with torch.inference_mode(), autocast(cascade.precision, "cpu"):
+        low = get_sampler(s.lowres_sampler)(guided(cascade.lowres, s.guidance), x_lo, lo_sig, lo_cond).float()
         up, image = sr_condition(low)
         r = torch.randn(b, 2, *sr.shape) * sr_sig[0]
         t1 = time_stage(lambda: get_sampler(s.lowres_sampler)(guided(cascade.lowres, s.guidance), x_lo, lo_sig,
-                                                              {"demographics": demo}), args.repeats) / b
+                                                              lo_cond), args.repeats) / b
         t2 = time_stage(lambda: get_sampler(s.sr_sampler)(cascade.sr, r, sr_sig, {"demographics": demo, "image": image}),
                         args.repeats) / b
     from totalgen_eval.synthesis import generate_cohort
@@ -82,14 +86,14 @@ def main() -> None:
         total = time.perf_counter() - t
     per_case = total / args.n
     result = {
-        "weights": source, "threads": args.threads, "batch_size": b, "settings": s.__dict__,
+        "weights": source, "precision": cascade.precision, "threads": args.threads, "batch_size": b, "settings": s.__dict__,
         "stage1_s_per_volume": round(t1, 3), "stage2_s_per_volume": round(t2, 3),
         "generate_n": args.n, "generate_seconds": round(total, 1), "generate_s_per_volume": round(per_case, 3),
         "generate_500_extrapolated_min": round(per_case * 500 / 60, 1),
         "goal_s_per_volume": 2.4, "stretch_s_per_volume": 1.2,
         "load_average_1min": round(__import__("os").getloadavg()[0], 2),
     }
-    print(f"weights: {source}; threads {args.threads}; batch {b}; load average {result['load_average_1min']}")
+    print(f"weights: {source}; precision {cascade.precision}; threads {args.threads}; batch {b}; load average {result['load_average_1min']}")
     print(f"stage 1 ({s.lowres_sampler}, {s.lowres_steps} steps, guidance {s.guidance}): {t1:.3f} s/volume")
     print(f"stage 2 ({s.sr_sampler}, {s.sr_steps} steps): {t2:.3f} s/volume")
     print(f"generate --n {args.n}: {total:.1f} s = {per_case:.3f} s/volume (incl. NIfTI writing) "
