@@ -109,41 +109,31 @@ def sample_figure(real_cohort, synth_cohort, path: Path, n: int = 3) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--heldout-seed", type=int, default=777)
-    ap.add_argument("--twin-seed", type=int, default=778)
-    ap.add_argument("--seed", type=int, default=0, help="generator seed")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/totalgen-fidelity"))
-    ap.add_argument("--segmenter", default="model:bundled")
-    ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--reports", type=Path, default=ROOT / "reports")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
+def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed: int = 777, twin_seed: int = 778,
+        seed: int = 0, segmenter: str = "model:bundled", checkpoint: Path | None = None, workers: int = 1,
+        reports: Path | None = None, n_boot: int = 500) -> dict:
+    """Run the benchmark in ``work``; the result dict (see the module docstring). With ``reports`` set, write
+    generator_fidelity.{md,json} and its figures there."""
     from totalgen_eval.cohort import load_cohort
     from totalgen_eval.phantom import make_cohort
     from totalgen_eval.synthesis import generate_cohort
 
     started = time.perf_counter()
-    heldout = make_cohort(args.work / "heldout", n=args.n, seed=args.heldout_seed, progress=False)
+    heldout = make_cohort(work / "heldout", n=n, seed=heldout_seed, progress=False)
     demo = load_cohort(heldout).to_frame()[["age", "sex", "height_m", "weight_kg"]]
-    twins = make_cohort(args.work / "phantom_twins", seed=args.twin_seed, demographics=demo, progress=False)
+    twins = make_cohort(work / "phantom_twins", seed=twin_seed, demographics=demo, progress=False)
     t = time.perf_counter()
-    synth = generate_cohort(args.work / "synth", match=heldout, seed=args.seed, checkpoint=args.checkpoint,
-                            progress=False)
+    synth = generate_cohort(work / "synth", match=heldout, seed=seed, checkpoint=checkpoint, progress=False)
     generate_seconds = time.perf_counter() - t
     gen_info = json.loads((synth / "generate.json").read_text())
     real_c, twin_c, synth_c = load_cohort(heldout), load_cohort(twins), load_cohort(synth)
-    args.reports.mkdir(parents=True, exist_ok=True)
-    sample_figure(real_c, synth_c, args.reports / "generator_fidelity_samples.png")
+    if reports is not None:
+        reports.mkdir(parents=True, exist_ok=True)
+        sample_figure(real_c, synth_c, reports / "generator_fidelity_samples.png")
 
-    result: dict = {"n": args.n, "heldout_seed": args.heldout_seed, "twin_seed": args.twin_seed,
-                    "generator_seed": args.seed, "generator": gen_info["settings"],
-                    "generate_seconds": round(generate_seconds, 1), "segmenter": args.segmenter,
+    result: dict = {"n": n, "heldout_seed": heldout_seed, "twin_seed": twin_seed,
+                    "generator_seed": seed, "generator": gen_info["settings"],
+                    "generate_seconds": round(generate_seconds, 1), "segmenter": segmenter,
                     "goals": {"suv_mean_margin_pct": SUV_MARGIN, "volume_margin_pct": VOLUME_MARGIN,
                               "share": GOAL_SHARE}}
     body = compare_body(body_table(real_c), body_table(synth_c))
@@ -157,24 +147,29 @@ def main() -> None:
 
         tables = {}
         for name, cohort, seg in (("real", real_c, "labels"), ("twins", twin_c, "labels"),
-                                  ("synth", synth_c, args.segmenter)):
-            tables[name] = organ_metrics(cohort, segmenter=seg, workers=args.workers, cache_dir=args.work / "cache" / name,
+                                  ("synth", synth_c, segmenter)):
+            tables[name] = organ_metrics(cohort, segmenter=seg, workers=workers, cache_dir=work / "cache" / name,
                                          cohort_name=name, progress=False)
-        comparisons = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), n_boot=500,
-                                         seed=0) for k in ("synth", "twins")}
+        comparisons = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"),
+                                         n_boot=n_boot, seed=0) for k in ("synth", "twins")}
         for k, comp in comparisons.items():
             suv_share, suv_cells = share_within(comp.concordance, "suv_mean", SUV_MARGIN)
             vol_share, vol_cells = share_within(comp.concordance, "volume_ml", VOLUME_MARGIN)
+            overall = comp.concordance[(comp.concordance["sex"] == "all") & (comp.concordance["age_group"] == "all")]
+            median_abs = overall.groupby("metric")["deviation_pct"].apply(lambda d: float(d.abs().median()))
             result[k] = {"suv_mean_share_within_5pct": suv_share, "suv_mean_cells": suv_cells,
                          "volume_share_within_10pct": vol_share, "volume_cells": vol_cells,
+                         "suv_mean_median_abs_dev_pct": median_abs.get("suv_mean", float("nan")),
+                         "volume_median_abs_dev_pct": median_abs.get("volume_ml", float("nan")),
                          "effects": effect_checks(comp.trends)}
-            comp.concordance.to_csv(args.work / f"concordance_{k}.csv", index=False)
+            comp.concordance.to_csv(work / f"concordance_{k}.csv", index=False)
         conc = comparisons["synth"].concordance
         allrows = conc[(conc["sex"] == "all") & (conc["age_group"] == "all")]
         result["per_organ_all"] = allrows[["organ", "metric", "real_mean", "synth_mean", "deviation_pct"]].round(3).to_dict("records")
-        for metric in ("suv_mean", "volume_ml"):
-            fig = deviation_heatmap(conc, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
-            fig.savefig(args.reports / f"generator_fidelity_{metric}.png", dpi=80)
+        if reports is not None:
+            for metric in ("suv_mean", "volume_ml"):
+                fig = deviation_heatmap(conc, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
+                fig.savefig(reports / f"generator_fidelity_{metric}.png", dpi=80)
         s = result["synth"]
         result["goals_met"] = {
             "suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
@@ -185,9 +180,32 @@ def main() -> None:
         result["organ_part"] = f"not run: {type(exc).__name__}: {exc}".splitlines()[0]
         result["organ_traceback"] = traceback.format_exc().splitlines()[-3:]
     result["seconds"] = round(time.perf_counter() - started, 1)
-    (args.reports / "generator_fidelity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (args.reports / "generator_fidelity.md").write_text(markdown(result))
+    if reports is not None:
+        (reports / "generator_fidelity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        (reports / "generator_fidelity.md").write_text(markdown(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--heldout-seed", type=int, default=777)
+    ap.add_argument("--twin-seed", type=int, default=778)
+    ap.add_argument("--seed", type=int, default=0, help="generator seed")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/totalgen-fidelity"))
+    ap.add_argument("--segmenter", default="model:bundled")
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--reports", type=Path, default=ROOT / "reports")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave reports/ alone")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(n=args.n, work=args.work, heldout_seed=args.heldout_seed, twin_seed=args.twin_seed, seed=args.seed,
+                 segmenter=args.segmenter, checkpoint=args.checkpoint, workers=args.workers,
+                 reports=None if args.no_write else args.reports)
     print(markdown(result))
+    return result
 
 
 def markdown(r: dict) -> str:
@@ -208,7 +226,11 @@ def markdown(r: dict) -> str:
                   f"| SUVmean cells within 5% | {s['suv_mean_share_within_5pct']:.0%} of {s['suv_mean_cells']} | "
                   f"{t['suv_mean_share_within_5pct']:.0%} of {t['suv_mean_cells']} | >= 80% |",
                   f"| volume cells within 10% | {s['volume_share_within_10pct']:.0%} of {s['volume_cells']} | "
-                  f"{t['volume_share_within_10pct']:.0%} of {t['volume_cells']} | >= 80% |", "",
+                  f"{t['volume_share_within_10pct']:.0%} of {t['volume_cells']} | >= 80% |",
+                  f"| median over organs of abs. SUVmean deviation (all cases) | {s['suv_mean_median_abs_dev_pct']:.1f}% | "
+                  f"{t['suv_mean_median_abs_dev_pct']:.1f}% | |",
+                  f"| median over organs of abs. volume deviation (all cases) | {s['volume_median_abs_dev_pct']:.1f}% | "
+                  f"{t['volume_median_abs_dev_pct']:.1f}% | |", "",
                   "Goals met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["goals_met"].items()), "",
                   "## Demographic effects (trends: real vs synthetic effect)", "",
                   "| effect | real | synthetic | reproduced |", "|---|---|---|---|"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -50,20 +51,14 @@ def time_stage(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16 or fp32")
-    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "generator_speed.json")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, precision: str = "auto",
+        out: Path | None = None) -> dict:
+    """Seconds per volume of each stage and of `generate --n {n}`; written as JSON to ``out`` when given."""
+    torch.set_num_threads(threads)
     cascade, source = cascade_under_test()
-    cascade.precision = resolve_precision(args.precision, cascade.device)
+    cascade.precision = resolve_precision(precision, cascade.device)
     s = cascade.settings()
-    b = args.batch_size
+    b = batch_size
     lo, sr = cascade.lowres_config, cascade.sr_config
     demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * b)
     lo_sig = karras_sigmas(s.lowres_steps, lo.schedule.sigma_min, lo.schedule.sigma_max, lo.schedule.rho)
@@ -75,33 +70,49 @@ def main() -> None:
         up, image = sr_condition(low)
         r = torch.randn(b, 2, *sr.shape) * sr_sig[0]
         t1 = time_stage(lambda: get_sampler(s.lowres_sampler)(guided(cascade.lowres, s.guidance), x_lo, lo_sig,
-                                                              lo_cond), args.repeats) / b
+                                                              lo_cond), repeats) / b
         t2 = time_stage(lambda: get_sampler(s.sr_sampler)(cascade.sr, r, sr_sig, {"demographics": demo, "image": image}),
-                        args.repeats) / b
+                        repeats) / b
     from totalgen_eval.synthesis import generate_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        generate_cohort(Path(tmp) / "synth", n=args.n, seed=0, batch_size=b, cascade=cascade, progress=False)
+        generate_cohort(Path(tmp) / "synth", n=n, seed=0, batch_size=b, cascade=cascade, progress=False)
         total = time.perf_counter() - t
-    per_case = total / args.n
+    per_case = total / n
     result = {
-        "weights": source, "precision": cascade.precision, "threads": args.threads, "batch_size": b, "settings": s.__dict__,
+        "weights": source, "precision": cascade.precision, "threads": threads, "batch_size": b, "settings": s.__dict__,
         "stage1_s_per_volume": round(t1, 3), "stage2_s_per_volume": round(t2, 3),
-        "generate_n": args.n, "generate_seconds": round(total, 1), "generate_s_per_volume": round(per_case, 3),
+        "generate_n": n, "generate_seconds": round(total, 1), "generate_s_per_volume": round(per_case, 3),
         "generate_500_extrapolated_min": round(per_case * 500 / 60, 1),
         "goal_s_per_volume": 2.4, "stretch_s_per_volume": 1.2,
-        "load_average_1min": round(__import__("os").getloadavg()[0], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"weights: {source}; precision {cascade.precision}; threads {args.threads}; batch {b}; load average {result['load_average_1min']}")
+    print(f"weights: {source}; precision {cascade.precision}; threads {threads}; batch {b}; load average {result['load_average_1min']}")
     print(f"stage 1 ({s.lowres_sampler}, {s.lowres_steps} steps, guidance {s.guidance}): {t1:.3f} s/volume")
     print(f"stage 2 ({s.sr_sampler}, {s.sr_steps} steps): {t2:.3f} s/volume")
-    print(f"generate --n {args.n}: {total:.1f} s = {per_case:.3f} s/volume (incl. NIfTI writing) "
+    print(f"generate --n {n}: {total:.1f} s = {per_case:.3f} s/volume (incl. NIfTI writing) "
           f"-> --n 500 ~ {per_case * 500 / 60:.1f} min; goal 2.4 s/volume: {'met' if per_case <= 2.4 else 'NOT met'}, "
           f"stretch 1.2 s: {'met' if per_case <= 1.2 else 'not met'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {args.out}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written {out}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16 or fp32")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "generator_speed.json")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave reports/ alone")
+    args = ap.parse_args(argv)
+    return run(threads=args.threads, n=args.n, batch_size=args.batch_size, repeats=args.repeats,
+               precision=args.precision, out=None if args.no_write else args.out)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,20 @@ def train(
 def benchmark(
     suite: Annotated[str, typer.Option("--suite", help="regression, perf or all.")] = "regression",
     update: Annotated[bool, typer.Option("--update", help="Rewrite the baselines with the current figures.")] = False,
-    publish: Annotated[bool, typer.Option("--publish", help="Regenerate the reports/ folder.")] = False,
-    fast: Annotated[bool, typer.Option("--fast/--full", help="The CI subset or the full suite.")] = True,
+    publish: Annotated[bool, typer.Option("--publish", help="Run the full configurations and regenerate reports/ "
+                                          "(calibration, generator fidelity and speed, the demo report).")] = False,
+    fast: Annotated[bool, typer.Option("--fast/--full", help="The small CI configurations (minutes) or the full "
+                                       "ones (--publish implies --full).")] = True,
 ) -> None:
     """Regression and performance benchmarks against committed baselines (benchmarks/baselines/*.json).
 
-    Exits 1 naming every figure that regressed; --update rewrites the baselines deliberately."""
+    Suites: regression (statistics calibration, generator fidelity on held-out phantoms), perf (speeds of
+    metrics, reading, phantoms, the generator and the demo), all. Every figure is printed beside its
+    baseline and tolerance; the command exits 1 naming every figure that regressed. --update rewrites the
+    baselines deliberately (tolerances and notes kept).
+
+    Examples: `totalgen-eval benchmark` (the CI subset), `totalgen-eval benchmark --suite all --publish`."""
+    fast = fast and not publish
     root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "suite.py").is_file():
         raise InputError("the benchmarks live in the source checkout (git clone); not in an installed wheel", root)
