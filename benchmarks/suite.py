@@ -87,9 +87,81 @@ def phantom_speed_figures(fast: bool, publish: bool) -> Figures:
     return {"phantoms.seconds_per_case_8mm": seconds / n}
 
 
+@provides("generator.suv_mean_median_abs_dev_pct", "generator.volume_median_abs_dev_pct",
+          "generator.liver_suv_mean_dev_pct", "generator.effects_reproduced_share")
+def generator_fidelity_figures(fast: bool, publish: bool) -> Figures:
+    """Bundled cascade vs held-out phantoms: organ SUVmean/volume deviations (all cases) and demographic effects."""
+    import shutil
+    import tempfile
+
+    from benchmarks import bench_generator_fidelity
+
+    work = Path(tempfile.mkdtemp(prefix="bench_fidelity_"))
+    try:
+        res = bench_generator_fidelity.run(n=40 if fast else 100, work=work, n_boot=200 if fast else 500,
+                                           reports=ROOT / "reports" if publish and not fast else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if res.get("organ_part") != "run":
+        raise RuntimeError(f"generator fidelity: organ comparison {res.get('organ_part')}")
+    synth = res["synth"]
+    liver = [x["deviation_pct"] for x in res["per_organ_all"] if x["organ"] == "liver" and x["metric"] == "suv_mean"]
+    effects = synth["effects"]
+    return {
+        "generator.suv_mean_median_abs_dev_pct": float(synth["suv_mean_median_abs_dev_pct"]),
+        "generator.volume_median_abs_dev_pct": float(synth["volume_median_abs_dev_pct"]),
+        "generator.liver_suv_mean_dev_pct": float(liver[0]),
+        "generator.effects_reproduced_share": sum(e["reproduced"] for e in effects) / max(len(effects), 1),
+    }
+
+
+@provides("generator.seconds_per_volume", "generator.stage1_seconds_per_volume",
+          "generator.stage2_seconds_per_volume")
+def generator_speed_figures(fast: bool, publish: bool) -> Figures:
+    """Seconds per volume of the bundled cascade at its defaults (2 threads, batch 8), generate --n 20."""
+    from benchmarks import bench_generator_speed
+
+    reports = ROOT / "reports"
+    res = bench_generator_speed.run(n=20, repeats=2 if fast else 3,
+                                    out=reports / "generator_speed.json" if publish and not fast else None)
+    if publish and not fast:
+        bench_generator_speed.run(n=20, repeats=3, precision="fp32", out=reports / "generator_speed_fp32.json")
+    return {"generator.seconds_per_volume": res["generate_s_per_volume"],
+            "generator.stage1_seconds_per_volume": res["stage1_s_per_volume"],
+            "generator.stage2_seconds_per_volume": res["stage2_s_per_volume"]}
+
+
+@provides("demo.seconds_per_case")
+def demo_figures(fast: bool, publish: bool) -> Figures:
+    """Wall seconds per reference case of `totalgen-eval demo` (phantoms, twins, segmenter, compare, report).
+
+    With ``publish`` (full: the default n=60) report.md, its figures and the tables are copied to reports/demo/
+    (not the volumes; not report.html, 2 MB of embedded figures: `totalgen-eval plot reports/demo` remakes it)."""
+    import shutil
+    import tempfile
+
+    from totalgen_eval.pipeline import DemoConfig, run_demo
+
+    n = 20 if fast else 60
+    work = Path(tempfile.mkdtemp(prefix="bench_demo_"))
+    try:
+        start = time.perf_counter()
+        run_demo(DemoConfig(out=work / "demo-results", n=n), progress=False)
+        seconds = time.perf_counter() - start
+        if publish and not fast:
+            dest = ROOT / "reports" / "demo"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(work / "demo-results", dest,
+                            ignore=shutil.ignore_patterns("real", "synth", "cache", "report.html"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"demo.seconds_per_case": seconds / n}
+
+
 PROVIDERS: dict[str, dict[str, Callable[[bool, bool], Figures]]] = {
-    "regression": {"calibration": calibration_figures},
-    "perf": {"metrics_speed": metrics_speed_figures, "phantom_speed": phantom_speed_figures},
+    "regression": {"calibration": calibration_figures, "generator_fidelity": generator_fidelity_figures},
+    "perf": {"metrics_speed": metrics_speed_figures, "phantom_speed": phantom_speed_figures,
+             "generator_speed": generator_speed_figures, "demo": demo_figures},
 }
 
 
@@ -119,10 +191,12 @@ def load_baselines(suite: str) -> dict[str, dict]:
 
 
 def judge(figures: Figures, baselines: dict[str, dict]) -> tuple[list[Verdict], list[str], list[str]]:
-    """Verdicts for figures with a baseline; figures without one; baselines without a figure."""
-    verdicts = [Verdict(k, float(v), float(baselines[k]["value"]), float(baselines[k]["tolerance"]),
-                        baselines[k].get("better", "near")) for k, v in figures.items() if k in baselines]
-    return verdicts, sorted(set(figures) - set(baselines)), sorted(set(baselines) - set(figures))
+    """Verdicts for figures with a baseline; figures without one (or whose value/tolerance is still null);
+    baselines without a figure."""
+    based = {k: b for k, b in baselines.items() if b.get("value") is not None and b.get("tolerance") is not None}
+    verdicts = [Verdict(k, float(v), float(based[k]["value"]), float(based[k]["tolerance"]),
+                        based[k].get("better", "near")) for k, v in figures.items() if k in based]
+    return verdicts, sorted(set(figures) - set(based)), sorted(set(baselines) - set(figures))
 
 
 def declared_figures(suite: str) -> set[str]:
@@ -162,8 +236,10 @@ def run_suite(name: str, update: bool = False, publish: bool = False, fast: bool
             echo(f"  {v.figure:<40} {v.value:>9.4g} vs {v.baseline:>9.4g} +-{v.tolerance:<7.2g} {v.better:<6} {mark}")
         if update:
             for fig, value in figures.items():
-                entry = baselines.setdefault(fig, {"tolerance": abs(value) * 0.25, "better": "near"})
+                entry = baselines.setdefault(fig, {"better": "near"})
                 entry["value"] = value
+                if entry.get("tolerance") is None:  # a new figure: a quarter of its value until someone decides
+                    entry["tolerance"] = abs(value) * 0.25
             for fig in orphaned:
                 baselines.pop(fig)
             BASELINES.mkdir(parents=True, exist_ok=True)

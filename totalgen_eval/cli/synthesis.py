@@ -88,7 +88,8 @@ def benchmark(
     from benchmarks.suite import run_suite
 
     try:
-        ok = run_suite(suite, update=update, publish=publish, fast=fast, echo=out.print)
+        ok = run_suite(suite, update=update, publish=publish, fast=fast,
+                       echo=lambda line: out.print(line, soft_wrap=True, highlight=False))
     except ValueError as exc:
         raise InputError(str(exc), "--suite") from None
     raise typer.Exit(0 if ok else 1)
