@@ -37,24 +37,25 @@ def share_within(concordance: pd.DataFrame, metric: str, margin_pct: float) -> t
 
 
 def effect_checks(trends: pd.DataFrame) -> list[dict]:
-    """The demographic effects the issue asks for, real vs synthetic sign and size."""
+    """The demographic effects the issue asks for: liver SUVmean with weight at fixed height (BMI), each
+    organ's volume with sex. An effect is judged only where the real cohort shows it (its 95% CI excludes 0);
+    it is reproduced when the synthetic effect has the same sign. ``interaction_p`` tells whether the sizes differ."""
     checks = []
 
-    def row(organ, metric, term):
-        r = trends[(trends["organ"] == organ) & (trends["metric"] == metric) & (trends["term"] == term)]
-        return None if r.empty else r.iloc[0]
+    def add(effect: str, r: pd.Series) -> None:
+        shown = bool(r["real_ci_low"] > 0 or r["real_ci_high"] < 0)
+        checks.append({"effect": effect, "organ": r["organ"], "term": r["term"], "real": float(r["real_effect"]),
+                       "synth": float(r["synth_effect"]), "interaction_p": float(r["interaction_p"]),
+                       "judged": shown,
+                       "reproduced": bool(shown and np.sign(r["real_effect"]) == np.sign(r["synth_effect"]))})
 
-    r = row("liver", "suv_mean", "weight_kg")
-    if r is not None:
-        checks.append({"effect": "liver SUVmean rises with weight at fixed height (BMI)", "organ": "liver",
-                       "term": "weight_kg", "real": float(r["real_effect"]), "synth": float(r["synth_effect"]),
-                       "reproduced": bool(r["real_effect"] > 0 and r["synth_effect"] > 0)})
-    for organ in sorted(trends["organ"].unique()):
-        r = row(organ, "volume_ml", "sex_M")
-        if r is not None and np.isfinite(r["real_effect"]):
-            checks.append({"effect": f"{organ} larger in men", "organ": organ, "term": "sex_M",
-                           "real": float(r["real_effect"]), "synth": float(r["synth_effect"]),
-                           "reproduced": bool(np.sign(r["real_effect"]) == np.sign(r["synth_effect"]))})
+    liver = trends[(trends["organ"] == "liver") & (trends["metric"] == "suv_mean") & (trends["term"] == "weight_kg")]
+    if not liver.empty:
+        add("liver SUVmean rises with weight at fixed height (BMI)", liver.iloc[0])
+    sex = trends[(trends["metric"] == "volume_ml") & (trends["term"] == "sex_M")]
+    for _, r in sex.sort_values("organ").iterrows():
+        if np.isfinite(r["real_effect"]):
+            add(f"{r['organ']} larger in men", r)
     return checks
 
 
@@ -174,7 +175,7 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
         result["goals_met"] = {
             "suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
             "volume": bool(s["volume_share_within_10pct"] >= GOAL_SHARE),
-            "effects": bool(all(e["reproduced"] for e in s["effects"])) if s["effects"] else False}
+            "effects": bool(all(e["reproduced"] for e in s["effects"] if e["judged"]))}
         result["organ_part"] = "run"
     except Exception as exc:  # the segmenter or another module is missing: say which part could not run
         result["organ_part"] = f"not run: {type(exc).__name__}: {exc}".splitlines()[0]
@@ -232,9 +233,16 @@ def markdown(r: dict) -> str:
                   f"| median over organs of abs. volume deviation (all cases) | {s['volume_median_abs_dev_pct']:.1f}% | "
                   f"{t['volume_median_abs_dev_pct']:.1f}% | |", "",
                   "Goals met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["goals_met"].items()), "",
+                  f"The 80%-of-cells goals are judged cell by cell (organ x sex x age group, {r['n']} cases in all): a "
+                  "perfect generator (the second phantom draw) reaches the share in the reference column from sampling "
+                  "noise alone, so that column, not 100%, is the ceiling at this n.", "",
                   "## Demographic effects (trends: real vs synthetic effect)", "",
-                  "| effect | real | synthetic | reproduced |", "|---|---|---|---|"]
-        lines += [f"| {e['effect']} | {e['real']:.4g} | {e['synth']:.4g} | {'yes' if e['reproduced'] else 'no'} |"
+                  "Effects per kg (weight) or men minus women (sex), adjusted for the other demographics. Judged where "
+                  "the real cohort shows the effect (95% CI excludes 0); reproduced = same sign; interaction p = "
+                  "whether real and synthetic sizes differ.", "",
+                  "| effect | real | synthetic | interaction p | reproduced |", "|---|---|---|---|---|"]
+        lines += [f"| {e['effect']} | {e['real']:.4g} | {e['synth']:.4g} | {e['interaction_p']:.2g} | "
+                  f"{('yes' if e['reproduced'] else 'no') if e['judged'] else 'not shown in the real cohort'} |"
                   for e in s["effects"]]
         lines += ["", "## Per organ (all cases)", "", "| organ | metric | phantom mean | synthetic mean | deviation % |",
                   "|---|---|---|---|---|"]

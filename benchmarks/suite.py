@@ -106,7 +106,7 @@ def generator_fidelity_figures(fast: bool, publish: bool) -> Figures:
         raise RuntimeError(f"generator fidelity: organ comparison {res.get('organ_part')}")
     synth = res["synth"]
     liver = [x["deviation_pct"] for x in res["per_organ_all"] if x["organ"] == "liver" and x["metric"] == "suv_mean"]
-    effects = synth["effects"]
+    effects = [e for e in synth["effects"] if e["judged"]]
     return {
         "generator.suv_mean_median_abs_dev_pct": float(synth["suv_mean_median_abs_dev_pct"]),
         "generator.volume_median_abs_dev_pct": float(synth["volume_median_abs_dev_pct"]),
