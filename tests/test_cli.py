@@ -1,4 +1,6 @@
 """The command line: help that teaches, one-line errors with exit status 2, the small commands."""
+import json
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -64,3 +66,20 @@ def test_version():
     from totalgen_eval import __version__
     result = _run("--version")
     assert result.exit_code == 0 and result.output.strip() == __version__
+
+
+def test_generate_with_the_bundled_weights_records_the_sampler_settings(tmp_path):
+    from generator.checkpoints import bundled_folder
+
+    try:
+        bundled_folder()
+    except FileNotFoundError as exc:
+        pytest.skip(f"the bundled generator weights are absent: {exc}")
+    made = _run("generate", "--n", "2", "--sr-steps", "2", "--steps", "8", "--out", tmp_path / "s", "--no-progress")
+    assert made.exit_code == 0, made.output
+    settings = json.loads((tmp_path / "s" / "generate.json").read_text())["settings"]
+    assert (settings["lowres_steps"], settings["sr_steps"]) == (8, 2)
+    cohort = pd.read_csv(tmp_path / "s" / "cohort.csv")
+    assert len(cohort) == 2 and cohort.pet.map(lambda p: (tmp_path / "s" / p).is_file()).all()
+    bad = _run("generate", "--n", "2", "--sr-steps", "0", "--out", tmp_path / "t", "--no-progress")
+    assert bad.exit_code != 0 and "--sr-steps" in bad.output
