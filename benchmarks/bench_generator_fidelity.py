@@ -117,6 +117,7 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
     generator_fidelity.{md,json} and its figures there."""
     from totalgen_eval.cohort import load_cohort
     from totalgen_eval.phantom import make_cohort
+    from totalgen_eval.provenance import package_versions
     from totalgen_eval.synthesis import generate_cohort
 
     started = time.perf_counter()
@@ -171,16 +172,19 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
             for metric in ("suv_mean", "volume_ml"):
                 fig = deviation_heatmap(conc, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
                 fig.savefig(reports / f"generator_fidelity_{metric}.png", dpi=80)
+                fig.clf()
         s = result["synth"]
         result["goals_met"] = {
             "suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
             "volume": bool(s["volume_share_within_10pct"] >= GOAL_SHARE),
-            "effects": bool(all(e["reproduced"] for e in s["effects"] if e["judged"]))}
+            "effects": bool(any(e["judged"] for e in s["effects"])
+                            and all(e["reproduced"] for e in s["effects"] if e["judged"]))}
         result["organ_part"] = "run"
     except Exception as exc:  # the segmenter or another module is missing: say which part could not run
         result["organ_part"] = f"not run: {type(exc).__name__}: {exc}".splitlines()[0]
         result["organ_traceback"] = traceback.format_exc().splitlines()[-3:]
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["versions"] = package_versions()
     if reports is not None:
         (reports / "generator_fidelity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
         (reports / "generator_fidelity.md").write_text(markdown(result))

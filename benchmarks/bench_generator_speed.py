@@ -73,6 +73,7 @@ def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, pr
                                                               lo_cond), repeats) / b
         t2 = time_stage(lambda: get_sampler(s.sr_sampler)(cascade.sr, r, sr_sig, {"demographics": demo, "image": image}),
                         repeats) / b
+    from totalgen_eval.provenance import package_versions
     from totalgen_eval.synthesis import generate_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +88,7 @@ def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, pr
         "generate_500_extrapolated_min": round(per_case * 500 / 60, 1),
         "goal_s_per_volume": 2.4, "stretch_s_per_volume": 1.2,
         "load_average_1min": round(os.getloadavg()[0], 2),
+        "versions": package_versions(),
     }
     print(f"weights: {source}; precision {cascade.precision}; threads {threads}; batch {b}; load average {result['load_average_1min']}")
     print(f"stage 1 ({s.lowres_sampler}, {s.lowres_steps} steps, guidance {s.guidance}): {t1:.3f} s/volume")
