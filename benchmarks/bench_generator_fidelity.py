@@ -112,7 +112,7 @@ def sample_figure(real_cohort, synth_cohort, path: Path, n: int = 3) -> None:
 
 def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed: int = 777, twin_seed: int = 778,
         seed: int = 0, segmenter: str = "model:bundled", checkpoint: Path | None = None, workers: int = 1,
-        reports: Path | None = None, n_boot: int = 500) -> dict:
+        reports: Path | None = None, n_boot: int = 500, guidance: float | None = None) -> dict:
     """Run the benchmark in ``work``; the result dict (see the module docstring). With ``reports`` set, write
     generator_fidelity.{md,json} and its figures there."""
     from totalgen_eval.cohort import load_cohort
@@ -125,7 +125,8 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
     demo = load_cohort(heldout).to_frame()[["age", "sex", "height_m", "weight_kg"]]
     twins = make_cohort(work / "phantom_twins", seed=twin_seed, demographics=demo, progress=False)
     t = time.perf_counter()
-    synth = generate_cohort(work / "synth", match=heldout, seed=seed, checkpoint=checkpoint, progress=False)
+    synth = generate_cohort(work / "synth", match=heldout, seed=seed, checkpoint=checkpoint, guidance=guidance,
+                            progress=False)
     generate_seconds = time.perf_counter() - t
     gen_info = json.loads((synth / "generate.json").read_text())
     real_c, twin_c, synth_c = load_cohort(heldout), load_cohort(twins), load_cohort(synth)
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=Path("/tmp/totalgen-fidelity"))
     ap.add_argument("--segmenter", default="model:bundled")
     ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the checkpoint's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--reports", type=Path, default=ROOT / "reports")
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(n=args.n, work=args.work, heldout_seed=args.heldout_seed, twin_seed=args.twin_seed, seed=args.seed,
-                 segmenter=args.segmenter, checkpoint=args.checkpoint, workers=args.workers,
+                 segmenter=args.segmenter, checkpoint=args.checkpoint, workers=args.workers, guidance=args.guidance,
                  reports=None if args.no_write else args.reports)
     print(markdown(result))
     return result
