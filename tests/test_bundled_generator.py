@@ -4,8 +4,8 @@ Weak on purpose, but real: 12 synthetic subjects, segmented by the bundled phant
 organ SUVmeans and volumes near ``phantom.expected`` for their demographics (the population truth the
 generator was trained to imitate), and the uptake order brain > liver > lungs in every subject. The
 tolerances cover the between-subject spread of the phantoms (CV up to ~20%: ~6% on a mean of 12) plus the
-generator's measured bias on these organs (up to ~7%, reports/generator_fidelity.md). Heart, kidneys and
-bladder are left out: their bias is larger (same report). Skips when either set of weights is absent.
+generator's measured bias on these organs (up to +12%, lungs volume; reports/generator_fidelity.md). Heart,
+kidneys and bladder are left out: their bias is larger (same report). Skips when either set of weights is absent.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from totalgen_eval.segment.model import bundled_model_path
 from totalgen_eval.synthesis import generate_cohort
 
 SUV_TOLERANCE = {"brain": 0.10, "liver": 0.15, "lungs": 0.15, "muscle": 0.15}
-VOLUME_TOLERANCE = {"brain": 0.10, "liver": 0.20, "lungs": 0.15}
+VOLUME_TOLERANCE = {"brain": 0.10, "liver": 0.20, "lungs": 0.20}
 
 
 @pytest.fixture(scope="module")
