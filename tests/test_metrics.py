@@ -232,7 +232,6 @@ def _write_cases(tmp_path, n=3):
 
 
 def test_organ_metrics_table_and_resume(tmp_path):
-    pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet")
     cases = _write_cases(tmp_path)
     cache = tmp_path / "cache"
     first = metrics.organ_metrics(cases[:2], cache_dir=cache, progress=False, cohort_name="toy")
@@ -250,7 +249,6 @@ def test_organ_metrics_table_and_resume(tmp_path):
 
 
 def test_changed_input_is_recomputed(tmp_path):
-    pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet")
     cases = _write_cases(tmp_path, n=1)
     cache = tmp_path / "cache"
     metrics.organ_metrics(cases, cache_dir=cache, progress=False)
@@ -262,7 +260,6 @@ def test_changed_input_is_recomputed(tmp_path):
 
 
 def test_workers_and_write_metrics(tmp_path):
-    pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet")
     cases = _write_cases(tmp_path)
     one = metrics.organ_metrics(cases, progress=False, cohort_name="toy")
     out = tmp_path / "out" / "organ_metrics.csv"
@@ -276,7 +273,7 @@ def test_workers_and_write_metrics(tmp_path):
 # --- phantoms: agreement with the phantom's own truth -------------------------------------------------
 
 def _phantom_table(tmp_path, n, seed, **config):
-    phantom = pytest.importorskip("totalgen_eval.phantom", reason="phantom.py is not there yet")
+    from totalgen_eval import phantom
     from totalgen_eval.cohort import load_cohort
 
     root = phantom.make_cohort(tmp_path / "ph", n=n, seed=seed, config=phantom.PhantomConfig(**config),
@@ -319,3 +316,36 @@ def test_default_phantom_suv_means_within_blur(tmp_path):
     assert err.max() < 6.0, m.assign(err=err).sort_values("err").tail(3)
     assert (m["n_voxels"] > 0).all() and not m["touches_border"].any()
     assert (m["suv_max"] >= m["suv_peak"]).all() and (m["suv_peak"] >= m["suv_mean"]).all()
+
+
+def test_metrics_command_resumes_after_a_kill(tmp_path):
+    """SIGKILL `totalgen-eval metrics` once some cases are cached; the re-run computes only the rest and its
+    table equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.phantom import make_cohort
+
+    cohort = make_cohort(tmp_path / "p", n=30, seed=4, progress=False)
+    out = tmp_path / "m" / "organ_metrics.csv"
+    cached = tmp_path / "m" / "cache" / "metrics"
+    proc = subprocess.Popen([sys.executable, "-m", "totalgen_eval", "metrics", str(cohort), "-o", str(out),
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(cached.glob("*.csv"))) < 3:
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.fail("the metrics run finished before it could be killed; use more cases")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(cached.glob("*.csv")))
+    assert 3 <= done < 30 and not out.exists()
+    again = metrics.write_metrics(load_cohort(cohort), out, segmenter="labels", progress=False)
+    assert again.attrs["n_computed"] == 30 - done
+    fresh = metrics.organ_metrics(load_cohort(cohort), segmenter="labels", progress=False)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), fresh.reset_index(drop=True), check_exact=False,
+                                  rtol=1e-12, check_dtype=False)

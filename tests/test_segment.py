@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from totalgen_eval import metrics, segment
+from totalgen_eval.cohort.case import Case
 from totalgen_eval.errors import InputError
 from totalgen_eval.organs import CLASSES
 from totalgen_eval.segment import model as seg_model
@@ -17,8 +18,6 @@ from totalgen_eval.segment import totalseg
 from totalgen_eval.volumes import Grid, read_volume, write_volume
 
 from test_metrics import _affine, toy_volumes
-
-Case = pytest.importorskip("totalgen_eval.cohort.case", reason="cohort.py is not there yet").Case
 
 
 def _case(tmp_path, labels_path, name="c0", shape=(24, 20, 22)):
@@ -229,7 +228,7 @@ def test_bundled_segmenter_on_fresh_phantoms(tmp_path):
     """The bundled phantom segmenter on phantoms of a seed it never saw (goals of TRAINING.md, with a margin)."""
     if not seg_model.bundled_model_path().is_file():
         pytest.skip("the bundled phantom segmenter's weights are not in totalgen_eval/weights/")
-    phantom = pytest.importorskip("totalgen_eval.phantom", reason="phantom.py is not there yet")
+    from totalgen_eval import phantom
     from totalgen_eval.cohort import load_cohort
     from totalgen_eval.segment.training import evaluate
 
