@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def calibration_figures(fast: bool, publish: bool) -> Figures:
     from benchmarks import bench_calibration
 
     argv = ["--reps", "60", "--n", "50", "--power-n", "0"] if fast else []
-    head = bench_calibration.main(argv + ([] if publish and not fast else ["--no-write"]))
+    head = bench_calibration.main(argv + ([] if publish else ["--no-write"]))
     t1 = head["type1_sex_strata"]["n50"]
     return {
         "calibration.type1_welch_n50": t1["welch"],
@@ -71,19 +72,13 @@ def metrics_speed_figures(fast: bool, publish: bool) -> Figures:
 @provides("phantoms.seconds_per_case_8mm")
 def phantom_speed_figures(fast: bool, publish: bool) -> Figures:
     """Wall seconds per 8 mm phantom case (render + write), 2 workers."""
-    import shutil
-    import tempfile
-
     from totalgen_eval.phantom import make_cohort
 
     n = 20 if fast else 200
-    tmp = Path(tempfile.mkdtemp(prefix="bench_phantoms_"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench_phantoms_") as tmp:
         start = time.perf_counter()
-        make_cohort(tmp / "c", n=n, seed=0, workers=2, progress=False)
+        make_cohort(Path(tmp) / "c", n=n, seed=0, workers=2, progress=False)
         seconds = time.perf_counter() - start
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"phantoms.seconds_per_case_8mm": seconds / n}
 
 
@@ -91,17 +86,11 @@ def phantom_speed_figures(fast: bool, publish: bool) -> Figures:
           "generator.liver_suv_mean_dev_pct", "generator.effects_reproduced_share")
 def generator_fidelity_figures(fast: bool, publish: bool) -> Figures:
     """Bundled cascade vs held-out phantoms: organ SUVmean/volume deviations (all cases) and demographic effects."""
-    import shutil
-    import tempfile
-
     from benchmarks import bench_generator_fidelity
 
-    work = Path(tempfile.mkdtemp(prefix="bench_fidelity_"))
-    try:
-        res = bench_generator_fidelity.run(n=40 if fast else 100, work=work, n_boot=200 if fast else 500,
-                                           reports=ROOT / "reports" if publish and not fast else None)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="bench_fidelity_") as work:
+        res = bench_generator_fidelity.run(n=40 if fast else 100, work=Path(work), n_boot=200 if fast else 500,
+                                           reports=ROOT / "reports" if publish else None)
     if res.get("organ_part") != "run":
         raise RuntimeError(f"generator fidelity: organ comparison {res.get('organ_part')}")
     synth = res["synth"]
@@ -123,8 +112,8 @@ def generator_speed_figures(fast: bool, publish: bool) -> Figures:
 
     reports = ROOT / "reports"
     res = bench_generator_speed.run(n=20, repeats=2 if fast else 3,
-                                    out=reports / "generator_speed.json" if publish and not fast else None)
-    if publish and not fast:
+                                    out=reports / "generator_speed.json" if publish else None)
+    if publish:
         bench_generator_speed.run(n=20, repeats=3, precision="fp32", out=reports / "generator_speed_fp32.json")
     return {"generator.seconds_per_volume": res["generate_s_per_volume"],
             "generator.stage1_seconds_per_volume": res["stage1_s_per_volume"],
@@ -138,23 +127,19 @@ def demo_figures(fast: bool, publish: bool) -> Figures:
     With ``publish`` (full: the default n=60) report.md, its figures and the tables are copied to reports/demo/
     (not the volumes; not report.html, 2 MB of embedded figures: `totalgen-eval plot reports/demo` remakes it)."""
     import shutil
-    import tempfile
 
     from totalgen_eval.pipeline import DemoConfig, run_demo
 
     n = 20 if fast else 60
-    work = Path(tempfile.mkdtemp(prefix="bench_demo_"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench_demo_") as work:
+        results = Path(work) / "demo-results"
         start = time.perf_counter()
-        run_demo(DemoConfig(out=work / "demo-results", n=n), progress=False)
+        run_demo(DemoConfig(out=results, n=n), progress=False)
         seconds = time.perf_counter() - start
-        if publish and not fast:
+        if publish:
             dest = ROOT / "reports" / "demo"
             shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(work / "demo-results", dest,
-                            ignore=shutil.ignore_patterns("real", "synth", "cache", "report.html"))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(results, dest, ignore=shutil.ignore_patterns("real", "synth", "cache", "report.html"))
     return {"demo.seconds_per_case": seconds / n}
 
 
@@ -218,7 +203,9 @@ def run_suite(name: str, update: bool = False, publish: bool = False, fast: bool
     """Run the suite(s), print every figure beside its baseline; True when nothing regressed.
 
     ``update`` rewrites the baselines' values (keeping tolerances and notes) instead of judging.
+    ``publish`` runs the full configurations (it implies ``fast=False``) and lets providers write reports/.
     """
+    fast = fast and not publish
     ok = True
     for suite in suites(name):
         baselines = load_baselines(suite)

@@ -151,3 +151,13 @@ def tcia_cohort(tmp_path) -> FixtureCohort:
 def nnunet_cohort(tmp_path) -> FixtureCohort:
     """Three cases in the autoPET III nnU-Net layout (fdg_<hex>_<study folder>)."""
     return write_nnunet(tmp_path / "nnunet")
+
+
+def require_bundled_generator() -> None:
+    """Skip (saying why) unless the bundled generator weights are installed."""
+    from generator.checkpoints import bundled_folder
+
+    try:
+        bundled_folder()
+    except FileNotFoundError as exc:
+        pytest.skip(f"the bundled generator weights are absent: {exc}")

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from generator import load_cascade
-from generator.checkpoints import bundled_folder
 from totalgen_eval.cohort import load_cohort
 from totalgen_eval.metrics import organ_metrics
 from totalgen_eval.phantom import expected, make_cohort
 from totalgen_eval.segment.model import bundled_model_path
 from totalgen_eval.synthesis import generate_cohort
+
+from conftest import require_bundled_generator
 
 SUV_TOLERANCE = {"brain": 0.10, "liver": 0.15, "lungs": 0.15, "muscle": 0.15}
 VOLUME_TOLERANCE = {"brain": 0.10, "liver": 0.20, "lungs": 0.20}
@@ -28,10 +29,7 @@ VOLUME_TOLERANCE = {"brain": 0.10, "liver": 0.20, "lungs": 0.20}
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    try:
-        bundled_folder()
-    except FileNotFoundError as exc:
-        pytest.skip(f"the bundled generator weights are absent: {exc}")
+    require_bundled_generator()
     if not bundled_model_path().is_file():
         pytest.skip("the bundled phantom segmenter's weights are not in totalgen_eval/weights/")
     demo = pd.DataFrame({"age": [25, 40, 55, 60, 70, 82] * 2, "sex": ["F"] * 6 + ["M"] * 6,

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from totalgen_eval.cli import app
 
+from conftest import require_bundled_generator
+
 COMMANDS = ("inspect", "phantoms", "doctor", "segment", "metrics", "stats", "compare", "plot", "demo",
             "generate", "train", "benchmark")
 
@@ -69,12 +71,7 @@ def test_version():
 
 
 def test_generate_with_the_bundled_weights_records_the_sampler_settings(tmp_path):
-    from generator.checkpoints import bundled_folder
-
-    try:
-        bundled_folder()
-    except FileNotFoundError as exc:
-        pytest.skip(f"the bundled generator weights are absent: {exc}")
+    require_bundled_generator()
     made = _run("generate", "--n", "2", "--sr-steps", "2", "--steps", "8", "--out", tmp_path / "s", "--no-progress")
     assert made.exit_code == 0, made.output
     settings = json.loads((tmp_path / "s" / "generate.json").read_text())["settings"]

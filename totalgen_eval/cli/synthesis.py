@@ -89,7 +89,6 @@ def benchmark(
     baselines deliberately (tolerances and notes kept).
 
     Examples: `totalgen-eval benchmark` (the CI subset), `totalgen-eval benchmark --suite all --publish`."""
-    fast = fast and not publish
     root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "suite.py").is_file():
         raise InputError("the benchmarks live in the source checkout (git clone); not in an installed wheel", root)
