@@ -1,17 +1,34 @@
-"""Versions, parameters and atomic writes: every result on disk says what made it."""
+"""Versions, parameters and safe writes: every result on disk says what made it, and nothing else is written.
+
+- ``stamp`` / ``package_versions``: the provenance block saved beside a result.
+- ``atomic_path`` / ``write_json`` / ``write_table``: a file appears whole or not at all.
+- ``claim_folder``: an output folder is new, empty, or was made by this tool (its marker ``.totalgen-eval.json``
+  names the command); ``--force`` can only ever replace what this tool made.
+- ``folder_lock``: one run at a time writes a folder (``.totalgen-eval.lock`` holds the writer's pid).
+- ``refuse_inputs``: no output path is a file a cohort reads.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import platform
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
+
+from .errors import InputError
+
+MARKER = ".totalgen-eval.json"
+LOCK = ".totalgen-eval.lock"
+OWN_FILES = (MARKER, LOCK)
 
 PACKAGES = ("totalgen-eval", "torch", "monai", "numpy", "scipy", "pandas", "statsmodels",
             "nibabel", "seaborn", "totalsegmentator")
@@ -56,7 +73,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:  # name the file the user asked for, not the temporary one
+            if exc.filename in (tmp, str(tmp)) or exc.filename is None:
+                exc.filename = str(path)
+            raise
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are ordinary files
@@ -83,3 +105,144 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
 def stamp(params: Any, seed: int | None = None) -> dict[str, Any]:
     """The provenance block saved beside a result: parameters, seed, package versions."""
     return {"parameters": to_jsonable(params), "seed": seed, "versions": package_versions()}
+
+
+# output folders: marker, lock, inputs -----------------------------------------------------------------
+def read_marker(folder: str | Path) -> dict | None:
+    """The marker this tool left in ``folder`` ({"tool", "command", "argv", ...}), or None."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("tool") == "totalgen-eval" else None
+
+
+def write_marker(folder: str | Path, command: str) -> Path:
+    """Mark ``folder`` as made by ``totalgen-eval <command>`` (with the command line that made it)."""
+    from . import __version__
+
+    return write_json({"tool": "totalgen-eval", "command": command, "argv": list(sys.argv), "version": __version__,
+                       "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, Path(folder) / MARKER)
+
+
+def foreign_files(folder: Path) -> list[Path]:
+    """Entries of ``folder`` other than this tool's marker and lock."""
+    return [p for p in folder.iterdir() if p.name not in OWN_FILES] if folder.is_dir() else []
+
+
+def claim_folder(folder: str | Path, command: str, accept: Iterable[str] = (),
+                 legacy: Callable[[Path], bool] | None = None) -> Path:
+    """Make ``folder`` the output of ``totalgen-eval <command>``, or InputError naming why it cannot be.
+
+    Accepted: a new or empty folder; one whose marker names ``command`` or one of ``accept``; a folder without
+    marker that ``legacy(folder)`` recognises as made by an older version of this tool. Refused: anything else
+    (a cohort or folder this tool did not make, or the output of another command). The marker is then written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError("exists and is not a folder", folder)
+    if foreign_files(folder):
+        marker = read_marker(folder)
+        allowed = {command, *accept}
+        if marker is not None and marker.get("command") not in allowed:
+            raise InputError(f"holds the output of `totalgen-eval {marker.get('command')}`, not of {command}; "
+                             "choose another --out", folder)
+        if marker is None and not (legacy is not None and legacy(folder)):
+            raise InputError(f"is not empty and was not made by totalgen-eval (no {MARKER}); this tool only "
+                             "writes into folders it made: choose another --out", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_marker(folder, command)
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _holder_alive(holder: dict | None) -> bool:
+    if holder is None:  # being written this instant, or garbage: treat as held only if fresh
+        return False
+    if holder.get("host") not in (None, socket.gethostname()):
+        return True  # another machine's run (shared file system): cannot tell, so respect it
+    return _pid_alive(int(holder.get("pid", -1)))
+
+
+@contextmanager
+def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
+    """Hold ``folder/.totalgen-eval.lock`` while the block runs; a second run is refused with one line.
+
+    The lock file is created with O_EXCL and holds the pid, host and command. A lock left by a process that
+    no longer exists (killed) is taken over. Removed on exit (normal, error or Ctrl-C).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                         "argv": list(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None and time.time() - _mtime(path) < 2.0:
+                time.sleep(0.2)  # another run is writing its record right now
+                holder = _lock_holder(path)
+            if _holder_alive(holder):
+                raise InputError(f"is being written by another run (pid {holder.get('pid')}: "
+                                 f"totalgen-eval {holder.get('command')}); wait for it to finish or choose "
+                                 "another --out", folder) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise InputError("could not take the folder's lock (another run keeps taking it)", path)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(record)
+    try:
+        yield path
+    finally:
+        holder = _lock_holder(path)
+        if holder is not None and holder.get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def refuse_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], what: str = "a cohort") -> None:
+    """InputError when an output path is one of ``inputs`` (or lies inside an input folder): inputs are never
+    written. ``what`` names whose inputs they are in the message.
+    """
+    inputs = [Path(p).expanduser() for p in inputs if p is not None]
+    for out in outputs:
+        out = Path(out).expanduser()
+        for src in inputs:
+            if _same_file(out, src) or (src.is_dir() and src.resolve() in out.resolve().parents):
+                raise InputError(f"is an input of {what} ({src}); outputs never overwrite inputs: choose another "
+                                 "path", out)

@@ -5,6 +5,8 @@ Arrays keep NIfTI voxel axis order (i, j, k); the 4x4 affine maps voxel indices 
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,33 @@ try:  # isal's gzip is 1.4-2.7x faster than zlib's on this machine
     from isal import igzip as _gzip
 except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
     _gzip = None
+
+
+DEFAULT_MAX_VOXELS = 2**28  # 268 M voxels (1 GiB as float32): 2.8x AutoPET's 400 x 400 x 600
+MAX_VOXELS_ENV = "TOTALGEN_EVAL_MAX_VOXELS"  # an environment variable, so worker processes inherit it
+
+
+def max_voxels() -> int:
+    """The largest volume (voxels) any reader accepts: ``set_max_voxels``, else DEFAULT_MAX_VOXELS."""
+    text = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_MAX_VOXELS
+
+
+def set_max_voxels(n: int) -> None:
+    """Cap the voxels per volume for this process and its workers (``--max-voxels``); InputError if n < 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or int(n) != n or n < 1:
+        raise InputError(f"{n!r} is not a positive whole number of voxels", "--max-voxels")
+    os.environ[MAX_VOXELS_ENV] = str(int(n))
+
+
+def check_voxel_cap(shape: tuple[int, ...], path: str | Path) -> None:
+    """InputError when a volume of ``shape`` (from its header) exceeds ``max_voxels()``: refused before reading."""
+    n = math.prod(int(s) for s in shape)
+    cap = max_voxels()
+    if n > cap:
+        dims = "x".join(str(int(s)) for s in shape)
+        raise InputError(f"volume of {dims} = {n:,} voxels ({n * 4 / 2**30:.1f} GiB as float32) exceeds the cap of "
+                         f"{cap:,} voxels per volume; raise --max-voxels if it is genuine", path)
 
 
 @dataclass(frozen=True)
@@ -50,10 +79,13 @@ class Grid:
 
 
 def load_image(path: str | Path, use_isal: bool = True) -> nib.Nifti1Image:
-    """Read a NIfTI file fully into memory; a corrupt or truncated file raises InputError."""
+    """Read a NIfTI file fully into memory; a corrupt or truncated file raises InputError.
+
+    The header is read first: a volume that is not 3D or exceeds ``max_voxels()`` is refused before its
+    data are decompressed.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
+    check_grid_header(path)
     try:
         if path.name.endswith(".gz"):
             opener = _gzip.open if (use_isal and _gzip is not None) else gzip.open
@@ -66,8 +98,6 @@ def load_image(path: str | Path, use_isal: bool = True) -> nib.Nifti1Image:
         raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
     except Exception as exc:  # isal raises its own error types for corrupt streams
         raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
-    if len(img.shape) != 3:
-        raise InputError(f"expected a 3D volume, found shape {img.shape}", path)
     return img
 
 
@@ -81,14 +111,24 @@ def read_volume(path: str | Path, dtype: type | None = np.float32, use_isal: boo
     return np.asarray(data), img.affine.copy()
 
 
-def read_grid(path: str | Path) -> Grid:
-    """The grid of a NIfTI file from its header alone (no voxel data read)."""
+def check_grid_header(path: str | Path) -> nib.Nifti1Image:
+    """The image proxy of a NIfTI file after checking its header: present, readable, 3D, within the voxel cap."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
     try:
-        img = nib.load(Path(path))
+        img = nib.load(path)
     except Exception as exc:
         raise InputError(f"not a readable NIfTI header ({exc})".splitlines()[0], path) from None
     if len(img.shape) != 3:
         raise InputError(f"expected a 3D volume, found shape {img.shape}", path)
+    check_voxel_cap(img.shape, path)
+    return img
+
+
+def read_grid(path: str | Path) -> Grid:
+    """The grid of a NIfTI file from its header alone (no voxel data read)."""
+    img = check_grid_header(path)
     return Grid(tuple(int(x) for x in img.shape), img.affine.copy())
 
 

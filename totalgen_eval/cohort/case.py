@@ -186,6 +186,7 @@ def file_grid(path: Path) -> Grid:
                          path) from None
     if len(shape) != 3:
         raise InputError(f"expected a 3D volume, found shape {shape}", path)
+    volumes.check_voxel_cap(shape, path)  # before any decompression
     if path.name.endswith(".gz"):
         with open(path, "rb") as fh:
             fh.seek(-4, 2)
