@@ -9,6 +9,7 @@ Geometry: the canvas is ``fov_mm`` (x, y, z) in RAS+ with its top (z max) at z =
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,11 +143,137 @@ def _tuples(value: Any) -> Any:
 
 
 def stage_from_dict(data: dict[str, Any]) -> StageConfig:
-    """Rebuild a StageConfig from ``to_dict`` output; unknown keys raise ValueError."""
-    data = dict(data)
+    """Rebuild a StageConfig from ``to_dict`` output; unknown keys or values beyond LIMITS raise ValueError.
+
+    The limits are checked before any network is built, so an absurd config never allocates memory.
+    """
     try:
+        data = dict(data)
         network = NetworkConfig(**{k: _tuples(v) for k, v in data.pop("network").items()})
         schedule = ScheduleConfig(**data.pop("schedule"))
-        return StageConfig(network=network, schedule=schedule, **{k: _tuples(v) for k, v in data.items()})
-    except (TypeError, KeyError) as exc:
+        config = StageConfig(network=network, schedule=schedule, **{k: _tuples(v) for k, v in data.items()})
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a generator stage config ({exc})") from None
+    check_stage(config)
+    return config
+
+
+# Limits of a stage config: far above anything this project trains, far below what exhausts a machine.
+LIMITS: dict[str, float] = {
+    "channels": 1024,          # per UNet level
+    "levels": 8,
+    "blocks_per_level": 8,
+    "io_channels": 64,         # network in/out channels
+    "emb_dim": 4096,
+    "canvas_edge": 2048,       # voxels along one axis
+    "canvas_voxels": 2**27,    # voxels of one stage's volume (134 M; the paper's 224 x 224 x 384 is 19 M)
+    "parameters": 2**29,       # estimated network parameters (2 GiB as float32)
+    "steps": 1000,             # sampler steps
+    "guidance": 50.0,
+    "batch_size": 4096,
+}
+SAMPLER_NAMES = ("euler", "heun", "dpmpp_2m")
+
+
+def _number(value: Any, name: str, low: float, high: float, low_open: bool = False) -> float:
+    """``value`` as a finite float in [low, high] (``(low, high]`` with ``low_open``), else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} = {value!r} is not a finite number")
+    if value < low or (low_open and value == low) or value > high:
+        raise ValueError(f"{name} = {value!r} is outside {'(' if low_open else '['}{low:g}, {high:g}]")
+    return float(value)
+
+
+def _whole(value: Any, name: str, low: int, high: float) -> int:
+    """``value`` as an int in [low, high], else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} = {value!r} is not a whole number")
+    return int(_number(value, name, low, high))
+
+
+def estimated_parameters(network: NetworkConfig) -> int:
+    """An upper estimate of the UNet's parameter count (3x3x3 convs in and out of every block, FiLM, skips)."""
+    e, b = network.emb_dim, network.blocks_per_level
+    per_level = [4 * b * (27 * c * c + 2 * e * c) + 2 * 27 * c * c for c in network.channels]
+    return int(sum(per_level) + 27 * network.channels[0] * (network.in_channels + network.out_channels) + 4 * e * e)
+
+
+def check_network(network: NetworkConfig) -> None:
+    """ValueError naming the first field of ``network`` outside LIMITS."""
+    _whole(network.in_channels, "network.in_channels", 1, LIMITS["io_channels"])
+    _whole(network.out_channels, "network.out_channels", 1, LIMITS["io_channels"])
+    if not isinstance(network.channels, tuple) or not 1 <= len(network.channels) <= LIMITS["levels"]:
+        raise ValueError(f"network.channels = {network.channels!r}: 1 to {LIMITS['levels']:g} levels expected")
+    for i, c in enumerate(network.channels):
+        _whole(c, f"network.channels[{i}]", 1, LIMITS["channels"])
+    _whole(network.blocks_per_level, "network.blocks_per_level", 1, LIMITS["blocks_per_level"])
+    _whole(network.emb_dim, "network.emb_dim", 1, LIMITS["emb_dim"])
+    _whole(network.cond_dim, "network.cond_dim", len(COND_NAMES), len(COND_NAMES))
+    for name in ("cond_center", "cond_scale"):
+        values = getattr(network, name)
+        if not isinstance(values, tuple) or len(values) != network.cond_dim:
+            raise ValueError(f"network.{name} = {values!r}: {network.cond_dim} numbers expected")
+        for i, v in enumerate(values):
+            _number(v, f"network.{name}[{i}]", 0 if name == "cond_scale" else -1e6, 1e6,
+                    low_open=name == "cond_scale")
+    n = estimated_parameters(network)
+    if n > LIMITS["parameters"]:
+        raise ValueError(f"network of about {n:,} parameters exceeds the limit of {LIMITS['parameters']:,.0f}")
+
+
+def check_schedule(schedule: ScheduleConfig) -> None:
+    """ValueError naming the first field of ``schedule`` that is not finite or outside its range."""
+    _number(schedule.sigma_min, "schedule.sigma_min", 0, 1e4, low_open=True)
+    _number(schedule.sigma_max, "schedule.sigma_max", schedule.sigma_min, 1e4, low_open=True)
+    _number(schedule.rho, "schedule.rho", 0, 100, low_open=True)
+    check_sampling(schedule.steps, schedule.guidance)
+    if schedule.sampler not in SAMPLER_NAMES:
+        raise ValueError(f"schedule.sampler = {schedule.sampler!r}: one of {', '.join(SAMPLER_NAMES)} expected")
+
+
+def check_sampling(steps: Any = None, guidance: Any = None, sr_steps: Any = None) -> None:
+    """ValueError unless the given sampler settings are finite and in range (None: not given).
+
+    Example: ``check_sampling(guidance=float("nan"))`` raises ``ValueError("guidance = nan is not a finite number")``.
+    """
+    for name, value in (("steps", steps), ("sr_steps", sr_steps)):
+        if value is not None:
+            _whole(value, name, 1, LIMITS["steps"])
+    if guidance is not None:
+        _number(guidance, "guidance", 0.0, LIMITS["guidance"])
+
+
+def check_stage(config: StageConfig) -> None:
+    """ValueError naming the first field of a stage config beyond LIMITS (grid, network, schedule, optimiser).
+
+    Checked from numbers alone, before any tensor is allocated.
+    """
+    if config.kind not in ("lowres", "sr"):
+        raise ValueError(f"kind = {config.kind!r}: lowres or sr expected")
+    if not isinstance(config.shape, tuple) or len(config.shape) != 3:
+        raise ValueError(f"shape = {config.shape!r}: three voxel counts (X, Y, Z) expected")
+    for i, s in enumerate(config.shape):
+        _whole(s, f"shape[{i}]", 1, LIMITS["canvas_edge"])
+    voxels = math.prod(config.shape)
+    if voxels > LIMITS["canvas_voxels"]:
+        raise ValueError(f"shape = {config.shape}: {voxels:,} voxels exceed the limit of {LIMITS['canvas_voxels']:,.0f}")
+    check_network(config.network)
+    multiple = 2 ** (len(config.network.channels) - 1)
+    if any(s % multiple for s in config.shape):
+        raise ValueError(f"shape = {config.shape}: every axis must be divisible by {multiple} "
+                         f"({len(config.network.channels)} UNet levels)")
+    _number(config.voxel_mm, "voxel_mm", 0, 1000, low_open=True)
+    if not isinstance(config.fov_mm, tuple) or len(config.fov_mm) != 3:
+        raise ValueError(f"fov_mm = {config.fov_mm!r}: three lengths (mm) expected")
+    for i, f in enumerate(config.fov_mm):
+        _number(f, f"fov_mm[{i}]", 0, 1e5, low_open=True)
+    for name, low, high, low_open in (("sigma_data", 0, 1e3, True), ("p_mean", -20, 20, False),
+                                      ("p_std", 0, 20, True), ("cond_dropout", 0, 1, False), ("lr", 0, 10, True),
+                                      ("weight_decay", 0, 10, False), ("ema_decay", 0, 1, False),
+                                      ("grad_clip", 0, 1e6, True)):
+        _number(getattr(config, name), name, low, high, low_open)
+    _whole(config.batch_size, "batch_size", 1, LIMITS["batch_size"])
+    _whole(config.steps, "steps", 0, 10**9)
+    if config.patch_slices is not None:
+        _whole(config.patch_slices, "patch_slices", 1, LIMITS["canvas_edge"])
+    check_schedule(config.schedule)
