@@ -230,7 +230,7 @@ def test_bundled_segmenter_on_fresh_phantoms(tmp_path):
         pytest.skip("the bundled phantom segmenter's weights are not in totalgen_eval/weights/")
     from totalgen_eval import phantom
     from totalgen_eval.cohort import load_cohort
-    from totalgen_eval.segment.training import evaluate
+    from totalgen_eval.segmenter_training import evaluate
 
     cohort = load_cohort(phantom.make_cohort(tmp_path / "ph", n=3, seed=4242, progress=False))
     per_case = evaluate(seg_model.bundled_model_path(), cohort)

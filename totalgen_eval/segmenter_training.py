@@ -1,7 +1,8 @@
-"""Training and held-out evaluation of the bundled phantom organ segmenter (a small MONAI UNet).
+"""Training and held-out evaluation of the bundled phantom organ segmenter (a small MONAI UNet); it sits
+beside the generator's training (``training_data.py``), above ``segment``, ``phantom`` and ``metrics``.
 
-    python -m totalgen_eval.segment.training train --out totalgen_eval/weights/phantom_organs
-    python -m totalgen_eval.segment.training evaluate totalgen_eval/weights/phantom_organs.json
+    python -m totalgen_eval.segmenter_training train --out totalgen_eval/weights/phantom_organs
+    python -m totalgen_eval.segmenter_training evaluate totalgen_eval/weights/phantom_organs.json
 
 Data: phantom cohorts from ``totalgen_eval.phantom.make_cohort`` at 8 mm (the phantom and generator grid);
 training and held-out cohorts use different seeds. The network predicts the nine canonical organs (plus
@@ -20,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..organs import ORGAN_NAMES, organ, organ_label_map
-from .model import ModelConfig, build_network, load_model, network_input, predict_labels, save_model
+from .organs import ORGAN_NAMES, organ, organ_label_map
+from .segment.model import ModelConfig, build_network, load_model, network_input, predict_labels, save_model
 
 REPRESENTATIVE_IDS = tuple(organ(name).classes[0] for name in ORGAN_NAMES)  # 90, 10, 51, 52, 5, 1, 2, 21, 80
 
@@ -51,8 +52,8 @@ class TrainConfig:
 
 def phantom_cohort(path: Path, n: int, seed: int):
     """A phantom cohort at the default 8 mm grid (made once, then reused), loaded as a Cohort."""
-    from ..cohort import load_cohort
-    from ..phantom import make_cohort
+    from .cohort import load_cohort
+    from .phantom import make_cohort
 
     if not (path / "cohort.csv").is_file():
         make_cohort(path, n=n, seed=seed, progress=False)
@@ -111,7 +112,7 @@ def train(cfg: TrainConfig) -> Path:
     net = build_network(mcfg)
     if cfg.init:
         from safetensors.torch import load_file
-        from .model import resolve_model_path
+        from .segment.model import resolve_model_path
         net.load_state_dict(load_file(str(resolve_model_path(cfg.init)[1])))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
@@ -157,8 +158,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(model_path: str | Path, cohort, device: str = "cpu") -> pd.DataFrame:
     """Per case x organ: Dice, and volume / SUVmean from predicted vs true labels (relative difference, %)."""
-    from ..metrics import case_metrics
-    from ..volumes import Grid
+    from .metrics import case_metrics
+    from .volumes import Grid
 
     net, mcfg = load_model(model_path, device)
     rows = []
