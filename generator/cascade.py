@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, bundled_folder, check_safetensors, load_stage, PICKLE_SUFFIXES
-from .config import StageConfig
+from .config import StageConfig, check_sampling
 from .diffusion import Denoiser, karras_sigmas
 from .intensity import from_unit
 from .population import PopulationModel, parse_sex
@@ -91,21 +91,31 @@ class Cascade:
 
     def settings(self, steps: int | None = None, guidance: float | None = None, sr_steps: int | None = None,
                  sr_chunk: int | None = None) -> SamplingSettings:
-        """Defaults of the checkpoint overridden by the given values."""
+        """Defaults of the checkpoint overridden by the given values; ValueError for values not finite or in range."""
+        check_sampling(steps, guidance, sr_steps)
         lo, sr = self.lowres_config.schedule, self.sr_config.schedule
         return SamplingSettings(lo.sampler, int(steps or lo.steps), float(lo.guidance if guidance is None else guidance),
                                 sr.sampler, int(sr_steps or sr.steps), sr_chunk)
 
-    def prepare(self, demographics: Mapping[str, Any], warn: bool = True) -> dict[str, np.ndarray]:
+    def prepare(self, demographics: Mapping[str, Any], warn: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
         """Demographics as used for conditioning: sex checked (ValueError), values clamped to the training range.
 
         Out-of-range age/height/weight are clamped with a UserWarning (the networks never saw them; a
-        diffusion model extrapolates unreliably), never refused.
+        diffusion model extrapolates unreliably), never refused. A missing height_m/weight_kg (column absent or
+        NaN) is drawn from the population model given sex and age (reproducibly from ``seed``); without a
+        population model it is a ValueError naming the columns.
         """
-        cols = {k: np.asarray(demographics[k]) for k in ("age", "sex", "height_m", "weight_kg")}
+        missing = [k for k in ("age", "sex") if k not in demographics]
+        if missing:
+            raise ValueError(f"demographics lack {' and '.join(missing)} (columns age, sex, height_m, weight_kg)")
+        n = len(np.asarray(demographics["sex"]))
+        cols = {k: np.asarray(demographics[k]) if k in demographics else np.full(n, np.nan)
+                for k in ("age", "sex", "height_m", "weight_kg")}
         cols["sex"] = np.asarray([parse_sex(s) for s in cols["sex"]])
         if self.population is None:
             return cols
+        if not all(np.isfinite(np.asarray(cols[k], float)).all() for k in ("height_m", "weight_kg")):
+            cols = self.population.fill_missing(cols, np.random.default_rng([int(seed), 0x3A7C]))
         clamped, _ = self.population.clamp(cols, warn=warn)
         return clamped
 
@@ -119,7 +129,7 @@ class Cascade:
         the indices of its missing cases so that they come out as in an uninterrupted run.
         ``callback(k)`` is called after each batch with the number of cases it finished.
         """
-        table = self.prepare(demographics)
+        table = self.prepare(demographics, seed=seed)
         cond_all = demographics_tensor(table)
         n = cond_all.shape[0]
         indices = list(range(n)) if indices is None else [int(i) for i in indices]
@@ -215,7 +225,11 @@ def load_cascade(path: str | Path | None = None, device: str | torch.device = "c
     sr, sr_cfg, sr_meta = load_stage(folder / "sr.safetensors", device)
     check_stages_fit(lo_cfg, sr_cfg, folder)
     pop_path = folder / "population.json"
-    population = PopulationModel.load(pop_path) if pop_path.is_file() else None
+    try:
+        population = PopulationModel.load(pop_path) if pop_path.is_file() else None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{pop_path}: not a readable population model ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else exc!r})") from None
     meta = {"folder": str(folder), "lowres_sha256": lo_meta.get("sha256"), "sr_sha256": sr_meta.get("sha256"),
             "lowres": lo_meta, "sr": sr_meta}
     return Cascade(lowres, lo_cfg, sr, sr_cfg, population, device, meta, resolve_precision(precision, device))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ScheduleConfig, StageConfig, stage_from_dict, to_dict
@@ -86,6 +87,14 @@ def file_digest(path: str | Path, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError naming the file when it is truncated or corrupt."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({str(exc).splitlines()[0]})") from None
+
+
 def build_denoiser(config: StageConfig) -> Denoiser:
     """A freshly initialised preconditioned network for ``config``."""
     return Denoiser(UNet3D(config.network), config.sigma_data)
@@ -145,7 +154,7 @@ def load_stage(path: str | Path, device: torch.device | str = "cpu",
     if expect is not None:
         check_same_architecture(expect, config, weights)
     denoiser = build_denoiser(config)
-    load_state_strict(denoiser.net, load_file(str(weights)), weights)
+    load_state_strict(denoiser.net, read_tensors(weights), weights)
     meta = dict(meta, sha256=file_digest(weights))
     return denoiser.to(device).eval(), config, meta
 
@@ -183,7 +192,7 @@ def load_training_state(folder: Path, config: StageConfig, model: torch.nn.Modul
     check_safetensors(path)
     saved, meta = read_stage_json(path.with_suffix(".json"))
     check_same_architecture(config, saved, path)
-    tensors = load_file(str(path))
+    tensors = read_tensors(path)
     load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     load_state_strict(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, path)
     opt = optimizer.state_dict()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +178,7 @@ SAMPLER_NAMES = ("euler", "heun", "dpmpp_2m")
 
 def _number(value: Any, name: str, low: float, high: float, low_open: bool = False) -> float:
     """``value`` as a finite float in [low, high] (``(low, high]`` with ``low_open``), else ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} = {value!r} is not a finite number")
     if value < low or (low_open and value == low) or value > high:
         raise ValueError(f"{name} = {value!r} is outside {'(' if low_open else '['}{low:g}, {high:g}]")
@@ -186,7 +187,7 @@ def _number(value: Any, name: str, low: float, high: float, low_open: bool = Fal
 
 def _whole(value: Any, name: str, low: int, high: float) -> int:
     """``value`` as an int in [low, high], else ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} = {value!r} is not a whole number")
     return int(_number(value, name, low, high))
 

@@ -87,13 +87,54 @@ def resolve_model_path(spec_path: str | Path) -> tuple[Path, Path]:
     return cfg, weights
 
 
-def build_network(config: ModelConfig):
-    """An untrained network of the class and arguments in ``config`` (monai.networks.nets only)."""
+MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights: far above any organ segmenter that runs on a CPU
+MAX_ROI_VOXELS = 2**24  # one sliding-window patch (the bundled model's is 56 x 40 x 144 = 0.3 M)
+
+
+def check_model_config(config: ModelConfig, source: str | Path | None = None) -> None:
+    """InputError unless the config is safe to build: no pretrained-weight download, sizes within limits.
+
+    Checked from the JSON alone; ``build_network`` then counts the parameters on the meta device (no memory).
+    """
+    for key, value in config.network_args.items():
+        if "pretrain" in key.lower() and value not in (False, None, "", 0):
+            raise InputError(f"network_args.{key} = {value!r} asks for pretrained weights; this tool never downloads "
+                             "(ship the weights as safetensors beside the config instead)", source)
+    if not 1 <= len(config.class_ids) <= 256 or any(not 0 <= c <= 255 for c in config.class_ids):
+        raise InputError(f"class_ids: 1 to 256 TotalSegmentator ids in 0..255 expected, got {len(config.class_ids)}",
+                         source)
+    roi = np.prod([int(v) for v in config.roi_size]) if len(config.roi_size) == 3 else -1
+    if not 1 <= roi <= MAX_ROI_VOXELS or min(config.roi_size) < 1:
+        raise InputError(f"roi_size {config.roi_size}: three positive sizes of at most {MAX_ROI_VOXELS:,} voxels "
+                         "together expected", source)
+    if not 1 <= config.sw_batch_size <= 64 or not 0 <= config.overlap < 1:
+        raise InputError(f"sw_batch_size {config.sw_batch_size} (1-64) or overlap {config.overlap} ([0, 1)) out of "
+                         "range", source)
+    if not all(np.isfinite(v) and 0.1 <= v <= 100 for v in config.voxel_mm) or not np.isfinite(config.ct_window).all() \
+            or config.ct_window[0] >= config.ct_window[1] or not 0 < config.pet_max_suv < 1e4:
+        raise InputError("voxel_mm (0.1-100 mm), ct_window (low < high) or pet_max_suv out of range", source)
+
+
+def build_network(config: ModelConfig, source: str | Path | None = None):
+    """An untrained network of the class and arguments in ``config`` (monai.networks.nets only).
+
+    The config is checked first (``check_model_config``) and the network is built once on torch's meta device
+    to count its parameters: a network above MAX_PARAMETERS is refused before any memory is allocated.
+    """
+    import torch
     from monai.networks import nets
 
+    check_model_config(config, source)
     cls = getattr(nets, config.network, None)
     if cls is None or not isinstance(cls, type):
-        raise InputError(f"unknown network class {config.network!r} (expected a monai.networks.nets class)")
+        raise InputError(f"unknown network class {config.network!r} (expected a monai.networks.nets class)", source)
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in cls(**config.network_args).parameters())
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise InputError(f"network_args do not build a {config.network} ({str(exc).splitlines()[0]})", source) from None
+    if n > MAX_PARAMETERS:
+        raise InputError(f"{config.network} of {n:,} parameters exceeds the limit of {MAX_PARAMETERS:,}", source)
     return cls(**config.network_args)
 
 
@@ -116,12 +157,16 @@ def load_model(spec_path: str | Path, device: str = "cpu"):
     from safetensors.torch import load_file
 
     cfg_path, weights = resolve_model_path(spec_path)
+    from safetensors import SafetensorError
+
     config = ModelConfig.from_json(cfg_path)
-    network = build_network(config)
+    network = build_network(config, cfg_path)
     try:
         network.load_state_dict(load_file(str(weights)))
     except RuntimeError as exc:
         raise InputError(f"weights do not fit the configured network ({str(exc).splitlines()[0]})", weights) from None
+    except SafetensorError as exc:
+        raise InputError(f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]})", weights) from None
     return network.to(torch_device(device)).eval(), config
 
 
