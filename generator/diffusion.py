@@ -78,6 +78,12 @@ def edm_loss(denoiser: Denoiser, x0: torch.Tensor, cond: dict, p_mean: float, p_
     """
     sigma = sample_training_sigmas(x0.shape[0], p_mean, p_std, generator, x0.device)
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+    return edm_loss_at(denoiser, x0, cond, sigma, noise)
+
+
+def edm_loss_at(denoiser: Denoiser, x0: torch.Tensor, cond: dict, sigma: torch.Tensor,
+                noise: torch.Tensor) -> torch.Tensor:
+    """The EDM loss of ``edm_loss`` for given noise levels ``sigma`` (B,) and unit noise (shape of x0)."""
     b = (slice(None),) + (None,) * (x0.ndim - 1)
     sd = denoiser.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2

@@ -84,11 +84,6 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     return SAMPLERS[name]
 
 
-def model_calls(sampler: str, steps: int) -> int:
-    """Network evaluations a sampler makes for ``steps`` intervals (before guidance doubling)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
-
-
 def guided(model: Model, scale: float) -> Model:
     """Classifier-free guidance: D_u + scale (D_c - D_u); ``scale == 1`` returns ``model`` unchanged.
 

@@ -10,7 +10,6 @@ as a float32 tensor (N, 2, X, Y, Z) with channels (CT, PET).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import warnings
 from pathlib import Path
@@ -133,65 +132,97 @@ def stage_config(stage: str, out: Path, volumes: torch.Tensor):
 def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path = "runs/cascade",
                 steps: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
                 progress: bool = True, threads: int | None = None, checkpoint_every: int = 200,
-                precision: str = "auto") -> Path:
+                precision: str = "auto", checkpointing: bool = False) -> Path:
     """Train stage ``lowres`` or ``sr`` of the generator on a cohort; returns the EMA weights' path.
 
     ``out`` is a cascade folder: train both stages into the same folder and pass it to
     ``generate --checkpoint``. It also receives population.json (the cohort's demographics model),
     ``<stage>-loss.csv`` and ``train-<stage>.json`` (command settings, cohort, versions). Re-running the
     same command resumes from the last checkpoint; a folder holding another architecture is refused.
-    Under ``torchrun`` the loop runs data-parallel (DDP) with the same command. ``precision`` "auto" trains
-    with bf16 autocast where the device runs it fast (AMX/AVX512-BF16 CPUs, recent GPUs), else float32.
+    Under ``torchrun`` the loop runs data-parallel (DDP, ``generator.distributed``): every process reads the
+    cohort, ``batch_size`` is per process, rank 0 writes the files and shows progress. ``precision`` "auto"
+    trains with bf16 autocast where the device runs it fast (AMX/AVX512-BF16 CPUs, recent GPUs), else
+    float32; ``checkpointing`` trades compute for activation memory (large canvases on GPUs).
     """
-    from generator.checkpoints import CheckpointError
-    from generator.population import PopulationModel
-    from generator.training import train_stage as train_loop
+    from generator.distributed import barrier, join_world, leave_world
 
-    out = Path(out)
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
     if threads:
         torch.set_num_threads(int(threads))
-    bar, task = _progress_bar(progress)
+    world = join_world(device)
+    bar = _progress_bar(progress and world.is_main)
     try:
-        load_task = bar.add_task("loading cohort", total=None) if bar else None
-        volumes, demo = cohort_arrays(cohort_path, progress=(lambda i, n: bar.update(load_task, completed=i, total=n))
-                                      if bar else None)
-        config = stage_config(stage, out, volumes)
-        out.mkdir(parents=True, exist_ok=True)
-        PopulationModel.fit(demo).save(out / "population.json")
-        from generator.cascade import demographics_tensor
-
-        cond = demographics_tensor(demo)
-        total = steps or config.steps
-        train_task = bar.add_task(f"training {stage}", total=total) if bar else None
-        callback = (lambda p: bar.update(train_task, completed=p.step, description=f"training {stage} loss {p.loss:.3f}")
-                    ) if bar else None
-        started = time.time()
-        settings = {"cohort": str(Path(cohort_path).resolve()), "n_cases": int(volumes.shape[0]), "stage": stage,
-                    "steps": total, "batch_size": batch_size or config.batch_size, "seed": seed, "device": device,
-                    "threads": torch.get_num_threads(), "precision": precision}
-        try:
-            path = train_loop(config, volumes, cond, out, steps=steps, batch_size=batch_size, seed=seed,
-                              device=device, checkpoint_every=checkpoint_every, callback=callback, precision=precision,
-                              meta={"cohort": settings["cohort"], "n_cases": settings["n_cases"]})
-        except CheckpointError as exc:
-            raise InputError(f"{exc}; use another --out", out) from None
-        write_json({"settings": settings, "config": to_jsonable(dataclasses.asdict(config)),
-                    "wall_seconds_this_run": round(time.time() - started, 1),
-                    "final": json.loads((out / f"{stage}.json").read_text()).get("meta", {}),
-                    "versions": package_versions()}, out / f"train-{stage}.json")
+        volumes, demo = _load_cohort(cohort_path, bar)
+        config = stage_config(stage, Path(out), volumes)
+        if world.is_main:
+            _write_population(demo, Path(out))
+        barrier(world)
+        path, settings = _run_training(cohort_path, stage, Path(out), config, volumes, demo, bar,
+                                       dict(steps=steps, batch_size=batch_size, seed=seed, device=world.device,
+                                            checkpoint_every=checkpoint_every, precision=precision,
+                                            checkpointing=checkpointing))
+        if world.is_main:
+            write_json(dict(settings, world_size=world.size, versions=package_versions()),
+                       Path(out) / f"train-{stage}.json")
+        leave_world(world)
         return path
     finally:
         if bar is not None:
             bar.stop()
 
 
+def _load_cohort(cohort_path: str | Path, bar) -> tuple[torch.Tensor, dict]:
+    """The cohort on the canvas, with a progress task when ``bar`` is given."""
+    if bar is None:
+        return cohort_arrays(cohort_path)
+    task = bar.add_task("loading cohort", total=None)
+    return cohort_arrays(cohort_path, progress=lambda i, n: bar.update(task, completed=i, total=n))
+
+
+def _write_population(demo: dict, out: Path) -> None:
+    """population.json: the training cohort's demographics model (what ``generate`` samples from)."""
+    from generator.population import PopulationModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    PopulationModel.fit(demo).save(out / "population.json")
+
+
+def _run_training(cohort_path: str | Path, stage: str, out: Path, config, volumes: torch.Tensor, demo: dict,
+                  bar, options: dict) -> tuple[Path, dict]:
+    """Run the training loop; returns (EMA weights path, the record for ``train-<stage>.json``)."""
+    from generator.cascade import demographics_tensor
+    from generator.checkpoints import CheckpointError, read_stage_json
+    from generator.training import train_stage as train_loop
+
+    total = options["steps"] or config.steps
+    callback = None
+    if bar is not None:
+        task = bar.add_task(f"training {stage}", total=total)
+
+        def callback(p) -> None:
+            bar.update(task, completed=p.step, description=f"training {stage} loss {p.loss:.3f}")
+    settings = {"cohort": str(Path(cohort_path).resolve()), "n_cases": int(volumes.shape[0]), "stage": stage,
+                "steps": total, "batch_size": options["batch_size"] or config.batch_size, "seed": options["seed"],
+                "device": str(options["device"]), "threads": torch.get_num_threads(),
+                "precision": options["precision"], "checkpointing": options["checkpointing"]}
+    started = time.time()
+    try:
+        path = train_loop(config, volumes, demographics_tensor(demo), out, callback=callback,
+                          meta={"cohort": settings["cohort"], "n_cases": settings["n_cases"]}, **options)
+    except CheckpointError as exc:
+        raise InputError(f"{exc}; use another --out", out) from None
+    final = read_stage_json(out / f"{stage}.json")[1] if (out / f"{stage}.json").is_file() else {}
+    return path, {"settings": settings, "config": to_jsonable(dataclasses.asdict(config)),
+                  "wall_seconds_this_run": round(time.time() - started, 1), "final": final}
+
+
 def _progress_bar(enabled: bool):
+    """A started rich progress display, or None."""
     if not enabled:
-        return None, None
+        return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     bar.start()
-    return bar, None
+    return bar

@@ -57,19 +57,33 @@ def train(
     stage: Annotated[str, typer.Option("--stage", help="lowres (stage 1) or sr (stage 2).")] = "lowres",
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder (resumes if it holds one).")] = Path("runs/lowres"),
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Cases a step (per process under torchrun).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast where the device runs it fast), "
+                                           "bf16 or fp32.")] = "auto",
+    checkpointing: Annotated[bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing",
+                                                help="Recompute activations in the backward pass: less memory for "
+                                                "large canvases on GPUs, about a third more compute.")] = False,
     seed: Seed = 0,
     device: Device = "cpu",
     progress: Progress = True,
 ) -> None:
-    """Train one stage of the cascade on a cohort (resumable; works under torchrun for DDP)."""
+    """Train one stage of the cascade on a cohort (resumable).
+
+    Data-parallel on several GPUs or processes with the same command under torchrun (batch size per
+    process; rank 0 writes the files), e.g. `torchrun --standalone --nproc-per-node 4 -m totalgen_eval
+    train data/ --stage lowres --out run/ --device cuda --precision bf16`."""
+    import os
+
     from ..training_data import train_stage
 
     if stage not in ("lowres", "sr"):
         raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise InputError(f"unknown precision {precision!r} (auto, bf16 or fp32)", "--precision")
     path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
-                       device=device, progress=progress)
-    out.print(f"checkpoint written to {path}")
+                       device=device, progress=progress, precision=precision, checkpointing=checkpointing)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.print(f"checkpoint written to {path}")
 
 
 @_command()
