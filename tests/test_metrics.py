@@ -332,7 +332,7 @@ def test_metrics_command_resumes_after_a_kill(tmp_path):
 
     cohort = make_cohort(tmp_path / "p", n=30, seed=4, progress=False)
     out = tmp_path / "m" / "organ_metrics.csv"
-    cached = tmp_path / "m" / "cache" / "metrics"
+    cached = tmp_path / "m" / "organ_metrics-cache" / "metrics"
     proc = subprocess.Popen([sys.executable, "-m", "totalgen_eval", "metrics", str(cohort), "-o", str(out),
                              "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -260,6 +260,17 @@ def require_good(problems: Iterable[tuple[str, str]], skip_bad: bool) -> None:
         raise stop_error(problems[0][0], problems[0][1], len(problems))
 
 
+def load_checked(path: str | Path, skip_bad: bool, **options: Any):
+    """A cohort whose cases were all validated cheaply first (headers, grids, demographics, duplicate ids: what
+    ``cohort.load_cohort`` checks); bad ones are left out (listed in ``Cohort.problems``) with ``skip_bad``,
+    else the first stops the run with :func:`stop_error`. ``options`` go to ``load_cohort``."""
+    from .cohort import load_cohort
+
+    cohort = load_cohort(path, skip_bad=True, **options)
+    require_good(cohort.problems, skip_bad)
+    return cohort
+
+
 def _unique(ids: Sequence[str], skip_bad: bool | None) -> tuple[list[int], list[tuple[int, Excluded]]]:
     """Indices to run and the later rows of repeated ids (left out; a stop error unless ``skip_bad``)."""
     first: dict[str, int] = {}

@@ -1,16 +1,16 @@
 """Per-case organ metrics (volume mL, SUV statistics, HU mean) and the cohort's organ_metrics table.
 
 ``case``: the metrics of one case in one pass over its arrays (definitions in its docstring);
-``cohort``: the table of a cohort with cache, resume, workers and atomic output.
+``cohort``: the table of a cohort with cache, resume, schedulers (``parallel``), skip-bad and atomic output.
 """
 from __future__ import annotations
 
 from ..volumes import read_volume
 from .case import (METRIC_COLUMNS, PEAK_RADIUS_MM, PEAK_SPHERE_ML, case_metrics, check_label_ids,
                    sphere_kernel)
-from .cohort import (CASE_COLUMNS, METRICS_VERSION, TABLE_COLUMNS, assemble_table, compute_case, organ_metrics,
-                     read_metrics, write_metrics)
+from .cohort import (CASE_COLUMNS, METRICS_VERSION, TABLE_COLUMNS, MetricsJob, assemble_table, compute_case,
+                     excluded_table, measure_case, organ_metrics, read_metrics, write_metrics)
 
 __all__ = ["METRIC_COLUMNS", "CASE_COLUMNS", "TABLE_COLUMNS", "METRICS_VERSION", "PEAK_RADIUS_MM", "PEAK_SPHERE_ML",
            "case_metrics", "check_label_ids", "sphere_kernel", "organ_metrics", "write_metrics", "read_metrics",
-           "compute_case", "assemble_table", "read_volume"]
+           "compute_case", "assemble_table", "read_volume", "MetricsJob", "measure_case", "excluded_table"]

@@ -1,21 +1,22 @@
 """Organ metrics of a cohort: the organ_metrics table (DESIGN.md section 3), with a per-case cache so an
-interrupted run resumes, a process pool, a progress bar, and an atomic CSV with a JSON sidecar."""
+interrupted run resumes, any scheduler of ``parallel`` (in-process pool, Dask), per-case failure isolation
+(``skip_bad``) and an atomic CSV with a JSON sidecar."""
 from __future__ import annotations
 
-import hashlib
-import json
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..cache import cache_file, cache_key, file_identity, read_cached_table
 from ..demographics import DEFAULT_AGE_BINS, age_group
 from ..errors import InputError
 from ..organs import ORGAN_NAMES
+from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Scheduler, excluded_frame, map_cases,
+                        write_excluded)
 from ..volumes import Grid, read_volume
 from .case import METRIC_COLUMNS, PEAK_RADIUS_MM, case_metrics
 
@@ -23,33 +24,30 @@ CASE_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "age", "sex", "height_m", 
 TABLE_COLUMNS: tuple[str, ...] = CASE_COLUMNS + METRIC_COLUMNS
 METRICS_VERSION = "1"  # bump when a definition changes: cached per-case results are then recomputed
 
-def _file_identity(path: Path | None) -> list[Any] | None:
-    """Path, size and modification time of a file: the cache key of an input (None for no file)."""
-    if path is None:
-        return None
-    path = Path(path)
-    try:
-        st = path.stat()
-    except OSError:
-        return [str(path), None, None]
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+@dataclasses.dataclass(frozen=True)
+class MetricsJob:
+    """What every case of one metrics run shares (picklable: sent to worker processes and Dask workers).
+
+    ``segmenter_settings``: the backend's settings, read once per run; part of every case's cache key.
+    """
+
+    segmenter: str = "labels"
+    organs: tuple[str, ...] = ORGAN_NAMES
+    cache_dir: Path | None = None
+    device: str = "cpu"
+    resume: bool = True
+    segmenter_settings: Any = None
 
 
-def _case_key(case: Any, segmenter: str, organs: Sequence[str], device: str) -> str:
-    """Hash of everything a case's metrics depend on (inputs by path, size, mtime; settings; version)."""
-    if segmenter == "labels":
-        seg: Any = ["labels", _file_identity(case.labels)]
+def case_key(case: Any, job: MetricsJob) -> str:
+    """Key of a case's cached rows: its input files by identity (path, size, mtime, ctime; see cache.py),
+    the segmenter and its settings, the organs and METRICS_VERSION."""
+    if job.segmenter == "labels":
+        seg: Any = ["labels", file_identity(case.labels)]
     else:
-        from ..segment import make_segmenter
-        seg = [segmenter, make_segmenter(segmenter, device=device).settings()]
-    payload = json.dumps([METRICS_VERSION, _file_identity(case.pet), _file_identity(case.ct), seg,
-                          list(organs), device if segmenter != "labels" else None], sort_keys=True)
-    return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
-
-
-def _case_cache_path(cache_dir: Path, case: Any, key: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(case.case_id))
-    return Path(cache_dir) / "metrics" / f"{safe}-{key}.csv"
+        seg = [job.segmenter, job.segmenter_settings, job.device]
+    return cache_key(METRICS_VERSION, file_identity(case.pet), file_identity(case.ct), seg, list(job.organs))
 
 
 def compute_case(case: Any, segmenter: str = "labels", organs: Sequence[str] = ORGAN_NAMES,
@@ -71,85 +69,76 @@ def compute_case(case: Any, segmenter: str = "labels", organs: Sequence[str] = O
         raise InputError(str(exc), f"case {case.case_id}") from None
 
 
-def _cached_case(case: Any, segmenter: str, organs: tuple[str, ...], cache_dir: Path | None,
-                 device: str, resume: bool) -> tuple[str, pd.DataFrame, bool]:
-    """(case_id, rows, computed?) of one case, read from the per-case cache when present and ``resume``."""
+def measure_case(job: MetricsJob, case: Any) -> tuple[pd.DataFrame, bool]:
+    """(rows, computed?) of one case: read from ``cache_dir/metrics/<case_id>_<key>.csv`` when present and
+    ``job.resume`` (a corrupt cache file is recomputed with a warning), else computed and cached."""
+    from ..provenance import write_table
+
     path = None
-    if cache_dir is not None:
-        path = _case_cache_path(cache_dir, case, _case_key(case, segmenter, organs, device))
-        if resume and path.is_file():
-            cached = pd.read_csv(path)
-            if list(cached.columns) == list(METRIC_COLUMNS) and len(cached) == len(organs):
-                return case.case_id, cached, False
-    rows = compute_case(case, segmenter, organs, cache_dir, device)
+    if job.cache_dir is not None:
+        path = cache_file(Path(job.cache_dir) / "metrics", case.case_id, case_key(case, job), ".csv")
+        cached = read_cached_table(path, METRIC_COLUMNS, len(job.organs)) if job.resume else None
+        if cached is not None:
+            return cached, False
+    rows = compute_case(case, job.segmenter, job.organs, job.cache_dir, job.device)
     if path is not None:
-        from ..provenance import write_table
         write_table(rows, path)
-    return case.case_id, rows, True
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork when torch is not loaded in this process (cheap), spawn when it is (fork after torch can hang)."""
-    return multiprocessing.get_context("spawn" if "torch" in sys.modules else "fork")
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=False)
+    return rows, True
 
 
 def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 1,
                   organs: Sequence[str] = ORGAN_NAMES, cache_dir: str | Path | None = None,
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
-                  resume: bool = True) -> pd.DataFrame:
+                  resume: bool = True, skip_bad: bool = False,
+                  scheduler: str | Scheduler | None = None) -> pd.DataFrame:
     """The organ_metrics table of a cohort: one row per case x organ, columns TABLE_COLUMNS (DESIGN.md 3).
 
-    ``segmenter``: "labels" | "totalsegmentator" | "model:PATH" | "model:bundled" (see segment.py); None
-    picks :func:`segment.default_segmenter`.
-    ``workers`` > 1 uses a process pool. With ``cache_dir`` every finished case is written to
-    ``cache_dir/metrics/<case_id>-<hash>.csv`` (atomically) and a re-run with ``resume`` skips it; labels
-    from computing backends are cached under ``cache_dir/labels``. The number of cases computed (not read
-    from the cache) is in ``frame.attrs["n_computed"]``.
+    Args:
+        segmenter: "labels" | "totalsegmentator" | "model:PATH" | "model:bundled" (see segment); None
+            picks :func:`segment.default_segmenter`.
+        workers: processes of the in-process pool (the default ``scheduler``); ``scheduler``: any spec of
+            :func:`parallel.make_scheduler` ("local:4", "tcp://host:8786") or an entered scheduler.
+        cache_dir: every finished case is written to ``cache_dir/metrics/<case_id>_<key>.csv`` (atomically)
+            and a re-run with ``resume`` reads it back; labels from computing backends go to
+            ``cache_dir/labels``.
+        skip_bad: a case that fails (a corrupt file, bad data) or repeats an earlier case id is left out;
+            without it the first such case stops the run with one line.
+
+    ``frame.attrs``: "n_computed" (cases computed, not read from the cache) and "excluded" (records
+    case_id, cohort, reason: the cohort's cases left out at load time, then those left out here; see
+    :func:`excluded_table`).
     """
-    organs = tuple(organs)
+    from ..segment import default_segmenter, make_segmenter
+
     cases = list(cohort)
-    if segmenter is None:
-        from ..segment import default_segmenter
-        segmenter = default_segmenter(cohort)
+    segmenter = (segmenter or default_segmenter(cohort)).strip()
     name = cohort_name if cohort_name is not None else getattr(cohort, "name", None) or "cohort"
-    cache = Path(cache_dir) if cache_dir is not None else None
+    settings = None if segmenter == "labels" else make_segmenter(segmenter, device=device).settings()
+    cache = Path(cache_dir).resolve() if cache_dir is not None else None
+    tmp = None
     if cache is None and segmenter != "labels":
         import tempfile
         tmp = tempfile.TemporaryDirectory(prefix="totalgen-labels-")
-        cache, resume_here = Path(tmp.name), False
-    else:
-        tmp, resume_here = None, resume
-    results: dict[str, pd.DataFrame] = {}
-    n_computed = 0
+        cache, resume = Path(tmp.name), False
+    job = MetricsJob(segmenter, tuple(organs), cache, device, resume, settings)
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task(f"metrics ({segmenter})", total=len(cases))
-            if workers <= 1 or len(cases) <= 1:
-                for case in cases:
-                    cid, rows, computed = _cached_case(case, segmenter, organs, cache, device, resume_here)
-                    results[cid], n_computed = rows, n_computed + computed
-                    bar.advance(task)
-            else:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                    futures = [pool.submit(_cached_case, case, segmenter, organs, cache, device, resume_here)
-                               for case in cases]
-                    for fut in as_completed(futures):
-                        cid, rows, computed = fut.result()
-                        results[cid], n_computed = rows, n_computed + computed
-                        bar.advance(task)
+        mapped = map_cases(functools.partial(measure_case, job), cases, scheduler=scheduler, workers=workers,
+                           skip_bad=skip_bad, progress=progress, description=f"metrics ({segmenter})")
     finally:
         if tmp is not None:
             tmp.cleanup()
-    frame = assemble_table(cases, results, name, age_bins)
-    frame.attrs["n_computed"] = n_computed
+    results = {case.case_id: rows for case, (rows, _) in mapped.values}
+    frame = assemble_table([case for case, _ in mapped.values], results, name, age_bins)
+    frame.attrs["n_computed"] = sum(computed for _, (_, computed) in mapped.values)
+    left_out = [Excluded(cid, reason) for cid, reason in getattr(cohort, "problems", ())] + mapped.excluded
+    frame.attrs["excluded"] = excluded_frame(left_out, name).to_dict("records")
     return frame
+
+
+def excluded_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cases an organ_metrics table leaves out (case_id, cohort, reason), from ``frame.attrs``."""
+    return pd.DataFrame(frame.attrs.get("excluded", []), columns=list(EXCLUDED_COLUMNS))
 
 
 def assemble_table(cases: Iterable[Any], results: dict[str, pd.DataFrame], cohort_name: str,
@@ -174,11 +163,14 @@ def write_metrics(cohort: Any, out_csv: str | Path, segmenter: str | None = None
                   organs: Sequence[str] = ORGAN_NAMES, cache_dir: str | Path | None = None,
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
-                  resume: bool = True) -> pd.DataFrame:
+                  resume: bool = True, skip_bad: bool = False,
+                  scheduler: str | Scheduler | None = None) -> pd.DataFrame:
     """Compute :func:`organ_metrics` and write it to ``out_csv`` atomically, with ``<out_csv>.json`` beside it.
 
-    The cache (per-case rows and computed labels) defaults to ``<out_csv folder>/cache``; an interrupted
-    run resumes from it. The JSON sidecar holds the parameters and package versions.
+    The cache (per-case rows and computed labels) defaults to ``<out_csv folder>/<out_csv stem>-cache``
+    (``organ_metrics-cache/``); an interrupted run resumes from it. The JSON sidecar holds the parameters
+    and package versions. ``excluded.csv`` beside ``out_csv`` lists the cases left out (written with
+    ``skip_bad``, or when there are any, or to replace an older one).
     """
     from ..provenance import stamp, write_json, write_table
 
@@ -186,18 +178,27 @@ def write_metrics(cohort: Any, out_csv: str | Path, segmenter: str | None = None
     if segmenter is None:
         from ..segment import default_segmenter
         segmenter = default_segmenter(cohort)
-    cache = Path(cache_dir) if cache_dir is not None else out_csv.parent / "cache"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(out_csv)
     frame = organ_metrics(cohort, segmenter=segmenter, workers=workers, organs=organs, cache_dir=cache,
                           device=device, cohort_name=cohort_name, age_bins=age_bins, progress=progress,
-                          resume=resume)
+                          resume=resume, skip_bad=skip_bad, scheduler=scheduler)
     write_table(frame, out_csv)
+    excluded = excluded_table(frame)
+    if skip_bad or len(excluded) or (out_csv.parent / EXCLUDED_CSV).is_file():
+        write_excluded(excluded, out_csv.parent)
     params = {"cohort": str(getattr(cohort, "root", "")), "cohort_name": frame["cohort"].iloc[0] if len(frame)
               else cohort_name, "n_cases": int(frame["case_id"].nunique()), "segmenter": segmenter,
               "organs": list(organs), "device": device, "age_bins": list(age_bins), "cache_dir": str(cache),
               "metrics_version": METRICS_VERSION, "peak_radius_mm": PEAK_RADIUS_MM, "suv_std_ddof": 0,
-              "n_computed": frame.attrs.get("n_computed")}
+              "n_computed": frame.attrs.get("n_computed"), "n_excluded": len(excluded), "skip_bad": skip_bad}
     write_json(stamp(params), out_csv.with_name(out_csv.name + ".json"))
     return frame
+
+
+def default_cache_dir(out_csv: str | Path) -> Path:
+    """Where ``write_metrics`` caches by default: ``<folder of out_csv>/<its stem>-cache``."""
+    out_csv = Path(out_csv)
+    return out_csv.parent / f"{out_csv.stem}-cache"
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:

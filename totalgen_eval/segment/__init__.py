@@ -8,11 +8,13 @@ Specs:
 - ``model:PATH``: a MONAI network checkpoint (safetensors + JSON); ``model:bundled`` (alias ``phantom``) is
   the bundled phantom organ segmenter, a stand-in for offline evaluation of phantom-like volumes.
 
-Computed labels are cached as ``<cache_dir>/labels/<case_id>-<hash>.nii.gz``; the hash covers the CT file's
-content and the backend settings (and the model weights), so a re-run reuses them.
+Computed labels are cached as ``<cache_dir>/labels/<case_id>_<key>.nii.gz``; the key covers the input files'
+identities (path, size, mtime, ctime: see ``cache.py``) and the backend settings (and the model weights'
+digest), so a re-run reuses them and a changed input is segmented again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,19 +22,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
+from ..cache import cache_file, cache_key, file_identity
 from ..errors import InputError
 from ..organs import ORGAN_NAMES
+from ..parallel import Excluded, Scheduler, excluded_frame, map_cases, write_excluded
 from ..volumes import Grid, read_grid, read_volume, write_volume
 from .formats import read_labels_any
 from .totalseg import totalsegmentator_weights
 
 __all__ = ["make_segmenter", "case_labels", "cached_labels", "segment_cohort", "default_segmenter",
-           "totalsegmentator_weights", "LabelsBackend", "TotalSegmentatorBackend", "ModelBackend"]
+           "totalsegmentator_weights", "LabelsBackend", "TotalSegmentatorBackend", "ModelBackend", "Segmented"]
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """blake2b (16 hex) of a file's bytes, or of a folder's sorted names and file bytes."""
+    """blake2b (16 hex) of a file's bytes, or of a folder's sorted names and file bytes (model weights)."""
     h = hashlib.blake2b(digest_size=8)
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
@@ -94,7 +99,8 @@ class ModelBackend:
     def settings(self) -> dict[str, Any]:
         from .model import resolve_model_path
         cfg, weights = resolve_model_path(self.path)
-        return {"backend": "model", "config": json.loads(cfg.read_text()), "weights": file_digest(weights)}
+        return {"backend": "model", "config": json.loads(cfg.read_text()),
+                "weights": _weights_digest(str(weights), tuple(file_identity(weights)))}
 
     def inputs(self, case: Any) -> list[Path]:
         from .model import ModelConfig, resolve_model_path
@@ -112,6 +118,12 @@ class ModelBackend:
         labels = predict_labels(network, config, ct, Grid(tuple(ct.shape), affine), target_grid, self.device,
                                 pet=pet, pet_grid=pet_grid)
         return write_volume(labels, target_grid.affine, out_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(path: str, identity: tuple) -> str:
+    """Content digest of a weights file, once per process for each of its identities (path, size, times)."""
+    return file_digest(Path(path))
 
 
 _MODELS: dict[tuple[str, str], Any] = {}  # per-process memo of loaded networks (read-only after load)
@@ -151,10 +163,6 @@ def make_segmenter(spec: str | Backend | None, device: str = "cpu", fast: bool =
                      "--segmenter")
 
 
-def _safe(case_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(case_id))
-
-
 def _grid_of(case: Any) -> Grid:
     return case.grid() if hasattr(case, "grid") else read_grid(case.pet)
 
@@ -164,8 +172,8 @@ def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str
     """Path of a label map in TotalSegmentator "total" ids for ``case``, computing and caching it if needed.
 
     ``labels``: the case's own file when it is already in our format, else a converted copy in the cache.
-    Computing backends write ``<cache_dir>/labels/<case_id>-<hash>.nii.gz`` on the PET grid (TotalSegmentator:
-    on the CT's grid) and reuse it on a re-run.
+    Computing backends write ``<cache_dir>/labels/<case_id>_<key>.nii.gz`` on the PET grid (TotalSegmentator:
+    on the CT's grid) and reuse it on a re-run; the key changes with any input file or setting.
     """
     backend = make_segmenter(segmenter, device=device, fast=fast)
     if isinstance(backend, LabelsBackend):
@@ -174,17 +182,16 @@ def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str
             return src
         if cache_dir is None:
             raise InputError("converting TotalSegmentator labels needs a cache folder", src)
-        out = Path(cache_dir) / "labels" / f"{_safe(case.case_id)}-{file_digest(src)}.nii.gz"
+        out = cache_file(Path(cache_dir) / "labels", case.case_id, cache_key("labels", file_identity(src)),
+                         ".nii.gz")
         if not out.is_file():
             labels, affine = read_labels_any(src)
             write_volume(labels.astype(np.uint8), affine, out)
         return out
     if cache_dir is None:
         raise InputError("computed labels need a cache folder (--out)", backend.spec)
-    key = json.dumps([[file_digest(p) for p in backend.inputs(case)], backend.settings()], sort_keys=True,
-                     default=str)
-    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    out = Path(cache_dir) / "labels" / f"{_safe(case.case_id)}-{digest}.nii.gz"
+    key = cache_key([file_identity(p) for p in backend.inputs(case)], backend.settings())
+    out = cache_file(Path(cache_dir) / "labels", case.case_id, key, ".nii.gz")
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         backend.segment(case, _grid_of(case), out)
@@ -215,37 +222,37 @@ def case_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str |
     return read_labels_any(cached_labels(case, backend, cache_dir, device, fast))
 
 
-def _segment_one(case: Any, spec: str, cache_dir: Path, device: str, fast: bool) -> tuple[str, Path]:
-    return case.case_id, cached_labels(case, spec, cache_dir, device, fast)
+@dataclass(frozen=True)
+class Segmented:
+    """What :func:`segment_cohort` returns: label paths of the segmented cases, the excluded table."""
+
+    labels: dict[str, Path]
+    excluded: pd.DataFrame
+
+
+def _segment_one(spec: str, cache_dir: Path, device: str, fast: bool, case: Any) -> Path:
+    return cached_labels(case, spec, cache_dir, device, fast)
 
 
 def segment_cohort(cohort: Any, segmenter: str | None = None, cache_dir: str | Path = "segmentations",
-                   device: str = "cpu", fast: bool = True, workers: int = 1,
-                   progress: bool = True) -> dict[str, Path]:
-    """Labels for every case of a cohort ({case_id: label path}), cached under ``cache_dir/labels``."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from ..metrics.cohort import _pool_context, _progress
+                   device: str = "cpu", fast: bool = True, workers: int = 1, progress: bool = True,
+                   skip_bad: bool = False, scheduler: str | Scheduler | None = None) -> Segmented:
+    """Labels for every case of a cohort, cached under ``cache_dir/labels`` (see :func:`cached_labels`).
 
+    ``scheduler``/``workers``: as in :func:`parallel.map_cases`. ``skip_bad``: cases that fail are left out;
+    they and the cohort's cases left out at load time are listed in ``cache_dir/excluded.csv``.
+    """
     spec = segmenter or default_segmenter(cohort)
     make_segmenter(spec, device, fast)  # bad specs fail before any work
-    cache_dir = Path(cache_dir)
-    cases = list(cohort)
-    out: dict[str, Path] = {}
-    with _progress(progress) as bar:
-        task = bar.add_task(f"segment ({spec})", total=len(cases))
-        if workers <= 1 or len(cases) <= 1:
-            for case in cases:
-                cid, path = _segment_one(case, spec, cache_dir, device, fast)
-                out[cid] = path
-                bar.advance(task)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                futs = [pool.submit(_segment_one, c, spec, cache_dir, device, fast) for c in cases]
-                for fut in as_completed(futs):
-                    cid, path = fut.result()
-                    out[cid] = path
-                    bar.advance(task)
-    return {c.case_id: out[c.case_id] for c in cases}
+    cache_dir = Path(cache_dir).resolve()
+    mapped = map_cases(functools.partial(_segment_one, spec, cache_dir, device, fast), list(cohort),
+                       scheduler=scheduler, workers=workers, skip_bad=skip_bad, progress=progress,
+                       description=f"segment ({spec})")
+    name = getattr(cohort, "name", None) or "cohort"
+    left_out = [Excluded(cid, reason) for cid, reason in getattr(cohort, "problems", ())] + mapped.excluded
+    excluded = excluded_frame(left_out, name)
+    write_excluded(excluded, cache_dir)
+    return Segmented({case.case_id: path for case, path in mapped.values}, excluded)
 
 
 def default_segmenter(cohort: Any, fast: bool = True) -> str:
