@@ -6,19 +6,20 @@ resumable: a case whose image files all exist is not rendered again (files appea
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from ..demographics import parse_age, parse_sex
 from ..errors import InputError
+from ..parallel import map_cases
 from ..provenance import stamp, to_jsonable, write_json, write_table
 from ..volumes import write_volume
 from .population import DEMOGRAPHIC_COLUMNS, draw_subjects, expected, sample_demographics
@@ -94,34 +95,13 @@ def _render_and_write(root: str, spec: CaseSpec, config: PhantomConfig) -> int:
 
 
 def _run(jobs: list[CaseSpec], root: Path, config: PhantomConfig, workers: int, progress: bool) -> int:
-    """Render the jobs (in ``workers`` processes when > 1) with an optional rich progress bar."""
+    """Render the jobs (in ``workers`` processes when > 1) with an optional progress bar; bytes written."""
     if not jobs:
         return 0
-    advance: Callable[[], None] = lambda: None
-    bar = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("phantoms"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        task = bar.add_task("render", total=len(jobs))
-        advance = lambda: bar.advance(task)  # noqa: E731
-        bar.start()
-    total = 0
-    try:
-        if workers <= 1:
-            for spec in jobs:
-                total += _render_and_write(str(root), spec, config)
-                advance()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for written in pool.map(_render_and_write, [str(root)] * len(jobs), jobs, [config] * len(jobs),
-                                        chunksize=max(1, len(jobs) // (8 * workers))):
-                    total += written
-                    advance()
-    finally:
-        if bar is not None:
-            bar.stop()
-    return total
+    mapped = map_cases(functools.partial(_render_and_write, str(root), config=config), jobs,
+                       ids=[spec.case_id for spec in jobs], workers=workers, progress=progress,
+                       description="phantoms")
+    return sum(written for _, written in mapped.values)
 
 
 def _demographics_for(n: int, seed: int, demographics: pd.DataFrame | None) -> pd.DataFrame:
