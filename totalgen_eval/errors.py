@@ -51,6 +51,8 @@ def describe_os_error(exc: OSError) -> str:
 
     Example: ``describe_os_error(PermissionError(13, "Permission denied", "/out"))`` -> ``"/out: permission denied"``.
     """
+    if exc.errno is None:  # raised with a message of its own, e.g. FileNotFoundError("x: no such folder")
+        return str(exc) or type(exc).__name__
     reason = _OS_REASONS.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__).lower()
     where = exc.filename if exc.filename is not None else None
     return f"{where}: {reason}" if where is not None else reason
