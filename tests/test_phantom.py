@@ -347,9 +347,12 @@ def test_anatomical_sides_and_levels():
     anatomy = anatomy_of(row, truth)
     c = {p.label: np.asarray(p.shape.center) for p in anatomy.parts if isinstance(p.shape, Ellipsoid) and p.label}
     lungs = [p.shape.center for p in anatomy.parts if p.lung_side]
-    assert c[5][0] < 0 < c[1][0], "liver on the right (x < 0), spleen on the left"
-    assert c[2][0] < 0 < c[3][0], "kidney_right at x < 0"
-    assert c[51][0] > 0, "heart slightly left"
+    # RAS+: x grows toward the patient's right
+    assert c[1][0] < 0 < c[5][0], "liver on the right (x > 0), spleen on the left"
+    assert c[3][0] < 0 < c[2][0], "kidney_right at x > 0"
+    assert c[80][0] < 0 < c[81][0] and c[88][0] < 0 < c[89][0], "gluteus / iliopsoas _right at x > 0"
+    assert -30 < c[51][0] < 0, "heart slightly left"
+    assert {p.lung_side: np.sign(p.shape.center[0]) for p in anatomy.parts if p.lung_side} == {"right": 1, "left": -1}
     assert c[2][1] < c[5][1] and c[3][1] < c[5][1], "kidneys posterior to the liver"
     assert c[90][2] > max(z for _, _, z in lungs) > c[5][2] > c[21][2], "brain > lungs > liver > bladder"
     assert c[21][2] < min(c[2][2], c[3][2])

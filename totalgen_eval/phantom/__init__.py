@@ -8,8 +8,9 @@ Not patient data: every cohort made here says "phantom" (cohort.csv ``source``, 
     case = render_case(demo.iloc[0], truth[truth.case_id == ...], PhantomConfig(), rng)
     make_cohort("out/", n=200, seed=0)          # files + cohort.csv + truth.csv + phantom.json
 
-Modules: population (demographics and the organ model table), shapes (analytic solids), anatomy
-(placing organs), render (CT/PET/labels on the canvas), make (cohorts on disk).
+Modules: population (demographics and the organ model table), shapes (analytic solids; RAS+ sides),
+anatomy (placing organs, region by region), body (torso, neck, head and legs around them), render
+(CT/PET/labels on the canvas), make (cohorts on disk).
 """
 from __future__ import annotations
 

@@ -1,11 +1,19 @@
 """Where each organ goes: a subject's analytic anatomy from demographics and organ truth.
 
+Coordinates are NIfTI RAS+ world mm: x grows toward the patient's right (``RIGHT``), y anterior, z superior,
+so the liver, the right kidney, the right lung and every ``*_right`` structure lie at x > 0, the spleen and
+every ``*_left`` one at x < 0, and the heart just left of the midline.
+
 Organ solids are sized so their analytic volume equals the subject's truth volume exactly; they are
-placed at heights that are fractions of body height (below the head vertex) and kept apart by
+placed at levels that are fractions of body height below the head vertex (``*_LEVEL``) and kept apart by
 construction with separating planes (x, y, z planes, or an oblique plane between liver/spleen and
 the kidneys below them, found from the ellipsoids' support functions). The body (head, neck,
 thorax, abdomen, pelvis, legs; lean core plus a fat layer) is grown where needed so it always
 contains the organs with a wall around them. Bones (skull, spine, ribs, femurs) are cosmetic (label 0).
+
+``build_anatomy`` runs one step per body region, top to bottom: head, thorax, aorta, retroperitoneum
+(spine, iliopsoas), upper abdomen (liver, spleen), kidneys, pelvis (bladder, gluteus), then the body
+outline, the legs and the bones around them.
 """
 from __future__ import annotations
 
@@ -16,13 +24,11 @@ from typing import Mapping
 import numpy as np
 from scipy.optimize import brentq
 
-from .shapes import ArchTube, Ellipsoid, Shape, ZCylinder, ZSuperCylinder
+from .body import (HIP_ABOVE_CROTCH_MM, BodySegment, Stature, body_segments, fat_thickness_mm, legs,
+                   stature, trunk_levels, visceral_fat_fraction)
+from .shapes import LEFT, RIGHT, SIDES, ArchTube, Ellipsoid, Shape, ZCylinder
 
-TOP_MARGIN_MM = 20.0  # head vertex below the canvas top (z = 0)
 GAP_MM = 5.0  # minimum clearance between neighbouring organs
-WALL_MM = 15.0  # lean tissue between organs and the fat layer
-CANVAS_MARGIN_MM = 6.0  # the body stays this far inside the canvas faces (x, y)
-TORSO_POWER = 3.0  # torso cross-sections are superellipses |x/a|^p + |y/b|^p <= 1 (rounded rectangles)
 
 # Reference shapes (semi-axes x, y, z in mm); each is scaled isotropically to its truth volume.
 BASE_AXES: dict[str, tuple[float, float, float]] = {
@@ -38,6 +44,40 @@ BASE_AXES: dict[str, tuple[float, float, float]] = {
 }
 RIGHT_LUNG_SHARE = 0.53  # of the lungs volume; left 0.47
 GLUTEUS_SHARE = 0.70  # of the muscle volume (both sides); iliopsoas 0.30
+
+# Levels: at least this fraction of body height below the head vertex (organs may push them lower)
+SHOULDER_LEVEL = 0.175  # top of the thorax
+AORTIC_BIFURCATION_LEVEL = 0.42
+GLUTEUS_LEVEL = 0.48  # gluteus maximus centres
+PELVIC_FLOOR_LEVEL = 0.50  # the bladder's bottom
+
+# Head (mm)
+SCALP_MM = (14.0, 16.0, 30.0)  # head semi-axes minus brain semi-axes
+HEAD_Y_MM = 5.0  # brain and head centres, anterior of the midline
+BRAIN_RAISE_MM = 10.0  # brain centre above the head centre
+NECK_MIN_MM = 40.0  # head bottom to shoulders, at least
+SKULL_OUTER_MM, SKULL_INNER_MM = 9.0, 2.0  # skull shell around the brain
+
+# Thorax (mm)
+LUNG_APEX_DROP_MM = 25.0  # lung apices below the shoulders
+LUNG_Y_MM = -5.0
+HEART_LEFT_MM = 12.0  # heart centre left of the midline
+HEART_Y_MM = 15.0  # anterior
+HEART_ABOVE_LUNG_BASE_MM = 10.0  # heart bottom above the higher lung base
+ASCENDING_AORTA_MM = 40.0  # at reference height
+
+# Retroperitoneum, abdomen and pelvis (mm)
+SPINE_RADIUS_MM = 16.0  # at reference height
+SPINE_ABOVE_HEAD_BOTTOM_MM = 40.0  # the spine's top; its bottom is at the hips
+AORTA_SPINE_GAP_MM = 3.0
+PSOAS_SPINE_GAP_MM = 4.0
+PSOAS_TOP_DROP_MM = 40.0  # iliopsoas top below the diaphragm
+SPLEEN_Y_MM = -30.0
+SPLEEN_UNDER_LUNG_MM = 10.0  # the spleen's lateral edge reaches this far inside the left lung's
+KIDNEY_ANTERIOR_OF_PSOAS_MM = 20.0  # kidney centre y minus iliopsoas centre y
+KIDNEY_PLANE_TILT_DEG = 65.0  # plane between liver / spleen and the kidney below it
+KIDNEY_BELOW_DIAPHRAGM_MM = 10.0  # kidney top below the diaphragm, at least
+GLUTEUS_ANTERIOR_OF_SPINE_MM = 25.0
 
 # TotalSegmentator "total" v2 class ids
 LABEL = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "urinary_bladder": 21, "heart": 51,
@@ -57,18 +97,8 @@ class OrganPart:
 
 
 @dataclass(frozen=True)
-class BodySegment:
-    """A stretch of body: outer outline and lean core (fat between them)."""
-
-    name: str
-    outer: Shape
-    core: Shape
-    visceral: Shape | None = None  # abdomen/pelvis: the cavity inside the muscular wall (fat-marbled)
-
-
-@dataclass(frozen=True)
 class Anatomy:
-    """A subject's analytic anatomy (mm, canvas RAS+ coordinates)."""
+    """A subject's analytic anatomy (mm, RAS+ world coordinates: x toward the patient's right)."""
 
     parts: tuple[OrganPart, ...]
     body: tuple[BodySegment, ...]
@@ -105,215 +135,196 @@ def _z_below_plane(upper: Ellipsoid, axes: np.ndarray, x: float, y: float, tilt_
     return (-math.sin(t) * y - (upper_max + GAP_MM + h)) / math.cos(t)
 
 
-def _outline_points(shapes: list[Shape]) -> np.ndarray:
-    return np.concatenate([s.xy_outline() for s in shapes]) if shapes else np.zeros((0, 2))
+@dataclass(frozen=True)
+class Head:
+    brain: Ellipsoid
+    outline: Ellipsoid
+    z_shoulders: float  # top of the thorax
+
+    @property
+    def bottom(self) -> float:
+        return self.outline.z_range[0]
 
 
-def _fit_core(anthro: tuple[float, float], pts: np.ndarray, wall: float, power: float,
-              y0: float | None = None) -> tuple[float, float, float]:
-    """Core superellipse (y centre, semi-axis x, semi-axis y) in mm: the anthropometric one, widened and
-    deepened just enough (smallest a + b on a search grid) that every outline point lies at least
-    ``wall`` inside; centred in y on the points unless ``y0`` is given."""
-    if not len(pts):
-        return 0.0 if y0 is None else y0, anthro[0], anthro[1]
-    a0, b0 = anthro[0] - wall, anthro[1] - wall
-    if y0 is None:
-        y0 = float(pts[:, 1].max() + pts[:, 1].min()) / 2
-    x, y = np.abs(pts[:, 0]), np.abs(pts[:, 1] - y0)
-    best = None
-    for a in np.linspace(max(a0, x.max() * 1.001), max(a0, x.max() * 1.001) * 2.0, 101):
-        b = max(b0, float((y / (1.0 - (x / a) ** power) ** (1.0 / power)).max()))
-        if best is None or a + b < best[0] + best[1]:
-            best = (a, b)
-    return y0, best[0] + wall, best[1] + wall
+@dataclass(frozen=True)
+class Thorax:
+    heart: Ellipsoid
+    lungs: dict[str, Ellipsoid]  # side -> lung
+    z_diaphragm: float  # the abdomen lies below
 
 
-def _torso_section(anthro: tuple[float, float], shapes: list[Shape], fat_mm: float, fov_xy: tuple[float, float],
-                   z0: float, z1: float) -> tuple[ZSuperCylinder, ZSuperCylinder]:
-    """(outer, core) of a torso stretch: the core holds the shapes with a WALL_MM wall, the fat layer
-    lies outside it; both are kept CANVAS_MARGIN_MM inside the canvas (fat gives way first, then the
-    wall, then the cross-section gets squarer so the organs stay inside the core)."""
-    pts = _outline_points(shapes)
-    y0, a, b = _fit_core(anthro, pts, WALL_MM, TORSO_POWER)
-    x_lim, y_lim = fov_xy[0] / 2 - CANVAS_MARGIN_MM, fov_xy[1] / 2 - CANVAS_MARGIN_MM
-    if abs(y0) + b > y_lim:  # re-centre towards the canvas middle and fit again
-        y0 = float(np.clip(y0, -max(y_lim - b, 0.0), max(y_lim - b, 0.0)))
-        y0, a, b = _fit_core(anthro, pts, WALL_MM, TORSO_POWER, y0)
-    a_c, b_c = min(a, x_lim), min(b, y_lim - abs(y0))
-    power = TORSO_POWER
-    while len(pts) and power < 12 and (np.abs(pts[:, 0] / a_c) ** power
-                                        + np.abs((pts[:, 1] - y0) / b_c) ** power).max() > 0.98:
-        power += 1.0
-    outer = (min(a + fat_mm, x_lim), min(b + fat_mm, y_lim - abs(y0)))
-    return (ZSuperCylinder((0.0, y0), outer, z0, z1, power), ZSuperCylinder((0.0, y0), (a_c, b_c), z0, z1, power))
+@dataclass(frozen=True)
+class Aorta:
+    x: float
+    y_descending: float
+    radius: float
+    tubes: tuple[Shape, ...]  # ascending, arch, descending
+
+    @property
+    def reach(self) -> float:
+        """Farthest extent from the midline (mm), on the heart's side."""
+        return abs(self.x) + self.radius
 
 
-def _overlapping(shapes: list[Shape], z0: float, z1: float) -> list[Shape]:
-    return [s for s in shapes if s.z_range[0] < z1 and s.z_range[1] > z0]
+@dataclass(frozen=True)
+class Retroperitoneum:
+    spine_radius: float
+    spine_y: float
+    psoas: dict[str, Ellipsoid]  # side -> iliopsoas
+    psoas_lateral: float  # distance (mm) of the iliopsoas' lateral edges from the midline
 
 
-def fat_thickness_mm(bmi: float, sex: str) -> float:
-    """Subcutaneous fat layer (mm) of the trunk: grows with BMI and saturates; women +15%."""
-    t = 5.0 + 30.0 * math.tanh((bmi - 22.0) / 12.0)
-    return max(2.0, t) * (1.15 if sex == "F" else 1.0)
+def _head(st: Stature, brain_mm3: float) -> Head:
+    """Brain inside a head ellipsoid at the vertex; the shoulders a neck below it."""
+    brain_axes = _scaled_axes(BASE_AXES["brain"], brain_mm3)
+    head_axes = brain_axes + np.array(SCALP_MM)
+    head_cz = st.vertex_z - head_axes[2]
+    brain = Ellipsoid((0.0, HEAD_Y_MM, head_cz + BRAIN_RAISE_MM), tuple(brain_axes))
+    outline = Ellipsoid((0.0, HEAD_Y_MM, head_cz), tuple(head_axes))
+    z_shoulders = min(st.level(SHOULDER_LEVEL), head_cz - head_axes[2] - NECK_MIN_MM)
+    return Head(brain, outline, z_shoulders)
 
 
-def visceral_fat_fraction(bmi: float, sex: str) -> float:
-    """Share of fat in the abdominal cavity's background tissue: rises with BMI, higher in men."""
-    return float(np.clip(0.15 + 0.015 * (bmi - 25.0) + (0.05 if sex == "M" else 0.0), 0.05, 0.5))
+def _thorax(z_shoulders: float, volumes_mm3: Mapping[str, float]) -> Thorax:
+    """Heart left of the midline above the lung bases; lungs beside it (x-separated), apices below the shoulders."""
+    lung_axes = {"right": _scaled_axes(BASE_AXES["lung"], RIGHT_LUNG_SHARE * volumes_mm3["lungs"]),
+                 "left": _scaled_axes(BASE_AXES["lung"], (1 - RIGHT_LUNG_SHARE) * volumes_mm3["lungs"])}
+    z_apex = z_shoulders - LUNG_APEX_DROP_MM
+    heart_axes = _scaled_axes(BASE_AXES["heart"], volumes_mm3["heart"])
+    bases = [z_apex - 2 * axes[2] for axes in lung_axes.values()]
+    heart_x = LEFT * HEART_LEFT_MM
+    heart_z = max(bases) + HEART_ABOVE_LUNG_BASE_MM + heart_axes[2]
+    heart = Ellipsoid((heart_x, HEART_Y_MM, heart_z), tuple(heart_axes))
+    lungs = {side: Ellipsoid((heart_x + SIDES[side] * (heart_axes[0] + GAP_MM + axes[0]), LUNG_Y_MM, z_apex - axes[2]),
+                             tuple(axes)) for side, axes in lung_axes.items()}
+    return Thorax(heart, lungs, min(*bases, heart_z - heart_axes[2]) - GAP_MM)
+
+
+def _aorta(heart: Ellipsoid, st: Stature, volume_mm3: float) -> Aorta:
+    """Ascending cylinder above the heart, arch (half torus), descending cylinder behind the heart down to
+    the bifurcation; the tube radius is solved so the three solids hold ``volume_mm3`` exactly."""
+    x, y_asc = heart.center[0], heart.center[1]
+    z_asc0 = heart.z_range[1] + GAP_MM
+    length_asc = st.at_height(ASCENDING_AORTA_MM)
+    z_arch = z_asc0 + length_asc
+    z_bif = st.level(AORTIC_BIFURCATION_LEVEL)
+    y_behind_heart = heart.center[1] - heart.axes[1] - GAP_MM
+
+    def geometry(r: float) -> tuple[float, float, float]:  # descending y, arch radius, centre-line length
+        y_desc = y_behind_heart - r
+        arch_radius = (y_asc - y_desc) / 2.0
+        return y_desc, arch_radius, length_asc + math.pi * arch_radius + (z_arch - z_bif)
+
+    r = brentq(lambda r: math.pi * r * r * geometry(r)[2] - volume_mm3, 1.0, 60.0, xtol=1e-12)
+    y_desc, arch_radius, _ = geometry(r)
+    tubes = (ZCylinder((x, y_asc), (r, r), z_asc0, z_arch), ArchTube(x, (y_asc + y_desc) / 2, z_arch, arch_radius, r),
+             ZCylinder((x, y_desc), (r, r), z_bif, z_arch))
+    return Aorta(x, y_desc, r, tubes)
+
+
+def _retroperitoneum(aorta: Aorta, z_diaphragm: float, st: Stature, muscle_mm3: float) -> Retroperitoneum:
+    """Spine behind the aorta; iliopsoas on both sides of the spine, behind the aorta (y-separated)."""
+    spine_radius = st.at_height(SPINE_RADIUS_MM)
+    spine_y = aorta.y_descending - aorta.radius - AORTA_SPINE_GAP_MM - spine_radius
+    axes = _scaled_axes(BASE_AXES["iliopsoas"], (1 - GLUTEUS_SHARE) * muscle_mm3 / 2)
+    y = aorta.y_descending - aorta.radius - GAP_MM - axes[1]
+    medial = spine_radius + PSOAS_SPINE_GAP_MM
+    z = z_diaphragm - PSOAS_TOP_DROP_MM - axes[2]
+    psoas = {side: Ellipsoid((sign * (medial + axes[0]), y, z), tuple(axes)) for side, sign in SIDES.items()}
+    return Retroperitoneum(spine_radius, spine_y, psoas, medial + 2 * axes[0])
+
+
+def _upper_abdomen(thorax: Thorax, aorta: Aorta, retro: Retroperitoneum, bladder_axes: np.ndarray,
+                   volumes_mm3: Mapping[str, float]) -> tuple[Ellipsoid, Ellipsoid]:
+    """(liver, spleen) under the diaphragm. Liver on the right, its medial edge a gap right of the aorta, in
+    front of the iliopsoas; spleen on the left, lateral to aorta, iliopsoas and bladder, under the left lung."""
+    z_diaphragm, psoas = thorax.z_diaphragm, retro.psoas["right"]
+    liver_axes = _scaled_axes(BASE_AXES["liver"], volumes_mm3["liver"])
+    liver = Ellipsoid((aorta.x + RIGHT * (aorta.radius + GAP_MM + liver_axes[0]),
+                       psoas.center[1] + psoas.axes[1] + GAP_MM + liver_axes[1], z_diaphragm - liver_axes[2]),
+                      tuple(liver_axes))
+    spleen_axes = _scaled_axes(BASE_AXES["spleen"], volumes_mm3["spleen"])
+    lung = thorax.lungs["left"]
+    lung_edge = LEFT * lung.center[0] + lung.axes[0]  # the left lung's lateral edge, from the midline
+    medial = max(aorta.reach, retro.psoas_lateral, bladder_axes[0]) + GAP_MM
+    medial = max(medial, lung_edge - SPLEEN_UNDER_LUNG_MM - 2 * spleen_axes[0])
+    spleen = Ellipsoid((LEFT * (medial + spleen_axes[0]), SPLEEN_Y_MM, z_diaphragm - spleen_axes[2]),
+                       tuple(spleen_axes))
+    return liver, spleen
+
+
+def _kidneys(liver: Ellipsoid, spleen: Ellipsoid, aorta: Aorta, retro: Retroperitoneum, bladder_axes: np.ndarray,
+             z_diaphragm: float, kidneys_mm3: float) -> dict[str, Ellipsoid]:
+    """Side -> kidney: lateral to the iliopsoas (x-separated), below-behind liver / spleen (oblique plane)."""
+    axes = _scaled_axes(BASE_AXES["kidney"], kidneys_mm3 / 2)
+    lateral = max(retro.psoas_lateral, bladder_axes[0], aorta.reach) + GAP_MM + axes[0]
+    y = retro.psoas["right"].center[1] + KIDNEY_ANTERIOR_OF_PSOAS_MM
+    above = {"right": liver, "left": spleen}
+    kidneys = {}
+    for side, sign in SIDES.items():
+        z = min(_z_below_plane(above[side], axes, sign * lateral, y, KIDNEY_PLANE_TILT_DEG),
+                z_diaphragm - KIDNEY_BELOW_DIAPHRAGM_MM - axes[2])
+        kidneys[side] = Ellipsoid((sign * lateral, y, z), tuple(axes))
+    return kidneys
+
+
+def _pelvis(st: Stature, upper: list[Ellipsoid], liver: Ellipsoid, aorta: Aorta, retro: Retroperitoneum,
+            bladder_axes: np.ndarray, muscle_mm3: float) -> tuple[Ellipsoid, dict[str, Ellipsoid]]:
+    """(bladder, side -> gluteus maximus). Bladder in front of the aorta / iliopsoas (y-separated), below the
+    liver; gluteus lateral to bladder and iliopsoas (x-separated), below the ``upper`` abdominal organs."""
+    upper_bottom = min(s.z_range[0] for s in upper) - GAP_MM
+    z_bladder = min(st.level(PELVIC_FLOOR_LEVEL) + bladder_axes[2], liver.z_range[0] - GAP_MM - bladder_axes[2])
+    bladder = Ellipsoid((0.0, aorta.y_descending + aorta.radius + GAP_MM + bladder_axes[1], z_bladder),
+                        tuple(bladder_axes))
+    axes = _scaled_axes(BASE_AXES["gluteus"], GLUTEUS_SHARE * muscle_mm3 / 2)
+    medial = max(bladder_axes[0], retro.psoas_lateral, aorta.reach) + GAP_MM
+    z = min(st.level(GLUTEUS_LEVEL), upper_bottom - axes[2])
+    y = retro.spine_y + GLUTEUS_ANTERIOR_OF_SPINE_MM
+    return bladder, {side: Ellipsoid((sign * (medial + axes[0]), y, z), tuple(axes)) for side, sign in SIDES.items()}
+
+
+def _skull(brain: Ellipsoid) -> list[tuple[str, Shape]]:
+    """The skull's outer and inner surfaces (its shell lies between them), around the brain."""
+    axes = np.asarray(brain.axes)
+    return [("skull_outer", Ellipsoid(brain.center, tuple(axes + SKULL_OUTER_MM))),
+            ("skull_inner", Ellipsoid(brain.center, tuple(axes + SKULL_INNER_MM)))]
 
 
 def build_anatomy(demo: Mapping, volumes_ml: Mapping[str, float],
                   fov_mm: tuple[float, float, float] = (448.0, 320.0, 1152.0)) -> Anatomy:
-    """The analytic anatomy of one subject.
+    """The analytic anatomy of one subject (RAS+ mm: the liver at x > 0).
 
     ``demo``: age, sex, height_m, weight_kg; ``volumes_ml``: organ -> truth volume (mL) for the nine
     canonical organs. Organ solids reproduce these volumes exactly (``Anatomy.organ_volume_mm3``).
     The torso is clipped to ``fov_mm`` less CANVAS_MARGIN_MM (fat first, then lean wall) so that very
     large subjects still fit the canvas.
     """
-    H = float(demo["height_m"]) * 1000.0
-    sex = str(demo["sex"])
-    bmi = float(demo["weight_kg"]) / float(demo["height_m"]) ** 2
-    s = (H / 1750.0) ** 0.6 * (bmi / 25.0) ** 0.15 * (1.0 if sex == "M" else 0.94)  # lean-core scale
-    V = {k: float(v) * 1000.0 for k, v in volumes_ml.items()}  # mm^3
-    zv = -TOP_MARGIN_MM
-    parts: list[OrganPart] = []
-
-    # head and brain -----------------------------------------------------------------------------
-    b_ax = _scaled_axes(BASE_AXES["brain"], V["brain"])
-    head_axes = b_ax + np.array([14.0, 16.0, 30.0])
-    head_cz = zv - head_axes[2]
-    brain = Ellipsoid((0.0, 5.0, head_cz + 10.0), tuple(b_ax))
-    head = Ellipsoid((0.0, 5.0, head_cz), tuple(head_axes))
-    parts.append(OrganPart("brain", LABEL["brain"], brain))
-    head_bottom = head_cz - head_axes[2]
-    z_sh = min(zv - 0.175 * H, head_bottom - 40.0)  # top of the thorax (shoulders)
-
-    # thorax: heart, lungs (x-separated from the heart), aorta -------------------------------------
-    lung_r_ax = _scaled_axes(BASE_AXES["lung"], RIGHT_LUNG_SHARE * V["lungs"])
-    lung_l_ax = _scaled_axes(BASE_AXES["lung"], (1 - RIGHT_LUNG_SHARE) * V["lungs"])
-    z_apex = z_sh - 25.0
-    h_ax = _scaled_axes(BASE_AXES["heart"], V["heart"])
-    lung_bottom_r, lung_bottom_l = z_apex - 2 * lung_r_ax[2], z_apex - 2 * lung_l_ax[2]
-    hx, hy = 12.0, 15.0
-    hz = max(lung_bottom_r, lung_bottom_l) + 10.0 + h_ax[2]
-    heart = Ellipsoid((hx, hy, hz), tuple(h_ax))
-    lung_r = Ellipsoid((hx - h_ax[0] - GAP_MM - lung_r_ax[0], -5.0, z_apex - lung_r_ax[2]), tuple(lung_r_ax))
-    lung_l = Ellipsoid((hx + h_ax[0] + GAP_MM + lung_l_ax[0], -5.0, z_apex - lung_l_ax[2]), tuple(lung_l_ax))
-    parts += [OrganPart("heart", LABEL["heart"], heart), OrganPart("lungs", 0, lung_r, "right"),
-              OrganPart("lungs", 0, lung_l, "left")]
-    z_dia = min(lung_bottom_r, lung_bottom_l, hz - h_ax[2]) - GAP_MM  # diaphragm: abdomen below
-
-    # aorta: ascending cylinder above the heart, arch (half torus), descending cylinder behind the heart
-    x_ao, y_asc = hx, hy
-    z_asc0 = hz + h_ax[2] + GAP_MM
-    L_asc = 40.0 * H / 1750.0
-    z_c = z_asc0 + L_asc
-    z_bif = zv - 0.42 * H
-
-    def aorta_geometry(r: float):
-        y_desc = hy - h_ax[1] - GAP_MM - r
-        R = (y_asc - y_desc) / 2.0
-        return y_desc, R, L_asc + math.pi * R + (z_c - z_bif)
-
-    r_ao = brentq(lambda r: math.pi * r * r * aorta_geometry(r)[2] - V["aorta"], 1.0, 60.0, xtol=1e-12)
-    y_desc, R_arch, _ = aorta_geometry(r_ao)
-    aorta = [ZCylinder((x_ao, y_asc), (r_ao, r_ao), z_asc0, z_c), ArchTube(x_ao, (y_asc + y_desc) / 2, z_c, R_arch, r_ao),
-             ZCylinder((x_ao, y_desc), (r_ao, r_ao), z_bif, z_c)]
-    parts += [OrganPart("aorta", LABEL["aorta"], a) for a in aorta]
-
-    # spine and iliopsoas (beside the spine, behind the aorta: y-separated) -------------------------
-    r_spine = 16.0 * H / 1750.0
-    y_spine = y_desc - r_ao - 3.0 - r_spine
-    ps_ax = _scaled_axes(BASE_AXES["iliopsoas"], (1 - GLUTEUS_SHARE) * V["muscle"] / 2)
-    y_ps = y_desc - r_ao - GAP_MM - ps_ax[1]
-    ps_med = r_spine + 4.0
-    ps_lat = ps_med + 2 * ps_ax[0]
-    z_ps = z_dia - 40.0 - ps_ax[2]
-    psoas_r = Ellipsoid((-(ps_med + ps_ax[0]), y_ps, z_ps), tuple(ps_ax))
-    psoas_l = Ellipsoid((ps_med + ps_ax[0], y_ps, z_ps), tuple(ps_ax))
-    parts += [OrganPart("muscle", LABEL["iliopsoas_right"], psoas_r), OrganPart("muscle", LABEL["iliopsoas_left"], psoas_l)]
-
-    # liver (right, medial edge left of the aorta, in front of the psoas), spleen (left, lateral) -----
-    bl_ax = _scaled_axes(BASE_AXES["urinary_bladder"], V["urinary_bladder"])
-    l_ax = _scaled_axes(BASE_AXES["liver"], V["liver"])
-    liver = Ellipsoid((x_ao - r_ao - GAP_MM - l_ax[0], y_ps + ps_ax[1] + GAP_MM + l_ax[1], z_dia - l_ax[2]), tuple(l_ax))
-    sp_ax = _scaled_axes(BASE_AXES["spleen"], V["spleen"])
-    sp_med = max(x_ao + r_ao, ps_lat, bl_ax[0]) + GAP_MM
-    sp_med = max(sp_med, lung_l.center[0] + lung_l_ax[0] - 10.0 - 2 * sp_ax[0])
-    spleen = Ellipsoid((sp_med + sp_ax[0], -30.0, z_dia - sp_ax[2]), tuple(sp_ax))
-    parts += [OrganPart("liver", LABEL["liver"], liver), OrganPart("spleen", LABEL["spleen"], spleen)]
-
-    # kidneys: lateral to the psoas (x-separated), below-behind liver / spleen (oblique plane) --------
-    k_ax = _scaled_axes(BASE_AXES["kidney"], V["kidneys"] / 2)
-    kx = max(ps_lat, bl_ax[0], x_ao + r_ao) + GAP_MM + k_ax[0]
-    ky = y_ps + 20.0
-    kz_r = min(_z_below_plane(liver, k_ax, -kx, ky, 65.0), z_dia - 10.0 - k_ax[2])
-    kz_l = min(_z_below_plane(spleen, k_ax, kx, ky, 65.0), z_dia - 10.0 - k_ax[2])
-    parts += [OrganPart("kidneys", LABEL["kidney_right"], Ellipsoid((-kx, ky, kz_r), tuple(k_ax))),
-              OrganPart("kidneys", LABEL["kidney_left"], Ellipsoid((kx, ky, kz_l), tuple(k_ax)))]
-
-    # pelvis: bladder (front of the aorta/psoas: y-separated; below the liver), gluteus (lateral to
-    # bladder and psoas: x-separated; below liver, spleen and kidneys) ---------------------------------
-    upper_bottom = min(liver.z_range[0], spleen.z_range[0], kz_r - k_ax[2], kz_l - k_ax[2]) - GAP_MM
-    z_floor = zv - 0.50 * H
-    bl_z = min(z_floor + bl_ax[2], liver.z_range[0] - GAP_MM - bl_ax[2])
-    bladder = Ellipsoid((0.0, y_desc + r_ao + GAP_MM + bl_ax[1], bl_z), tuple(bl_ax))
-    g_ax = _scaled_axes(BASE_AXES["gluteus"], GLUTEUS_SHARE * V["muscle"] / 2)
-    g_med = max(bl_ax[0], ps_lat, x_ao + r_ao) + GAP_MM
-    gz = min(zv - 0.48 * H, upper_bottom - g_ax[2])
-    glut_r = Ellipsoid((-(g_med + g_ax[0]), y_spine + 25.0, gz), tuple(g_ax))
-    glut_l = Ellipsoid((g_med + g_ax[0], y_spine + 25.0, gz), tuple(g_ax))
-    parts += [OrganPart("urinary_bladder", LABEL["urinary_bladder"], bladder),
-              OrganPart("muscle", LABEL["gluteus_maximus_right"], glut_r),
-              OrganPart("muscle", LABEL["gluteus_maximus_left"], glut_l)]
-
-    # body -----------------------------------------------------------------------------------------
-    t = fat_thickness_mm(bmi, sex)
+    st = stature(demo)
+    v = {k: float(x) * 1000.0 for k, x in volumes_ml.items()}  # mm^3
+    head = _head(st, v["brain"])
+    thorax = _thorax(head.z_shoulders, v)
+    aorta = _aorta(thorax.heart, st, v["aorta"])
+    retro = _retroperitoneum(aorta, thorax.z_diaphragm, st, v["muscle"])
+    bladder_axes = _scaled_axes(BASE_AXES["urinary_bladder"], v["urinary_bladder"])
+    liver, spleen = _upper_abdomen(thorax, aorta, retro, bladder_axes, v)
+    kidneys = _kidneys(liver, spleen, aorta, retro, bladder_axes, thorax.z_diaphragm, v["kidneys"])
+    bladder, gluteus = _pelvis(st, [liver, spleen, *kidneys.values()], liver, aorta, retro, bladder_axes, v["muscle"])
+    parts = [OrganPart("brain", LABEL["brain"], head.brain), OrganPart("heart", LABEL["heart"], thorax.heart),
+             *(OrganPart("lungs", 0, lung, side) for side, lung in thorax.lungs.items()),
+             *(OrganPart("aorta", LABEL["aorta"], tube) for tube in aorta.tubes),
+             *(OrganPart("muscle", LABEL[f"iliopsoas_{side}"], p) for side, p in retro.psoas.items()),
+             OrganPart("liver", LABEL["liver"], liver), OrganPart("spleen", LABEL["spleen"], spleen),
+             *(OrganPart("kidneys", LABEL[f"kidney_{side}"], k) for side, k in kidneys.items()),
+             OrganPart("urinary_bladder", LABEL["urinary_bladder"], bladder),
+             *(OrganPart("muscle", LABEL[f"gluteus_maximus_{side}"], g) for side, g in gluteus.items())]
     organ_shapes = [p.shape for p in parts if p.organ != "brain"]
-    z_crotch = min(zv - 0.54 * H, min(sh.z_range[0] for sh in organ_shapes) - 10.0)
-    spine = ZCylinder((0.0, y_spine), (r_spine, r_spine), z_crotch + 60.0, head_bottom + 40.0)
-    z_iliac = min(zv - 0.43 * H, z_dia - 40.0)
-    segments = []
-    z_top = max(z_sh, max(sh.z_range[1] for sh in organ_shapes) + WALL_MM)  # thorax top: above the arch
-    for name, z0, z1, anthro in (("thorax", z_dia, z_top, (150.0 * s, 100.0 * s)),
-                                 ("abdomen", z_iliac, z_dia, (140.0 * s, 100.0 * s)),
-                                 ("pelvis", z_crotch, z_iliac, ((150.0 if sex == "M" else 160.0) * s, 105.0 * s))):
-        inner = _overlapping(organ_shapes + [spine], z0, z1)
-        tk = t * (0.6 if name == "thorax" else 1.0)
-        outer, core = _torso_section(anthro, inner, tk, fov_mm[:2], z0, z1)
-        visceral = None
-        if name != "thorax":
-            (a_c, b_c), wall = core.axes_xy, min(WALL_MM, 0.5 * min(core.axes_xy))
-            visceral = ZSuperCylinder(core.center_xy, (a_c - wall, b_c - wall), z0, z1, core.power)
-        segments.append(BodySegment(name, outer, core, visceral))
-    r_neck = 55.0 * s
-    neck_z1 = head_cz
-    segments.append(BodySegment("neck", ZCylinder((0.0, 0.0), (r_neck + 0.4 * t, r_neck + 0.4 * t), z_top, neck_z1),
-                                ZCylinder((0.0, 0.0), (r_neck, r_neck), z_top, neck_z1)))
-    segments.append(BodySegment("head", head, head))
-    a_pel = segments[2].core.axes_xy[0]
-    r_leg = 0.48 * a_pel
-    z_leg_end = min(zv - 0.60 * H, z_crotch - 50.0)
-    femurs = []
-    y_pel = segments[2].core.center_xy[1]
-    r_max = min(fov_mm[0] / 2 - 0.5 * a_pel, fov_mm[1] / 2 - abs(y_pel)) - CANVAS_MARGIN_MM
-    r_leg, r_leg_outer = min(r_leg, r_max), min(r_leg + 0.8 * t, r_max)
-    for side in (-1.0, 1.0):
-        c = (side * 0.5 * a_pel, y_pel)
-        segments.append(BodySegment(f"leg_{'right' if side < 0 else 'left'}",
-                                    ZCylinder(c, (r_leg_outer, r_leg_outer), z_leg_end, z_crotch),
-                                    ZCylinder(c, (r_leg, r_leg), z_leg_end, z_crotch)))
-        femurs.append(("femur", ZCylinder(c, (13.0, 13.0), z_leg_end, z_crotch + 60.0)))
-        femurs.append(("femur", Ellipsoid((c[0], c[1], z_crotch + 60.0), (24.0, 24.0, 24.0))))  # femoral head
-
-    bones: list[tuple[str, Shape]] = [
-        ("skull_outer", Ellipsoid(brain.center, tuple(b_ax + 9.0))),
-        ("skull_inner", Ellipsoid(brain.center, tuple(b_ax + 2.0))),
-        ("spine", spine),
-        ("rib_zone", segments[0].core),
-        ("pelvis_zone", segments[2].core),
-        *femurs,
-    ]
-    return Anatomy(tuple(parts), tuple(segments), tuple(bones), zv, visceral_fat_fraction(bmi, sex))
+    levels = trunk_levels(st, organ_shapes, head.z_shoulders, thorax.z_diaphragm)
+    spine = ZCylinder((0.0, retro.spine_y), (retro.spine_radius,) * 2, levels.crotch + HIP_ABOVE_CROTCH_MM,
+                      head.bottom + SPINE_ABOVE_HEAD_BOTTOM_MM)
+    fat = fat_thickness_mm(st.bmi, st.sex)
+    segments = body_segments(st, levels, head.outline, organ_shapes + [spine], fat, fov_mm[:2])
+    leg_segments, femurs = legs(st, segments[2], levels.crotch, fat, fov_mm)
+    bones = [*_skull(head.brain), ("spine", spine), ("rib_zone", segments[0].core),
+             ("pelvis_zone", segments[2].core), *femurs]
+    return Anatomy(tuple(parts), tuple(segments + leg_segments), tuple(bones), st.vertex_z,
+                   visceral_fat_fraction(st.bmi, st.sex))

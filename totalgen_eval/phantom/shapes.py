@@ -1,7 +1,8 @@
 """Analytic solids the phantom is built from: exact volumes (mm^3), surface areas (mm^2), point tests.
 
-Coordinates are RAS+ mm (x to the patient's left, y anterior, z superior). ``inside`` takes arrays
-that broadcast against each other (the renderer passes x[:, None, None], y[None, :, None], z[None, None, :]).
+Coordinates are NIfTI RAS+ world mm: x grows toward the patient's right (``RIGHT``), y anterior, z superior.
+``inside`` takes arrays that broadcast against each other (the renderer passes x[:, None, None],
+y[None, :, None], z[None, None, :]).
 """
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import elliprg
+
+# The patient's sides as signs of x (RAS+: x grows toward the patient's right).
+RIGHT = 1.0
+LEFT = -1.0
+SIDES: dict[str, float] = {"right": RIGHT, "left": LEFT}  # right first: parts and segments keep this order
 
 
 @dataclass(frozen=True)

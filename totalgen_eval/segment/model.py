@@ -5,6 +5,11 @@ The config (``<stem>.json`` beside ``<stem>.safetensors``) names the network cla
 the network works at (mm), the TotalSegmentator class id of every output channel and the sliding-window
 settings. Weights load without pickle. Input CT is resampled (linearly) to the model's voxel size when its
 own differs; the argmax labels are resampled (nearest) back onto the target grid (the PET's).
+
+``mirror_x`` (default false) marks a network trained on anatomy mirrored along world x (the patient's right
+at -x in RAS+). Running it as ``flip_i(net(flip_i(input)))``, with i the array axis that held world x in its
+training data, is exactly the network trained on the unmirrored data, so such a checkpoint labels correct
+anatomy without retraining (see ``weights/TRAINING.md``).
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class ModelConfig:
     roi_size: tuple[int, int, int] = (56, 40, 144)
     overlap: float = 0.25
     sw_batch_size: int = 1
+    mirror_x: bool = False  # trained on x-mirrored anatomy: input and output are flipped along axis i
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
@@ -58,10 +64,18 @@ class ModelConfig:
                        ct_window=tuple(float(v) for v in raw["ct_window"]),
                        pet_max_suv=float(raw.get("pet_max_suv", 25.0)),
                        roi_size=tuple(int(v) for v in raw["roi_size"]), overlap=float(raw.get("overlap", 0.25)),
-                       sw_batch_size=int(raw.get("sw_batch_size", 1)), description=raw.get("description", ""),
+                       sw_batch_size=int(raw.get("sw_batch_size", 1)), mirror_x=_flag(raw.get("mirror_x", False)),
+                       description=raw.get("description", ""),
                        training=dict(raw.get("training", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"model config lacks or mangles {exc}", path) from None
+
+
+def _flag(value: Any) -> bool:
+    """A JSON boolean; ValueError for anything else (a string "false" must not read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"mirror_x must be true or false, not {value!r}")
+    return value
 
 
 def bundled_model_path() -> Path:
@@ -228,6 +242,9 @@ def predict_labels(network, config: ModelConfig, ct: np.ndarray, ct_grid: Grid, 
     """uint8 TotalSegmentator class ids on ``target_grid`` (default: the CT's) for a CT in HU (i, j, k).
 
     When the model also takes the PET (SUV), it is resampled (linearly) onto the model's working grid.
+    A ``mirror_x`` model sees its input flipped along array axis i and its output is flipped back: i held
+    world x in its training data (the RAS+ canvas), so this is exactly the network trained on unmirrored
+    anatomy, for any input (and a mirror along world x for every grid with x along i: RAS, LAS).
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -243,9 +260,13 @@ def predict_labels(network, config: ModelConfig, ct: np.ndarray, ct_grid: Grid, 
         except ValueError:
             raise InputError("the CT and PET grids do not overlap") from None
     x = torch.from_numpy(network_input(config, ct, pet))[None].to(torch_device(device))
+    mirror = (2,) if config.mirror_x else ()  # axis i of (batch, channel, i, j, k)
     with torch.inference_mode():
-        logits = sliding_window_inference(x, roi_size=config.roi_size, sw_batch_size=config.sw_batch_size,
-                                          predictor=network, overlap=config.overlap, mode="gaussian")
+        logits = sliding_window_inference(x.flip(mirror) if mirror else x, roi_size=config.roi_size,
+                                          sw_batch_size=config.sw_batch_size, predictor=network,
+                                          overlap=config.overlap, mode="gaussian")
+    if mirror:
+        logits = logits.flip(mirror)
     channel = logits[0].argmax(0).cpu().numpy()
     lut = np.asarray(config.class_ids, dtype=np.uint8)
     labels = lut[channel]
