@@ -158,11 +158,15 @@ class DaskScheduler:
     name: str = "dask"
     _client: Any = None
     _cluster: Any = None
+    _depth: int = 0  # entered this many times: the cluster starts on the first enter, closes on the last exit
 
     def __enter__(self) -> "DaskScheduler":
         import logging
 
         from distributed import Client, LocalCluster
+        self._depth += 1
+        if self._depth > 1:
+            return self
         if self.address is None:
             self._cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=self.processes,
                                          dashboard_address=":0", silence_logs=logging.ERROR)
@@ -171,11 +175,15 @@ class DaskScheduler:
         try:
             self._client = Client(self.address, timeout=30)
         except (OSError, TimeoutError) as exc:
+            self._depth = 0
             raise InputError(f"cannot reach the Dask scheduler ({type(exc).__name__}: {exc})".splitlines()[0],
                              "--scheduler") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for resource in (self._client, self._cluster):
             if resource is not None:
                 resource.close()

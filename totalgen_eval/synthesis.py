@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .parallel import EXCLUDED_COLUMNS, write_excluded
 from .provenance import package_versions, to_jsonable, write_json
 from .volumes import write_volume
 
@@ -80,15 +81,20 @@ def sampled_demographics(population, n: int, seed: int, sex: str | None = None, 
     return frame
 
 
-def matched_demographics(match: str | Path, population, seed: int) -> pd.DataFrame:
-    """One row per case of the cohort at ``match`` (twin_of = its case_id); missing height/weight sampled."""
-    from .cohort import load_cohort
+def matched_demographics(match: str | Path, population, seed: int, skip_bad: bool = False) -> pd.DataFrame:
+    """One row per case of the cohort at ``match`` (twin_of = its case_id); missing height/weight sampled.
 
-    real = load_cohort(match).to_frame()
+    Bad cases of ``match`` stop the run unless ``skip_bad``; the cases left out (bad, or without age or sex)
+    are in ``frame.attrs["excluded"]`` (records case_id, cohort, reason)."""
+    from .parallel import excluded_frame, load_checked
+
+    cohort = load_checked(match, skip_bad)
+    real = cohort.to_frame()
     ok = real["sex"].isin(["F", "M"]) & real["age"].notna()
     if (~ok).any():
         warnings.warn(f"{int((~ok).sum())} case(s) of {match} without age or sex get no twin", UserWarning,
                       stacklevel=3)
+    left_out = list(cohort.problems) + [(cid, "no age or sex to match") for cid in real.loc[~ok, "case_id"]]
     real = real[ok].reset_index(drop=True)
     if real.empty:
         raise InputError("no case with age and sex to match", match)
@@ -100,6 +106,7 @@ def matched_demographics(match: str | Path, population, seed: int) -> pd.DataFra
     frame = pd.DataFrame(cols)
     frame.insert(0, "case_id", [f"synth-{i:04d}" for i in range(len(frame))])
     frame["twin_of"] = real["case_id"].to_numpy()
+    frame.attrs["excluded"] = excluded_frame(left_out, cohort.name).to_dict("records")
     return frame
 
 
@@ -140,13 +147,14 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
                     weight: str | None = None, steps: int | None = None, guidance: float | None = None,
                     batch_size: int = 8, checkpoint: str | Path | None = None, device: str = "cpu",
                     force: bool = False, progress: bool = True, sr_steps: int | None = None,
-                    cascade: Any = None) -> Path:
+                    cascade: Any = None, skip_bad: bool = False) -> Path:
     """Generate a synthetic cohort into ``out`` and return ``out`` (see the module docstring).
 
     n: cases to sample (default 500; ignored with ``match``). steps/guidance/sr_steps: sampler settings
     (default: the checkpoint's). checkpoint: a cascade folder (default: the bundled weights); ``cascade``:
     an already loaded generator.Cascade (tests, benchmarks). batch_size and device do not change the
     result beyond float rounding (per-case seeding), so they are not part of the resume check.
+    skip_bad: with ``match``, bad cases of that cohort get no twin and are listed in ``out/excluded.csv``.
     """
     from generator import CheckpointError, load_cascade
 
@@ -160,7 +168,7 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
             raise InputError(str(exc), checkpoint or "--checkpoint") from None
     population = cascade.population
     if match is not None:
-        demo = matched_demographics(match, population, seed)
+        demo = matched_demographics(match, population, seed, skip_bad)
     else:
         if population is None:
             raise InputError("the checkpoint has no population.json to sample demographics from; use --match",
@@ -188,6 +196,8 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
                 "checkpoint_id": cascade.checkpoint_id}
     _check_folder(root, settings, force)
     (root / CASE_DIR).mkdir(parents=True, exist_ok=True)
+    if match is not None:
+        write_excluded(pd.DataFrame(demo.attrs.get("excluded", []), columns=list(EXCLUDED_COLUMNS)), root)
     record = {"settings": settings, "status": "running", "batch_size": batch_size, "device": str(device),
               "precision": getattr(cascade, "precision", "fp32"),
               "checkpoint": to_jsonable({k: v for k, v in cascade.meta.items() if k in ("folder", "lowres", "sr")}),
@@ -240,9 +250,9 @@ def _write_table(root: Path, demo: pd.DataFrame, done: np.ndarray) -> None:
 def _bar(enabled: bool, total: int, completed: int):
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .parallel import progress_bar
 
-    bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    task = bar.add_task("generate", total=total, completed=completed)
+    bar = progress_bar()
+    task = bar.add_task("generating", total=total, completed=completed)
     bar.start()
     return bar, task
