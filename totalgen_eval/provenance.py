@@ -131,12 +131,13 @@ def foreign_files(folder: Path) -> list[Path]:
 
 
 def claim_folder(folder: str | Path, command: str, accept: Iterable[str] = (),
-                 legacy: Callable[[Path], bool] | None = None) -> Path:
+                 legacy: Callable[[Path], bool] | None = None, write: bool = True) -> Path:
     """Make ``folder`` the output of ``totalgen-eval <command>``, or InputError naming why it cannot be.
 
     Accepted: a new or empty folder; one whose marker names ``command`` or one of ``accept``; a folder without
     marker that ``legacy(folder)`` recognises as made by an older version of this tool. Refused: anything else
-    (a cohort or folder this tool did not make, or the output of another command). The marker is then written.
+    (a cohort or folder this tool did not make, or the output of another command). With ``write`` the folder
+    is created and the marker written; without, the folder is only checked (nothing is created).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -150,8 +151,9 @@ def claim_folder(folder: str | Path, command: str, accept: Iterable[str] = (),
         if marker is None and not (legacy is not None and legacy(folder)):
             raise InputError(f"is not empty and was not made by totalgen-eval (no {MARKER}); this tool only "
                              "writes into folders it made: choose another --out", folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_marker(folder, command)
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_marker(folder, command)
     return folder
 
 
@@ -244,5 +246,6 @@ def refuse_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], w
         out = Path(out).expanduser()
         for src in inputs:
             if _same_file(out, src) or (src.is_dir() and src.resolve() in out.resolve().parents):
-                raise InputError(f"is an input of {what} ({src}); outputs never overwrite inputs: choose another "
+                which = "" if _same_file(out, src) else f" (inside {src})"
+                raise InputError(f"is an input of {what}{which}; outputs never overwrite inputs: choose another "
                                  "path", out)

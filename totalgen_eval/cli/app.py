@@ -17,8 +17,9 @@ import json
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Optional
+from typing import Annotated, Any, Callable, Iterable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -32,7 +33,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 
 from .. import __version__
 from ..errors import InputError, describe_os_error, printable
-from ..volumes import DEFAULT_MAX_VOXELS
+from ..volumes import DEFAULT_MAX_VOXELS, set_max_voxels  # noqa: F401  (re-exported for the commands)
 
 console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 out = Console(markup=False, emoji=False, highlight=False)
@@ -186,6 +187,65 @@ def error_for(exc: BaseException) -> tuple[int, str]:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings as one line ``warning: <message>`` (no source line)."""
     error_line(str(message).replace("\n", " "), "warning")
+
+
+# outputs: never an input, only into folders this tool made, one run at a time --------------------------
+def _has(*names: str) -> Callable[[Path], bool]:
+    return lambda folder: any((folder / name).exists() for name in names)
+
+
+def _results_folder(folder: Path) -> bool:
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("tool", "")).startswith("totalgen-eval")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+#: per command: (markers of other commands it may write over, how a folder of an older version is recognised)
+OUTPUT_KINDS: dict[str, tuple[tuple[str, ...], Callable[[Path], bool]]] = {
+    "generate": ((), _has("generate.json")),
+    "phantoms": ((), _has("phantom.json")),
+    "compare": (("demo", "stats"), _results_folder),
+    "stats": (("compare", "demo"), _results_folder),
+    "demo": ((), _results_folder),
+    "segment": (("compare", "demo"), lambda f: {p.name for p in f.iterdir()} <= {"labels", "excluded.csv"}),
+    "train": ((), _has("lowres.json", "sr.json", "lowres-state.json", "sr-state.json")),
+}
+
+
+@contextmanager
+def output_folder(folder: Path, command: str) -> Iterator[Path]:
+    """Check that ``folder`` may take the output of ``command`` (see ``provenance.claim_folder``), hold its lock
+    while the block runs and mark it as this tool's."""
+    from ..provenance import claim_folder, folder_lock
+
+    accept, legacy = OUTPUT_KINDS[command]
+    claim_folder(folder, command, accept, legacy, write=False)  # refuse before creating anything
+    with folder_lock(folder, command):
+        claim_folder(folder, command, accept, legacy)
+        yield folder
+
+
+def cohort_inputs(cohort: Any) -> list[Path]:
+    """Every file a loaded cohort reads: its index (cohort.csv or the metadata CSV), the records beside it, and
+    each case's CT, PET, labels and lesions."""
+    from ..cohort.autopet import find_metadata
+
+    root = Path(cohort.root)
+    paths = [root / name for name in ("cohort.csv", "generate.json", "phantom.json", "truth.csv")]
+    meta = find_metadata(root) if cohort.layout != "totalgen" else None
+    paths += [meta] if meta is not None else []
+    for case in cohort.cases:
+        paths += [Path(p) for p in (case.ct, case.pet, case.labels, case.extra.get("lesions")) if p]
+    return paths
+
+
+def protect(outputs: Iterable[Path], *cohorts: Any) -> None:
+    """InputError when an output path is a file one of ``cohorts`` reads (inputs are never written)."""
+    from ..provenance import refuse_inputs
+
+    for cohort in cohorts:
+        refuse_inputs(outputs, cohort_inputs(cohort), f"the cohort {cohort.root}")
 
 
 def _parse(func: Callable, value, what: str):
