@@ -4,6 +4,10 @@ detail at 8 mm (super-resolution conditioned on the upsampled low-res volume and
 Per-case seeding: case ``index`` of a run with ``seed`` draws all its noise from a CPU torch.Generator
 seeded by (seed, index), so a case's volumes do not depend on the batch it was generated in (up to float
 rounding of batched convolutions) nor on the device.
+
+Output is in RAS+ (x toward the patient's right). Stages trained on x-mirrored anatomy (``mirror_x`` in their
+config) sample exactly as they were trained and the final volumes are flipped along x: the exact equivalent
+of the same networks trained on unmirrored data (stage 2 sees stage 1's output in the frame it was trained in).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from .intensity import from_unit
 from .population import PopulationModel, parse_sex
 from .precision import autocast, resolve_precision
 from .sampling import chunked, get_sampler, guided
-from .stages import canvas_affine, lowres_condition, sr_condition
+from .stages import canvas_affine, flip_x, lowres_condition, sr_condition
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -59,6 +63,20 @@ class SamplingSettings:
     sr_chunk: int | None = None
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What every batch of a run uses: sigma schedules, (guided / chunked) networks, samplers, noise shapes."""
+
+    lowres_sigmas: torch.Tensor
+    sr_sigmas: torch.Tensor
+    lowres_model: Callable[..., torch.Tensor]
+    sr_model: Callable[..., torch.Tensor]
+    lowres_sampler: Callable[..., torch.Tensor]
+    sr_sampler: Callable[..., torch.Tensor]
+    lowres_positions: bool  # stage 1 takes the 3 position channels
+    noise_shapes: tuple[tuple[int, ...], ...]  # stage 1 and stage 2 noise (C, X, Y, Z)
+
+
 @dataclass
 class Cascade:
     """Both stages, the population model, the device and the sampling precision ("fp32", "bf16" autocast,
@@ -84,9 +102,16 @@ class Cascade:
         return tuple(self.sr_config.shape)
 
     @property
+    def mirror_x(self) -> bool:
+        """The stages were trained on x-mirrored anatomy; generated volumes are flipped back to RAS+."""
+        return bool(self.sr_config.mirror_x)
+
+    @property
     def checkpoint_id(self) -> str:
-        """Short digest of both stages' weights (identifies the checkpoint in generated cohorts)."""
+        """Short digest of both stages' weights and the output orientation (identifies the checkpoint in
+        generated cohorts; an interrupted run of unflipped output is not resumed with flipped output)."""
         text = f"{self.meta.get('lowres_sha256', 'random')}-{self.meta.get('sr_sha256', 'random')}"
+        text += "-mirror_x" if self.mirror_x else ""
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def settings(self, steps: int | None = None, guidance: float | None = None, sr_steps: int | None = None,
@@ -135,35 +160,45 @@ class Cascade:
         indices = list(range(n)) if indices is None else [int(i) for i in indices]
         if len(indices) != n:
             raise ValueError(f"{len(indices)} indices for {n} demographics rows")
-        s = self.settings(steps, guidance, sr_steps, sr_chunk)
+        plan = self.plan(self.settings(steps, guidance, sr_steps, sr_chunk))
+        for start in range(0, n, max(1, int(batch_size))):
+            rows = range(start, min(n, start + batch_size))
+            noises = [case_noise(seed, indices[r], plan.noise_shapes) for r in rows]
+            ct, pet = self.sample_batch(plan, noises, cond_all[list(rows)])
+            for k, row in enumerate(rows):
+                yield row, ct[k].numpy().astype(np.float32), pet[k].numpy().astype(np.float32)
+            if callback is not None:
+                callback(len(rows))
+
+    def plan(self, s: SamplingSettings) -> SamplingPlan:
+        """The sigma schedules, networks and samplers of ``s`` on this cascade's device."""
         lo_cfg, sr_cfg = self.lowres_config, self.sr_config
         lo_sigmas = karras_sigmas(s.lowres_steps, lo_cfg.schedule.sigma_min, lo_cfg.schedule.sigma_max,
                                   lo_cfg.schedule.rho, self.device)
         sr_sigmas = karras_sigmas(s.sr_steps, sr_cfg.schedule.sigma_min, sr_cfg.schedule.sigma_max,
                                   sr_cfg.schedule.rho, self.device)
-        lo_model = guided(self.lowres, s.guidance)
-        sr_model = chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr
-        lo_sample, sr_sample = get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler)
-        lo_positions = lo_cfg.network.in_channels > lo_cfg.network.out_channels
-        shapes = [(lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape)]
-        for start in range(0, n, max(1, int(batch_size))):
-            rows = range(start, min(n, start + batch_size))
-            noises = [case_noise(seed, indices[r], shapes) for r in rows]
-            cond = {"demographics": cond_all[list(rows)].to(self.device)}
-            with torch.inference_mode():
-                x = torch.stack([z[0] for z in noises]).to(self.device) * lo_sigmas[0]
-                lo_cond = dict(cond, image=lowres_condition(x) if lo_positions else None)
-                with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
-                    x_lo = lo_sample(lo_model, x, lo_sigmas, lo_cond).float()
-                up, image = sr_condition(x_lo)
-                r = torch.stack([z[1] for z in noises]).to(self.device) * sr_sigmas[0]
-                with autocast(self.precision, self.device):
-                    residual = sr_sample(sr_model, r, sr_sigmas, dict(cond, image=image)).float()
-                ct, pet = from_unit((up + residual).cpu())
-            for k, row in enumerate(rows):
-                yield row, ct[k].numpy().astype(np.float32), pet[k].numpy().astype(np.float32)
-            if callback is not None:
-                callback(len(rows))
+        return SamplingPlan(lo_sigmas, sr_sigmas, guided(self.lowres, s.guidance),
+                            chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr,
+                            get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler),
+                            lo_cfg.network.in_channels > lo_cfg.network.out_channels,
+                            ((lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape)))
+
+    def sample_batch(self, plan: SamplingPlan, noises: Sequence[Sequence[torch.Tensor]], demographics: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CT HU, PET SUV), each (B, X, Y, Z) float32 on the CPU in RAS+, from per-case (stage 1, stage 2)
+        standard normal noise and (B, 4) demographics."""
+        cond = {"demographics": demographics.to(self.device)}
+        with torch.inference_mode():
+            x = torch.stack([z[0] for z in noises]).to(self.device) * plan.lowres_sigmas[0]
+            lo_cond = dict(cond, image=lowres_condition(x) if plan.lowres_positions else None)
+            with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
+                x_lo = plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, lo_cond).float()
+            up, image = sr_condition(x_lo)
+            r = torch.stack([z[1] for z in noises]).to(self.device) * plan.sr_sigmas[0]
+            with autocast(self.precision, self.device):
+                residual = plan.sr_sampler(plan.sr_model, r, plan.sr_sigmas, dict(cond, image=image)).float()
+            ct, pet = from_unit((up + residual).cpu())
+        return (flip_x(ct), flip_x(pet)) if self.mirror_x else (ct, pet)
 
     def generate(self, demographics: Mapping[str, Any], seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, batch_size: int = 8, **kwargs: Any
@@ -188,6 +223,9 @@ def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -
     """CheckpointError unless stage 1 is "lowres", stage 2 "sr", on the same canvas at half/full resolution."""
     if lowres.kind != "lowres" or sr.kind != "sr":
         raise CheckpointError(f"{source}: expected a lowres and an sr stage, found {lowres.kind} and {sr.kind}")
+    if not isinstance(lowres.mirror_x, bool) or lowres.mirror_x != sr.mirror_x:
+        raise CheckpointError(f"{source}: the stages disagree on mirror_x (lowres {lowres.mirror_x!r}, sr "
+                              f"{sr.mirror_x!r}); both must be true or both false")
     if tuple(2 * s for s in lowres.shape) != tuple(sr.shape) or tuple(lowres.fov_mm) != tuple(sr.fov_mm):
         raise CheckpointError(f"{source}: stages do not fit together (lowres {lowres.shape} on {lowres.fov_mm} mm, "
                               f"sr {sr.shape} on {sr.fov_mm} mm; sr must be twice lowres on the same canvas)")

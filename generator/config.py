@@ -66,6 +66,9 @@ class StageConfig:
     cond_dropout: probability of replacing the demographics by the learned null embedding (for CFG).
     patch_slices: train on random z-windows of this many slices (None: whole volumes); the target and
     conditioning are computed on the whole volume first, so windows see exactly what sampling sees.
+    mirror_x: the weights were trained on anatomy mirrored along x (the patient's right at -x); sampling
+    flips the generated volumes along x, which is exactly the network trained on unmirrored data. False for
+    every new training; both stages of a cascade agree.
     """
 
     kind: str = "lowres"
@@ -85,6 +88,7 @@ class StageConfig:
     steps: int = 3000
     grad_clip: float = 1.0
     patch_slices: int | None = None
+    mirror_x: bool = False
 
 
 def default_lowres() -> StageConfig:

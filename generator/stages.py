@@ -67,6 +67,12 @@ def sr_training_pair(x_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_hi - up, image
 
 
+def flip_x(volume: torch.Tensor) -> torch.Tensor:
+    """``volume`` (..., X, Y, Z) reversed along X: on the canvas (centred in x) world x -> -x, voxel centres
+    onto voxel centres. How a stage trained on x-mirrored anatomy (``StageConfig.mirror_x``) gives RAS+ output."""
+    return volume.flip(-3)
+
+
 def canvas_affine(voxel_mm: float, fov_mm: tuple[float, float, float]) -> np.ndarray:
     """4x4 RAS+ affine of the canvas at ``voxel_mm``: diagonal, top of the canvas (z max) at z = 0 mm."""
     v = float(voxel_mm)
