@@ -124,7 +124,7 @@ def test_nnunet_round_trip(tmp_path, naming):
         want = built.cases[case.case_id]
         assert (case.age, case.sex, case.extra["diagnosis"]) == (want["age"], want["sex"], want["diagnosis"])
         assert case.ct.name.endswith("_0000.nii.gz") and case.pet.name.endswith("_0001.nii.gz")
-        assert case.extra["lesions"].parent.name == "labelsTr"
+        assert case.lesions.parent.name == "labelsTr"
         assert_case_arrays(case, want)
 
 
@@ -309,7 +309,7 @@ def test_bq_per_ml_pet_and_nans_found_by_deep_check(tmp_path):
     assert f"max {float(bq.max()):.1f}" in text
     problems = check_cohort(cohort, deep=True, workers=2)
     assert [p[0] for p in problems] == ["case-00", "case-02"]
-    assert "Bq/mL" in problems[0][1] and "1 voxels are NaN" in problems[1][1]
+    assert "Bq/mL" in problems[0][1] and "1 voxel is not finite (1 NaN)" in problems[1][1]
 
 
 def test_isal_absent_falls_back_with_identical_arrays(ours_cohort, monkeypatch):

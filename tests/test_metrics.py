@@ -24,7 +24,7 @@ def _affine(spacing=SPACING, origin=(-20.0, 10.0, -50.0)):
 
 def toy_volumes(seed=0, shape=(40, 36, 44)):
     """Labels with boxes of organ classes (kidneys and lungs split over two classes, one non-organ class 7),
-    integer-valued PET and CT."""
+    integer-valued PET (SUV 0..11) and CT (HU, with air in the outer x layers)."""
     rng = np.random.default_rng(seed)
     labels = np.zeros(shape, np.uint8)
     boxes = {90: (slice(2, 12), slice(3, 15), slice(30, 42)), 10: (slice(15, 22), slice(5, 20), slice(25, 35)),
@@ -38,6 +38,7 @@ def toy_volumes(seed=0, shape=(40, 36, 44)):
         labels[box] = cid
     pet = rng.integers(0, 12, size=shape).astype(np.float32)
     ct = rng.integers(-200, 200, size=shape).astype(np.float32)
+    ct[[0, -1]] = -1000.0  # air in the first and last x layers, as a CT in HU has
     return pet, ct, labels
 
 
@@ -254,7 +255,7 @@ def test_changed_input_is_recomputed(tmp_path):
     metrics.organ_metrics(cases, cache_dir=cache, progress=False)
     from totalgen_eval.volumes import read_volume
     pet, aff = read_volume(cases[0].pet)
-    write_volume(pet * 2, aff, cases[0].pet)
+    write_volume(pet * 1.5, aff, cases[0].pet)
     again = metrics.organ_metrics(cases, cache_dir=cache, progress=False)
     assert again.attrs["n_computed"] == 1
 

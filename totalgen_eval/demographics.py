@@ -52,6 +52,39 @@ def parse_sex(value: object) -> str:
     raise ValueError(f"unknown sex {value!r} (expected M or F)")
 
 
+AGE_RANGE_YEARS = (0.0, 120.0)
+HEIGHT_RANGE_M = (0.5, 2.5)
+WEIGHT_RANGE_KG = (2.0, 400.0)
+
+
+def demographic_problem(age: float = math.nan, height_m: float = math.nan, weight_kg: float = math.nan) -> str | None:
+    """The first implausible value among age (years, 0-120), height (m, 0.5-2.5) and weight (kg, 2-400), said
+    in words (a height that reads as centimetres says so); None when all are plausible or missing (NaN).
+    """
+    for value, (low, high), what, unit in ((age, AGE_RANGE_YEARS, "age", "years"),
+                                           (height_m, HEIGHT_RANGE_M, "height_m", "m"),
+                                           (weight_kg, WEIGHT_RANGE_KG, "weight_kg", "kg")):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        value = float(value)
+        if math.isfinite(value) and low <= value <= high:
+            continue
+        hint = ""
+        if what == "height_m" and 50 <= value <= 250:
+            hint = f" (cm? {value:g} cm is {value / 100:g} m)"
+        elif what == "height_m" and 500 <= value <= 2500:
+            hint = f" (mm? {value:g} mm is {value / 1000:g} m)"
+        return f"implausible {what} {value:g}: expected {low:g}-{high:g} {unit}{hint}"
+    return None
+
+
+def check_demographics(age: float = math.nan, height_m: float = math.nan, weight_kg: float = math.nan) -> None:
+    """ValueError (one line) for an age, height or weight outside its plausible range (see demographic_problem)."""
+    problem = demographic_problem(age, height_m, weight_kg)
+    if problem:
+        raise ValueError(problem)
+
+
 def parse_age_bins(spec: str | Sequence[float] | None) -> tuple[float, ...]:
     """Age-bin edges from a preset name (``default``, ``paper``, ``decades``) or ``"18,40,60,80"``."""
     if spec is None:

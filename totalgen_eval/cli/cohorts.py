@@ -76,6 +76,8 @@ def phantoms(
                                                               "layout).")] = "ours",
     workers: Workers = 1,
     progress: Progress = True,
+    lesions: Annotated[bool, typer.Option("--lesions", help="Give every case 1-3 hot spherical lesions (liver and "
+                                          "elsewhere): a lesion mask per case and their truth in truth.csv.")] = False,
     out_arg: Annotated[Optional[Path], typer.Argument(metavar="OUT", hidden=True,
                                                       help="Deprecated: the folder as an argument; use --out.")] = None,
 ) -> None:
@@ -90,7 +92,7 @@ def phantoms(
     check_number(voxel_mm, "--voxel-mm", 1.0, 32.0)
     with output_folder(out_dir, "phantoms"):
         path = make_cohort(out_dir, n=n, seed=seed, config=PhantomConfig(voxel_mm=voxel_mm), layout=layout,
-                           workers=workers, progress=progress)
+                           workers=workers, progress=progress, lesions=1.0 if lesions else 0.0)
     say(f"{n} phantom cases written to {path}")
 
 
@@ -199,24 +201,29 @@ def metrics(
     skip_bad: SkipBad = False,
     progress: Progress = True,
     max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
+    lesions: Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
+                                         "lesion mask leave the organ SUV/HU statistics; include: keep them.")] = "exclude",
     output_old: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Deprecated: --out.")] = None,
 ) -> None:
-    """Per-case organ table: volume (mL), SUV mean/median/SD/max/peak, HU mean, one row per case x organ."""
+    """Per-case organ table: volume (mL), SUV mean/median/SD/max/peak, HU mean, lesion volume inside the organ,
+    one row per case x organ; lesions.csv (MTV, TLG, lesion count per case) when cases have lesion masks."""
     from ..demographics import parse_age_bins
-    from ..metrics import excluded_table, write_metrics
+    from ..metrics import LESION_MODES, excluded_table, lesions_path, write_metrics
     from ..organs import parse_organs
     from ..parallel import load_checked, make_scheduler
 
     organ_names = _parse(parse_organs, organs, "--organs")
     bins = _parse(parse_age_bins, age_bins, "--age-bins")
+    if lesions not in LESION_MODES:
+        raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     make_scheduler(scheduler, workers)  # a bad --scheduler fails before any work
     if output_old is not None:
         output = _one_out(None, output_old)
     set_max_voxels(max_voxels)
     c = load_checked(cohort, skip_bad)
-    protect([output, output.with_name(output.name + ".json")], c)
+    protect([output, output.with_name(output.name + ".json"), lesions_path(output)], c)
     table = write_metrics(c, output, segmenter=segmenter, workers=workers, device=device, progress=progress,
-                          organs=organ_names, age_bins=bins, skip_bad=skip_bad, scheduler=scheduler)
+                          organs=organ_names, age_bins=bins, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions)
     out.print(f"{table['case_id'].nunique()} cases x {table['organ'].nunique()} organs written to {output}",
               highlight=False, markup=False)
     n_excluded = len(excluded_table(table))

@@ -70,14 +70,33 @@ class Cohort(Sequence):
         return (Path(self.root) / "phantom.json").is_file() or any(
             str(c.extra.get("source", "")).strip().lower() == "phantom" for c in self.cases)
 
+    def with_diagnosis(self, diagnosis: str) -> "Cohort":
+        """The cases whose ``diagnosis`` (AutoPET: NEGATIVE, LUNG_CANCER, MELANOMA, LYMPHOMA; the ``diagnosis``
+        column of cohort.csv) equals ``diagnosis``, case-insensitively; InputError naming the values found
+        when none matches or the cohort has no diagnoses.
+        """
+        wanted = str(diagnosis).strip().upper()
+        found = sorted({str(c.extra.get("diagnosis")).strip().upper() for c in self.cases
+                        if c.extra.get("diagnosis") not in (None, "")})
+        if not found:
+            raise InputError(f"--diagnosis {diagnosis}: the cohort has no diagnosis column", self.root)
+        cases = tuple(c for c in self.cases if str(c.extra.get("diagnosis", "")).strip().upper() == wanted)
+        if not cases:
+            raise InputError(f"--diagnosis {diagnosis}: no case has it (diagnoses found: {', '.join(found)})",
+                             self.root)
+        return Cohort(self.root, self.layout, cases, self.problems)
+
     def to_frame(self) -> pd.DataFrame:
         """One row per case: case_id, age (years), sex, height_m, weight_kg, ct, pet, labels (absolute
-        paths as text; labels None when absent), then the extra columns (diagnosis, split, source ...).
+        paths as text; labels None when absent), ``lesions`` when a case has a lesion mask, then the extra
+        columns (diagnosis, split, source ...).
         """
         records = []
         for case in self.cases:
             rec = {"case_id": case.case_id, **case.demographics(), "ct": str(case.ct), "pet": str(case.pet),
                    "labels": None if case.labels is None else str(case.labels)}
+            if case.lesions is not None:
+                rec["lesions"] = str(case.lesions)
             for key, value in case.extra.items():
                 rec.setdefault(key, str(value) if isinstance(value, Path) else value)
             records.append(rec)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..demographics import parse_age, parse_sex
+from ..demographics import demographic_problem, parse_age, parse_sex
 from ..errors import InputError
 from .case import Case
 
@@ -29,6 +29,7 @@ SUBJECT_PREFIX = "PETCT_"
 CT_NAMES = ("CTres.nii.gz", "CT.nii.gz")    # CTres = CT on the PET grid; CT needs resampling
 PET_NAMES = ("SUV.nii.gz", "PET.nii.gz")    # PET.nii.gz is Bq/mL: reading it says so
 ORGAN_LABELS = ("organs.nii.gz", "organs")  # TotalSegmentator multilabel file or per-class folder
+LESION_NAMES = ("SEG.nii.gz",)              # the lesion mask of a study (1 = lesion)
 _COLUMNS = {"subject id": "subject_id", "study uid": "study_uid", "study date": "study_date",
             "modality": "modality", "file location": "file_location", "age": "age", "sex": "sex",
             "diagnosis": "diagnosis"}
@@ -202,7 +203,9 @@ def token_in_name(token: str, name: str) -> bool:
 
 
 def demographics_of(rows: list[Row], path: Path) -> tuple[float, str | None, dict]:
-    """Age (years), sex and extra columns of a study from its rows (the PT row first)."""
+    """Age (years), sex and extra columns of a study from its rows (the PT row first); InputError for an
+    implausible age or for series rows of the study that disagree on sex or age.
+    """
     rows = sorted(rows, key=lambda r: (r.modality.upper() not in ("PT", "PET"), r.line))
     row = rows[0]
     where = f"row {row.line} (subject {row.subject_id})"
@@ -210,8 +213,12 @@ def demographics_of(rows: list[Row], path: Path) -> tuple[float, str | None, dic
         age = parse_age(row.age)
     except ValueError as exc:
         raise InputError(f"{where}: {exc}", path) from None
-    if not math.isnan(age) and not 0 <= age < 130:
-        raise InputError(f"{where}: implausible age {row.age!r}", path)
+    implausible = demographic_problem(age=age)
+    if implausible:
+        raise InputError(f"{where}: {implausible} (from {row.age!r})", path)
+    disagreement = rows_disagree(rows)
+    if disagreement:
+        raise InputError(f"subject {row.subject_id}: {disagreement}", path)
     sex = None
     if row.sex.strip():
         try:
@@ -221,6 +228,28 @@ def demographics_of(rows: list[Row], path: Path) -> tuple[float, str | None, dic
     extra = {"subject_id": row.subject_id, "study_uid": row.study_uid, "study_date": row.study_date,
              "diagnosis": row.diagnosis or None}
     return age, sex, extra
+
+
+def _normalised(value: str, parse) -> object:
+    try:
+        return parse(value)
+    except ValueError:
+        return value.strip().upper()
+
+
+def rows_disagree(rows: list[Row]) -> str | None:
+    """How the series rows of one study disagree on sex or age (values compared as parsed; empty values
+    ignored), or None."""
+    for what, parse in (("sex", parse_sex), ("age", parse_age)):
+        values: dict[object, list[Row]] = {}
+        for row in rows:
+            if getattr(row, what).strip():
+                values.setdefault(_normalised(getattr(row, what), parse), []).append(row)
+        if len(values) > 1:
+            listed = "; ".join(f"{getattr(rs[0], what).strip()!r} in row{'s' if len(rs) > 1 else ''} "
+                               f"{', '.join(str(r.line) for r in rs)}" for rs in values.values())
+            return f"the series rows of one study disagree on {what} ({listed})"
+    return None
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -273,9 +302,9 @@ def discover_tcia(root: Path, data_root: Path, resample_ct: bool = False
         except InputError as err:
             problems.append((case_id, err))
             continue
-        extra.update(study=study.name, lesions=_first(study, ("SEG.nii.gz",)))
+        extra.update(study=study.name)
         cases.append(Case(case_id, age, sex, math.nan, math.nan, ct, pet, _first(study, ORGAN_LABELS),
-                          extra=extra, resample_ct=resample_ct))
+                          extra=extra, resample_ct=resample_ct, lesions=_first(study, LESION_NAMES)))
     return cases, problems
 
 
@@ -315,7 +344,7 @@ def discover_nnunet(root: Path, channel_order: str = "ct,pet", resample_ct: bool
             problems.append((name, err))
             continue
         lesions = root / "labelsTr" / f"{name}.nii.gz"
-        extra.update(study=folder, lesions=lesions if lesions.exists() else None)
+        extra.update(study=folder)
         cases.append(Case(name, age, sex, math.nan, math.nan, ct, pet, None, extra=extra,
-                          resample_ct=resample_ct))
+                          resample_ct=resample_ct, lesions=lesions if lesions.exists() else None))
     return cases, problems

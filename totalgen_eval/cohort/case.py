@@ -6,7 +6,6 @@ TotalSegmentator "total" class ids.
 from __future__ import annotations
 
 import gzip
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -18,16 +17,18 @@ from .. import volumes
 from ..errors import InputError
 from ..organs import CLASSES
 from ..volumes import Grid
+from .plausibility import (BQML_MAX_SUV, check_file_dtype, check_pet, ct_problems, dtype_problem, pet_problems,
+                           uptake_problems)
 
-BQML_MAX_SUV = 500.0  # a PET whose maximum exceeds this is taken to be in Bq/mL, not SUV
 CT_FILL_HU = -1024.0  # CT value outside the scanned field (as in AutoPET's CTres)
 
 
 @dataclass(frozen=True)
 class Case:
     """A PET/CT study: id, demographics (age in years, sex "M"/"F", height m, weight kg; NaN or None
-    when unknown) and the paths of its CT (HU), PET (SUV) and optional organ label map or folder of
-    per-class masks. Nothing is read until a ``read_*`` method is called.
+    when unknown) and the paths of its CT (HU), PET (SUV), optional organ label map or folder of
+    per-class masks, and optional lesion mask (non-zero = lesion, as AutoPET's SEG). Nothing is read until
+    a ``read_*`` method is called.
     """
 
     case_id: str
@@ -40,13 +41,17 @@ class Case:
     labels: Path | None = None
     extra: Mapping = field(default_factory=dict, hash=False, compare=False)
     resample_ct: bool = False  # read_ct() resamples CT onto the PET grid when the grids differ
+    lesions: Path | None = None  # lesion mask (AutoPET SEG.nii.gz, nnU-Net labelsTr, our `lesions` column)
 
     def grid(self) -> Grid:
         """The PET grid (shape (i, j, k), affine to RAS+ mm) from the header alone."""
         return volumes.read_grid(self.pet)
 
     def read_pet(self) -> tuple[np.ndarray, np.ndarray]:
-        """PET in SUV as float32 (i, j, k) and its affine; InputError if it looks like Bq/mL."""
+        """PET in SUV as float32 (i, j, k) and its affine; InputError for a complex or boolean voxel type,
+        +-inf voxels, an all-zero or clearly negative PET, or one that looks like Bq/mL (NaN is allowed).
+        """
+        check_file_dtype(self.pet, "pet")
         pet, affine = volumes.read_volume(self.pet, dtype=np.float32)
         check_suv(pet, self.pet)
         return pet, affine
@@ -58,6 +63,7 @@ class Case:
         if ``resample`` (default: the cohort's ``resample_ct``), else InputError names both grids.
         """
         resample = self.resample_ct if resample is None else resample
+        check_file_dtype(self.ct, "ct")
         ct, ct_affine = volumes.read_volume(self.ct, dtype=np.float32)
         ct_grid, pet_grid = Grid(ct.shape, ct_affine), self.grid()
         if ct_grid.same_as(pet_grid):
@@ -95,17 +101,33 @@ class Case:
             affine = pet_grid.affine.copy()
         return labels, affine
 
+    def read_lesions(self) -> np.ndarray | None:
+        """The lesion mask as bool (i, j, k) on the PET grid (non-zero voxels of the file; resampled
+        nearest-neighbour when it lies on another grid), or None when the case has no lesion mask.
+        """
+        if self.lesions is None:
+            return None
+        check_file_dtype(self.lesions, "lesions")
+        mask, affine = volumes.read_volume(self.lesions, dtype=None)
+        mask = np.asarray(mask) != 0
+        pet_grid, source = self.grid(), Grid(mask.shape, affine)
+        if not source.same_as(pet_grid):
+            try:
+                mask = volumes.resample_to_grid(mask.astype(np.uint8), source, pet_grid, order=0, cval=0) != 0
+            except ValueError:
+                raise InputError("lesion mask and PET do not overlap in space", self.lesions) from None
+        return mask
+
     def demographics(self) -> dict:
         """age (years), sex, height_m, weight_kg as a plain dict."""
         return {"age": self.age, "sex": self.sex, "height_m": self.height_m, "weight_kg": self.weight_kg}
 
 
 def check_suv(pet: np.ndarray, path: Path) -> None:
-    """InputError when a PET array looks like activity concentration (Bq/mL) rather than SUV."""
-    finite = pet[np.isfinite(pet)]
-    peak = float(finite.max()) if finite.size else math.nan
-    if peak > BQML_MAX_SUV:
-        raise InputError(f"looks like Bq/mL (max {peak:.1f} > {BQML_MAX_SUV:g}); convert to SUV", path)
+    """InputError when a PET array cannot be SUV: +-inf voxels, all zero, negative beyond noise, or
+    activity concentration (Bq/mL); see ``plausibility.pet_problems``. NaN voxels are allowed.
+    """
+    check_pet(pet, path)
 
 
 def grid_mismatch(ct_path: Path, ct: Grid, pet: Grid) -> InputError:
@@ -166,12 +188,13 @@ def read_class_masks(folder: Path, classes: Iterable[int] | None = None) -> tupl
 
 # ---------------------------------------------------------------------------------------------- checks
 
-def file_grid(path: Path) -> Grid:
+def file_grid(path: Path, role: str = "image") -> Grid:
     """The grid of a NIfTI file from its header, after a cheap check that the file is complete.
 
     For .nii.gz the gzip trailer's uncompressed size must match header + voxel data; a mismatch is
     confirmed by decompressing (multi-member gzip files have a partial trailer), so complete files
-    never fail. Raises InputError naming the file.
+    never fail. The voxel type must suit ``role`` ("pet", "ct", "labels", "lesions": no complex type;
+    no boolean or 1-bit type for PET and CT). Raises InputError naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -186,6 +209,9 @@ def file_grid(path: Path) -> Grid:
                          path) from None
     if len(shape) != 3:
         raise InputError(f"expected a 3D volume, found shape {shape}", path)
+    bad_type = dtype_problem(proxy.dtype, role)
+    if bad_type:
+        raise InputError(bad_type, path)
     volumes.check_voxel_cap(shape, path)  # before any decompression
     if path.name.endswith(".gz"):
         with open(path, "rb") as fh:
@@ -223,7 +249,7 @@ def case_problems(case: Case, deep: bool = False) -> list[InputError]:
     grids: dict[str, Grid] = {}
     for role in ("pet", "ct"):
         try:
-            grids[role] = file_grid(getattr(case, role))
+            grids[role] = file_grid(getattr(case, role), role)
         except InputError as err:
             problems.append(err)
     if problems:
@@ -242,24 +268,46 @@ def case_problems(case: Case, deep: bool = False) -> list[InputError]:
             problems.append(err)
     elif case.labels is not None and not any(Path(case.labels).glob("*.nii.gz")):
         problems.append(InputError("label folder holds no .nii.gz masks", case.labels))
+    if case.lesions is not None:
+        try:
+            if not overlap(file_grid(case.lesions, "lesions"), grids["pet"]):
+                problems.append(InputError("lesion mask and PET do not overlap in space", case.lesions))
+        except InputError as err:
+            problems.append(err)
     if deep and not problems:
         problems.extend(data_problems(case))
     return problems
 
 
 def data_problems(case: Case) -> list[InputError]:
-    """Problems found by reading the voxel data: undecodable files, Bq/mL PET, NaN or infinite values."""
+    """Problems found by reading the voxel data, all of them (``plausibility``): undecodable files,
+    non-finite voxels (NaN, +-inf: how many), an all-zero, negative or Bq/mL PET, uptake far outside FDG
+    ranges, CT not in HU, unreadable labels or lesion mask.
+    """
     out: list[InputError] = []
-    for role, read in (("pet", case.read_pet), ("ct", case.read_ct), ("labels", case.read_labels)):
-        try:
-            got = read()
-        except InputError as err:
-            out.append(err)
-            continue
-        if got is not None and role != "labels":
-            n_bad = int(np.size(got[0]) - np.count_nonzero(np.isfinite(got[0])))
-            if n_bad:
-                out.append(InputError(f"{n_bad} voxels are NaN or infinite", getattr(case, role)))
+    pet = ct = labels = None
+    try:
+        check_file_dtype(case.pet, "pet")
+        pet, _ = volumes.read_volume(case.pet, dtype=np.float32)
+        out += [InputError(p, case.pet) for p in pet_problems(pet)]
+    except InputError as err:
+        out.append(err)
+    try:
+        ct, _ = case.read_ct()
+        out += [InputError(p, case.ct) for p in ct_problems(ct)]
+    except InputError as err:
+        out.append(err)
+    try:
+        got = case.read_labels()
+        labels = None if got is None else got[0]
+    except InputError as err:
+        out.append(err)
+    try:
+        case.read_lesions()
+    except InputError as err:
+        out.append(err)
+    if pet is not None and not pet_problems(pet, include_nan=False):
+        out += [InputError(p, case.pet) for p in uptake_problems(pet, ct, labels)]
     return out
 
 

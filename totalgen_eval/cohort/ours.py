@@ -2,8 +2,10 @@
 
 Columns ``case_id, age, sex, height_m, weight_kg, ct, pet, labels``: age in years (or a DICOM age
 string), sex M/F, height in m, weight in kg (both may be empty), paths relative to the folder
-(``labels`` optional: a multilabel file or a folder of per-class masks). Other columns (``diagnosis``,
-``split``, ``source`` ...) are kept in ``Case.extra``.
+(``labels`` optional: a multilabel file or a folder of per-class masks). An optional ``lesions`` column
+holds a lesion mask per case (as AutoPET's SEG: non-zero = lesion; ``Case.lesions``). Other columns
+(``diagnosis``, ``split``, ``source`` ...) are kept in ``Case.extra``. Implausible demographics (age outside
+0-120 years, height outside 0.5-2.5 m, weight outside 2-400 kg) are problems of their row.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..demographics import parse_age, parse_sex
+from ..demographics import demographic_problem, parse_age, parse_sex
 from ..errors import InputError
 from ..provenance import write_table
 from .case import Case
@@ -56,7 +58,7 @@ def discover_ours(root: Path, resample_ct: bool = False) -> tuple[list[Case], li
     if missing:
         raise InputError(f"cohort.csv lacks column(s) {', '.join(missing)} "
                          f"(needs {', '.join(CORE_COLUMNS)}; height_m, weight_kg, labels may be empty)", path)
-    extras = [c for c in frame.columns if c not in CORE_COLUMNS]
+    extras = [c for c in frame.columns if c not in CORE_COLUMNS and c != "lesions"]
     cases, problems, seen = [], [], {}
     for i, rec in enumerate(frame.to_dict("records")):
         line, case_id = i + 2, _text(rec["case_id"])
@@ -77,6 +79,9 @@ def discover_ours(root: Path, resample_ct: bool = False) -> tuple[list[Case], li
                 raise InputError(f"{where}: {exc}", path) from None
             height = _float(rec.get("height_m"), "height_m", where, path)
             weight = _float(rec.get("weight_kg"), "weight_kg", where, path)
+            implausible = demographic_problem(age, height, weight)
+            if implausible:
+                raise InputError(f"{where}: {implausible}", path)
             for role in ("ct", "pet"):
                 if not _text(rec[role]):
                     raise InputError(f"{where}: empty {role} path", path)
@@ -84,11 +89,11 @@ def discover_ours(root: Path, resample_ct: bool = False) -> tuple[list[Case], li
             problems.append((case_id or f"row {line}", err))
             continue
         labels = _text(rec.get("labels"))
+        lesions = _text(rec.get("lesions"))
         extra = {c: _extra_value(rec[c]) for c in extras}
-        if extra.get("lesions"):
-            extra["lesions"] = root / extra["lesions"]
         cases.append(Case(case_id, age, sex, height, weight, root / _text(rec["ct"]), root / _text(rec["pet"]),
-                          root / labels if labels else None, extra=extra, resample_ct=resample_ct))
+                          root / labels if labels else None, extra=extra, resample_ct=resample_ct,
+                          lesions=root / lesions if lesions else None))
     return cases, problems
 
 

@@ -16,6 +16,13 @@ Definitions (also in the README of the table, DESIGN.md section 3):
 - ``touches_border``: an organ voxel lies on the outermost layer of the array (the organ may be cut off).
 - NaN PET voxels count towards ``n_voxels`` (the organ's size is geometric) but are left out of every SUV
   statistic; their number is in ``frame.attrs["n_nan_pet"]`` and logged as a warning.
+- Lesions (a lesion mask on the PET grid, e.g. AutoPET's SEG): with ``lesions="exclude"`` (the default) lesion
+  voxels count towards ``n_voxels``/``volume_ml`` (geometric, as NaN voxels) but are left out of every SUV and
+  HU statistic, and out of the SUVpeak spheres; ``"include"`` keeps them. ``lesion_ml`` = the lesion volume
+  inside the organ (mL; 0 without lesions, NaN without a lesion mask).
+- Per case (:func:`lesion_summary`): ``mtv_ml`` metabolic tumour volume = lesion voxels x voxel volume (mL);
+  ``tlg`` total lesion glycolysis = MTV x SUVmean of the lesion voxels (mL x SUV); ``lesion_count`` = connected
+  lesion components (26-connectivity).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from ..errors import InputError
 from ..organs import N_TOTAL_CLASSES, ORGAN_NAMES, organ
@@ -34,7 +42,9 @@ from ..volumes import Grid, resample_to_grid
 log = logging.getLogger("totalgen_eval.metrics")
 
 METRIC_COLUMNS: tuple[str, ...] = ("organ", "n_voxels", "volume_ml", "suv_mean", "suv_median", "suv_std",
-                                   "suv_max", "suv_peak", "hu_mean", "touches_border")
+                                   "suv_max", "suv_peak", "hu_mean", "touches_border", "lesion_ml")
+LESION_COLUMNS: tuple[str, ...] = ("mtv_ml", "tlg", "lesion_count")  # per case (lesions.csv)
+LESION_MODES = ("exclude", "include")
 PEAK_SPHERE_ML = 1.0
 PEAK_RADIUS_MM = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # 6.2035 mm
 
@@ -153,17 +163,40 @@ def class_voxels(labels: np.ndarray, classes: Sequence[int]) -> dict[int, tuple[
     return {int(vals[s]): tuple(c[s:e] for c in coords) for s, e in zip(starts, ends)}
 
 
+def _organ_peak(parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, kernel: np.ndarray, order: str,
+                lesion: np.ndarray | None) -> float:
+    """SUVpeak over the voxels ``parts`` (index arrays per class); ``lesion`` voxels (a bool volume, or None)
+    are left out of the spheres as NaN voxels are. Each class is searched in its own bounding box, which
+    stays compact where an organ's classes lie apart (lung lobes, left and right muscles)."""
+    half = [k // 2 for k in kernel.shape]
+    peaks = []
+    for part in parts:  # the sphere ignores the organ boundary: the max over classes is exact
+        if len(part[0]) == 0:
+            continue
+        lo = [int(c.min()) for c in part]
+        hi = [int(c.max()) + 1 for c in part]
+        wide = tuple(slice(max(a - h, 0), min(b + h, dim)) for a, b, h, dim in zip(lo, hi, half, pet.shape))
+        clipped = any(w.stop - w.start < b - a + 2 * h for w, a, b, h in zip(wide, lo, hi, half))
+        pet_wide = pet[wide]
+        valid = ~np.isnan(pet_wide) if lesion is None else ~np.isnan(pet_wide) & ~lesion[wide]
+        centres = np.stack([c - w.start for c, w in zip(part, wide)], axis=1)
+        peaks.append(_peak(pet_wide, valid, centres, kernel, clipped, order))
+    return float(np.nanmax(peaks)) if peaks and not np.all(np.isnan(peaks)) else math.nan
+
+
 def _organ_row(name: str, parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, ct: np.ndarray | None,
-               kernel: np.ndarray, voxel_ml: float, order: str = "C") -> tuple[dict[str, Any], int]:
+               kernel: np.ndarray, voxel_ml: float, order: str = "C", lesion: np.ndarray | None = None,
+               exclude_lesions: bool = True) -> tuple[dict[str, Any], int]:
     """The metrics of one organ from the voxel indices of its classes, and its number of NaN PET voxels.
 
-    ``parts``: (i, j, k) index arrays of each class of the organ that is present. The peak search works in
-    each class's own bounding box, which stays compact where an organ's classes lie apart (lung lobes,
-    left and right muscles). ``order``: the memory order the indices are sorted in ("C" or "F").
+    ``parts``: (i, j, k) index arrays of each class of the organ that is present; ``order``: the memory order
+    the indices are sorted in ("C" or "F"). ``lesion``: a bool lesion mask on the PET grid (or None); with
+    ``exclude_lesions`` its voxels leave the SUV and HU statistics (not the volume).
     """
     row: dict[str, Any] = {"organ": name, "n_voxels": 0, "volume_ml": 0.0, "suv_mean": math.nan,
                            "suv_median": math.nan, "suv_std": math.nan, "suv_max": math.nan,
-                           "suv_peak": math.nan, "hu_mean": math.nan, "touches_border": False}
+                           "suv_peak": math.nan, "hu_mean": math.nan, "touches_border": False,
+                           "lesion_ml": math.nan if lesion is None else 0.0}
     n = sum(len(p[0]) for p in parts)
     if n == 0:
         return row, 0
@@ -171,57 +204,74 @@ def _organ_row(name: str, parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, 
     row["n_voxels"] = n
     row["volume_ml"] = n * voxel_ml
     row["touches_border"] = bool(any(c.min() == 0 or c.max() == dim - 1 for c, dim in zip(where, pet.shape)))
+    if lesion is not None:
+        inside = lesion[where]
+        n_lesion = int(np.count_nonzero(inside))
+        row["lesion_ml"] = n_lesion * voxel_ml
+        if not exclude_lesions:
+            lesion = None  # kept everywhere, the peak spheres included
+        elif n_lesion:
+            where = tuple(c[~inside] for c in where)
+            parts = [tuple(c[keep] for c in part) for part, keep in ((q, ~lesion[q]) for q in parts)]
     suv = pet[where]
     finite = ~np.isnan(suv)
-    n_nan = int(n - np.count_nonzero(finite))
+    n_nan = int(suv.size - np.count_nonzero(finite))
     if n_nan:
         suv = suv[finite]
     if suv.size:
         mean = float(suv.mean(dtype=np.float64))
         row.update(suv_mean=mean, suv_median=float(np.median(suv)),
                    suv_std=float(np.sqrt(np.mean((suv.astype(np.float64) - mean) ** 2))),
-                   suv_max=float(suv.max()))
-        half = [k // 2 for k in kernel.shape]
-        peaks = []
-        for part in parts:  # the sphere ignores the organ boundary: the max over classes is exact
-            lo = [int(c.min()) for c in part]
-            hi = [int(c.max()) + 1 for c in part]
-            wide = tuple(slice(max(a - h, 0), min(b + h, dim)) for a, b, h, dim in zip(lo, hi, half, pet.shape))
-            clipped = any(w.stop - w.start < b - a + 2 * h for w, a, b, h in zip(wide, lo, hi, half))
-            pet_wide = pet[wide]
-            centres = np.stack([c - w.start for c, w in zip(part, wide)], axis=1)
-            peaks.append(_peak(pet_wide, ~np.isnan(pet_wide), centres, kernel, clipped, order))
-        row["suv_peak"] = float(np.nanmax(peaks)) if not np.all(np.isnan(peaks)) else math.nan
-    if ct is not None:
+                   suv_max=float(suv.max()), suv_peak=_organ_peak(parts, pet, kernel, order, lesion))
+    if ct is not None and len(where[0]):
         row["hu_mean"] = float(ct[where].mean(dtype=np.float64))
     return row, n_nan
 
 
-def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, grid: Grid,
-                 organs: Sequence[str] = ORGAN_NAMES, labels_grid: Grid | None = None,
-                 ct_grid: Grid | None = None) -> pd.DataFrame:
-    """Organ metrics of one case: one row per organ in ``organs`` order (columns METRIC_COLUMNS).
+def _as_image(array: np.ndarray, what: str) -> np.ndarray:
+    """A PET or CT array as given, integers as float32; InputError for a complex or boolean array."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{what} array of type {array.dtype} refused: expected real numbers")
+    return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float32)
 
-    ``pet`` (SUV) defines ``grid`` (shape (i, j, k), affine); ``ct`` (HU, may be None: hu_mean NaN) and
-    ``labels`` (TotalSegmentator class ids) are resampled onto it when their own grids (``ct_grid``,
-    ``labels_grid``) differ: labels nearest-neighbour, CT linearly. Class ids outside 0..117 raise
-    InputError; valid ids of classes outside ``organs`` are ignored. An absent organ gives n_voxels 0 and
-    NaN statistics. Volumes in mL, SUV in g/mL, HU.
-    """
-    organs = tuple(organs)
-    pet = np.asarray(pet)
+
+def _on_pet_grid(pet: np.ndarray, grid: Grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid):
+    """CT, labels and lesion mask checked and resampled onto the PET grid (CT linearly, the others nearest)."""
     if pet.shape != tuple(grid.shape):
         raise InputError(f"PET shape {pet.shape} differs from its grid {tuple(grid.shape)}")
-    if not np.issubdtype(pet.dtype, np.floating):
-        pet = pet.astype(np.float32)
-    labels = check_label_ids(np.asarray(labels))
-    labels = _onto(labels, labels_grid, grid, order=0, what="label map")
+    labels = _onto(check_label_ids(np.asarray(labels)), labels_grid, grid, order=0, what="label map")
     if ct is not None:
-        ct = _onto(np.asarray(ct), ct_grid, grid, order=1, what="CT", cval=-1024.0)
-    if labels.shape != pet.shape:
-        raise InputError(f"label map shape {labels.shape} differs from the PET's {pet.shape} (give labels_grid)")
-    if ct is not None and ct.shape != pet.shape:
-        raise InputError(f"CT shape {ct.shape} differs from the PET's {pet.shape} (give ct_grid)")
+        ct = _onto(_as_image(ct, "CT"), ct_grid, grid, order=1, what="CT", cval=-1024.0)
+    if lesion_mask is not None:
+        lesion_mask = _onto((np.asarray(lesion_mask) != 0).view(np.uint8), lesion_grid, grid, order=0,
+                            what="lesion mask") != 0
+    for what, array in (("label map", labels), ("CT", ct), ("lesion mask", lesion_mask)):
+        if array is not None and array.shape != pet.shape:
+            raise InputError(f"{what} shape {array.shape} differs from the PET's {pet.shape} (give its grid)")
+    return ct, labels, lesion_mask
+
+
+def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, grid: Grid,
+                 organs: Sequence[str] = ORGAN_NAMES, labels_grid: Grid | None = None,
+                 ct_grid: Grid | None = None, lesion_mask: np.ndarray | None = None, lesions: str = "exclude",
+                 lesion_grid: Grid | None = None) -> pd.DataFrame:
+    """Organ metrics of one case: one row per organ in ``organs`` order (columns METRIC_COLUMNS).
+
+    ``pet`` (SUV) defines ``grid`` (shape (i, j, k), affine); ``ct`` (HU, may be None: hu_mean NaN),
+    ``labels`` (TotalSegmentator class ids) and ``lesion_mask`` (non-zero = lesion; None: no lesion mask) are
+    resampled onto it when their own grids (``ct_grid``, ``labels_grid``, ``lesion_grid``) differ: CT linearly,
+    the others nearest-neighbour. ``lesions``: "exclude" (default) leaves lesion voxels out of the SUV and HU
+    statistics, "include" keeps them. Class ids outside 0..117 raise InputError, as do complex or boolean PET
+    or CT arrays; valid ids of classes outside ``organs`` are ignored. An absent organ gives n_voxels 0 and NaN
+    statistics. Volumes in mL, SUV in g/mL, HU. The per-case lesion figures (:func:`lesion_summary`) are in
+    ``frame.attrs["lesions"]`` (a dict; NaN values without a lesion mask).
+    """
+    if lesions not in LESION_MODES:
+        raise InputError(f"lesions={lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
+    organs = tuple(organs)
+    pet = _as_image(pet, "PET")
+    ct, labels, lesion_mask = _on_pet_grid(pet, grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid)
     used = {name: organ(name).classes for name in organs}
     voxels = class_voxels(labels, [c for cs in used.values() for c in cs])
     order = "F" if labels.flags.f_contiguous and not labels.flags.c_contiguous else "C"
@@ -229,16 +279,37 @@ def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, gri
     rows, n_nan = [], 0
     for name in organs:
         parts = [voxels[c] for c in used[name] if c in voxels]
-        row, nan_here = _organ_row(name, parts, pet, ct, kernel, grid.voxel_ml, order)
+        row, nan_here = _organ_row(name, parts, pet, ct, kernel, grid.voxel_ml, order, lesion_mask,
+                                   exclude_lesions=lesions == "exclude")
         rows.append(row)
         n_nan += nan_here
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     frame["n_voxels"] = frame["n_voxels"].astype(np.int64)
     frame["touches_border"] = frame["touches_border"].astype(bool)
     frame.attrs["n_nan_pet"] = n_nan
+    frame.attrs["lesions"] = lesion_summary(pet, lesion_mask, grid.voxel_ml)
     if n_nan:
         log.warning("%d NaN PET voxels inside the organs were left out of the SUV statistics", n_nan)
     return frame
+
+
+def lesion_summary(pet: np.ndarray, lesion_mask: np.ndarray | None, voxel_ml: float) -> dict[str, float]:
+    """Per-case lesion figures: ``mtv_ml`` (lesion voxels x ``voxel_ml``, mL), ``tlg`` (MTV x SUVmean of the
+    lesion voxels, mL x SUV; NaN PET voxels left out of the mean), ``lesion_count`` (connected components,
+    26-connectivity). All NaN when ``lesion_mask`` is None (no mask); 0 for an empty mask.
+    """
+    if lesion_mask is None:
+        return {"mtv_ml": math.nan, "tlg": math.nan, "lesion_count": math.nan}
+    mask = np.asarray(lesion_mask) != 0
+    n = int(np.count_nonzero(mask))
+    if n == 0:
+        return {"mtv_ml": 0.0, "tlg": 0.0, "lesion_count": 0}
+    suv = pet[mask]
+    suv = suv[~np.isnan(suv)]
+    mtv = n * voxel_ml
+    tlg = mtv * float(suv.mean(dtype=np.float64)) if suv.size else math.nan
+    _, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    return {"mtv_ml": mtv, "tlg": tlg, "lesion_count": int(count)}
 
 
 def _onto(array: np.ndarray, source: Grid | None, target: Grid, order: int, what: str,

@@ -18,11 +18,12 @@ from ..organs import ORGAN_NAMES
 from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Scheduler, excluded_frame, map_cases,
                         write_excluded)
 from ..volumes import Grid, read_volume
-from .case import METRIC_COLUMNS, PEAK_RADIUS_MM, case_metrics
+from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, PEAK_RADIUS_MM, case_metrics
 
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "age", "sex", "height_m", "weight_kg", "age_group")
 TABLE_COLUMNS: tuple[str, ...] = CASE_COLUMNS + METRIC_COLUMNS
-METRICS_VERSION = "1"  # bump when a definition changes: cached per-case results are then recomputed
+LESION_TABLE_COLUMNS: tuple[str, ...] = ("case_id", "cohort") + LESION_COLUMNS  # lesions.csv
+METRICS_VERSION = "2"  # bump when a definition changes: cached per-case results are then recomputed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,35 +39,60 @@ class MetricsJob:
     device: str = "cpu"
     resume: bool = True
     segmenter_settings: Any = None
+    lesions: str = "exclude"  # "exclude" | "include": lesion voxels in the organ statistics
 
 
 def case_key(case: Any, job: MetricsJob) -> str:
     """Key of a case's cached rows: its input files by identity (path, size, mtime, ctime; see cache.py),
-    the segmenter and its settings, the organs and METRICS_VERSION."""
+    the segmenter and its settings, the organs, the lesion mask and option, and METRICS_VERSION."""
     if job.segmenter == "labels":
         seg: Any = ["labels", file_identity(case.labels)]
     else:
         seg = [job.segmenter, job.segmenter_settings, job.device]
-    return cache_key(METRICS_VERSION, file_identity(case.pet), file_identity(case.ct), seg, list(job.organs))
+    return cache_key(METRICS_VERSION, file_identity(case.pet), file_identity(case.ct), seg, list(job.organs),
+                     file_identity(getattr(case, "lesions", None)), job.lesions)
 
 
 def compute_case(case: Any, segmenter: str = "labels", organs: Sequence[str] = ORGAN_NAMES,
-                 cache_dir: Path | None = None, device: str = "cpu") -> pd.DataFrame:
-    """The METRIC_COLUMNS rows of one cohort case: labels from ``segmenter``, arrays read from disk.
+                 cache_dir: Path | None = None, device: str = "cpu", lesions: str = "exclude") -> pd.DataFrame:
+    """The METRIC_COLUMNS + LESION_COLUMNS rows of one cohort case (the per-case lesion figures repeated on
+    every row): labels from ``segmenter``, arrays read from disk, the case's lesion mask (if any) excluded
+    or included per ``lesions``. The data's plausibility is checked first (``cohort.plausibility``: PET
+    when read, CT in HU, organ uptake within FDG ranges).
 
     With ``cache_dir`` the labels of computing backends are cached under ``cache_dir/labels``.
     """
+    from ..cohort.plausibility import check_ct, check_file_dtype
     from ..segment import case_labels
 
     pet, pet_affine = case.read_pet()
     grid = Grid(tuple(pet.shape), pet_affine)
-    labels, labels_affine = case_labels(case, segmenter, cache_dir, device=device)
+    check_file_dtype(case.ct, "ct")
     ct, ct_affine = read_volume(case.ct, dtype=np.float32)
+    check_ct(ct, case.ct)
+    labels, labels_affine = case_labels(case, segmenter, cache_dir, device=device)
+    lesion_mask = case.read_lesions() if getattr(case, "lesions", None) is not None else None
     try:
-        return case_metrics(pet, ct, labels, grid, organs, labels_grid=Grid(tuple(labels.shape), labels_affine),
-                            ct_grid=Grid(tuple(ct.shape), ct_affine))
+        rows = case_metrics(pet, ct, labels, grid, organs, labels_grid=Grid(tuple(labels.shape), labels_affine),
+                            ct_grid=Grid(tuple(ct.shape), ct_affine), lesion_mask=lesion_mask, lesions=lesions)
     except InputError as exc:
         raise InputError(str(exc), f"case {case.case_id}") from None
+    check_case_uptake(rows, pet, ct, case.pet)
+    summary, rows.attrs = rows.attrs.get("lesions", {}), {}
+    return rows.assign(**{c: summary.get(c, np.nan) for c in LESION_COLUMNS})
+
+
+def check_case_uptake(rows: pd.DataFrame, pet: np.ndarray, ct: np.ndarray, path: Path) -> None:
+    """InputError when the PET uptake is far outside FDG ranges: brain/liver/aorta SUVmean from ``rows`` when
+    measured, else the median SUV of the body (CT above -300 HU, when CT lies on the PET grid)."""
+    from ..cohort.plausibility import body_uptake_problem, organ_uptake_problems
+
+    means = dict(zip(rows["organ"], rows["suv_mean"]))
+    problems = organ_uptake_problems(means)
+    if not problems and not any(np.isfinite(means.get(o, np.nan)) for o in ("brain", "liver", "aorta")):
+        problems = [p for p in [body_uptake_problem(pet, ct)] if p]
+    if problems:
+        raise InputError(problems[0], path)
 
 
 def measure_case(job: MetricsJob, case: Any) -> tuple[pd.DataFrame, bool]:
@@ -77,10 +103,10 @@ def measure_case(job: MetricsJob, case: Any) -> tuple[pd.DataFrame, bool]:
     path = None
     if job.cache_dir is not None:
         path = cache_file(Path(job.cache_dir) / "metrics", case.case_id, case_key(case, job), ".csv")
-        cached = read_cached_table(path, METRIC_COLUMNS, len(job.organs)) if job.resume else None
+        cached = read_cached_table(path, METRIC_COLUMNS + LESION_COLUMNS, len(job.organs)) if job.resume else None
         if cached is not None:
             return cached, False
-    rows = compute_case(case, job.segmenter, job.organs, job.cache_dir, job.device)
+    rows = compute_case(case, job.segmenter, job.organs, job.cache_dir, job.device, job.lesions)
     if path is not None:
         write_table(rows, path)
     return rows, True
@@ -91,7 +117,7 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
                   resume: bool = True, skip_bad: bool = False,
-                  scheduler: str | Scheduler | None = None) -> pd.DataFrame:
+                  scheduler: str | Scheduler | None = None, lesions: str = "exclude") -> pd.DataFrame:
     """The organ_metrics table of a cohort: one row per case x organ, columns TABLE_COLUMNS (DESIGN.md 3).
 
     Args:
@@ -104,11 +130,16 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
             ``cache_dir/labels``.
         skip_bad: a case that fails (a corrupt file, bad data) or repeats an earlier case id is left out;
             without it the first such case stops the run with one line.
+        lesions: "exclude" (default): lesion voxels of a case's lesion mask are left out of the SUV and HU
+            statistics; "include" keeps them. ``lesion_ml`` is the lesion volume inside each organ.
 
     ``frame.attrs``: "n_computed" (cases computed, not read from the cache) and "excluded" (records
     case_id, cohort, reason: the cohort's cases left out at load time, then those left out here; see
-    :func:`excluded_table`).
+    :func:`excluded_table`); "lesions" (records case_id, cohort, mtv_ml, tlg, lesion_count of the cases
+    with a lesion mask; see :func:`lesion_table`).
     """
+    if lesions not in LESION_MODES:
+        raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     from ..segment import default_segmenter, make_segmenter
 
     cases = list(cohort)
@@ -121,7 +152,7 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
         import tempfile
         tmp = tempfile.TemporaryDirectory(prefix="totalgen-labels-")
         cache, resume = Path(tmp.name), False
-    job = MetricsJob(segmenter, tuple(organs), cache, device, resume, settings)
+    job = MetricsJob(segmenter, tuple(organs), cache, device, resume, settings, lesions)
     try:
         mapped = map_cases(functools.partial(measure_case, job), cases, scheduler=scheduler, workers=workers,
                            skip_bad=skip_bad, progress=progress, description=f"metrics ({segmenter})")
@@ -133,7 +164,17 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
     frame.attrs["n_computed"] = sum(computed for _, (_, computed) in mapped.values)
     left_out = [Excluded(cid, reason) for cid, reason in getattr(cohort, "problems", ())] + mapped.excluded
     frame.attrs["excluded"] = excluded_frame(left_out, name).to_dict("records")
+    frame.attrs["lesions"] = [{"case_id": case.case_id, "cohort": name, **results[case.case_id].iloc[0][
+        list(LESION_COLUMNS)].to_dict()} for case, _ in mapped.values
+        if len(results[case.case_id]) and np.isfinite(results[case.case_id]["mtv_ml"].iloc[0])]
     return frame
+
+
+def lesion_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-case lesion figures of an organ_metrics table (``lesions.csv``): case_id, cohort, mtv_ml (mL),
+    tlg (mL x SUV), lesion_count; the cases that have a lesion mask, from ``frame.attrs``."""
+    table = pd.DataFrame(frame.attrs.get("lesions", []), columns=list(LESION_TABLE_COLUMNS))
+    return table.astype({"lesion_count": "Int64"}) if len(table) else table
 
 
 def excluded_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -164,8 +205,11 @@ def write_metrics(cohort: Any, out_csv: str | Path, segmenter: str | None = None
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
                   resume: bool = True, skip_bad: bool = False,
-                  scheduler: str | Scheduler | None = None) -> pd.DataFrame:
+                  scheduler: str | Scheduler | None = None, lesions: str = "exclude") -> pd.DataFrame:
     """Compute :func:`organ_metrics` and write it to ``out_csv`` atomically, with ``<out_csv>.json`` beside it.
+
+    When cases have lesion masks, their per-case lesion figures go to :func:`lesions_path` (``lesions.csv``
+    beside ``organ_metrics.csv``).
 
     The cache (per-case rows and computed labels) defaults to ``<out_csv folder>/<out_csv stem>-cache``
     (``organ_metrics-cache/``); an interrupted run resumes from it. The JSON sidecar holds the parameters
@@ -181,8 +225,10 @@ def write_metrics(cohort: Any, out_csv: str | Path, segmenter: str | None = None
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(out_csv)
     frame = organ_metrics(cohort, segmenter=segmenter, workers=workers, organs=organs, cache_dir=cache,
                           device=device, cohort_name=cohort_name, age_bins=age_bins, progress=progress,
-                          resume=resume, skip_bad=skip_bad, scheduler=scheduler)
+                          resume=resume, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions)
     write_table(frame, out_csv)
+    if frame.attrs.get("lesions"):
+        write_table(lesion_table(frame), lesions_path(out_csv))
     excluded = excluded_table(frame)
     if skip_bad or len(excluded) or (out_csv.parent / EXCLUDED_CSV).is_file():
         write_excluded(excluded, out_csv.parent)
@@ -190,9 +236,17 @@ def write_metrics(cohort: Any, out_csv: str | Path, segmenter: str | None = None
               else cohort_name, "n_cases": int(frame["case_id"].nunique()), "segmenter": segmenter,
               "organs": list(organs), "device": device, "age_bins": list(age_bins), "cache_dir": str(cache),
               "metrics_version": METRICS_VERSION, "peak_radius_mm": PEAK_RADIUS_MM, "suv_std_ddof": 0,
-              "n_computed": frame.attrs.get("n_computed"), "n_excluded": len(excluded), "skip_bad": skip_bad}
+              "n_computed": frame.attrs.get("n_computed"), "n_excluded": len(excluded), "skip_bad": skip_bad,
+              "lesions": lesions}
     write_json(stamp(params), out_csv.with_name(out_csv.name + ".json"))
     return frame
+
+
+def lesions_path(out_csv: str | Path) -> Path:
+    """Where the per-case lesion table goes beside an organ table: ``lesions.csv`` beside
+    ``organ_metrics.csv``, else ``<stem>_lesions.csv``."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name("lesions.csv" if out_csv.stem == "organ_metrics" else f"{out_csv.stem}_lesions.csv")
 
 
 def default_cache_dir(out_csv: str | Path) -> Path:
@@ -207,6 +261,8 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError("file not found", path)
     frame = pd.read_csv(path)
+    if "lesion_ml" not in frame.columns:  # tables written before lesions were measured
+        frame["lesion_ml"] = np.nan
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"not an organ_metrics table (missing columns {', '.join(missing)})", path)

@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..parallel import map_cases
 from ..provenance import stamp, to_jsonable, write_json, write_table
 from ..volumes import write_volume
+from .lesions import LesionPlan, lesion_plan, lesion_truth
 from .population import DEMOGRAPHIC_COLUMNS, draw_subjects, expected, sample_demographics
 from .render import PhantomConfig, render_case
 
@@ -43,9 +44,10 @@ class CaseSpec:
     case_id: str
     demographics: dict
     truth: pd.DataFrame
-    files: dict[str, str]  # role (ct, pet, labels, seg) -> path relative to the cohort root
+    files: dict[str, str]  # role (ct, pet, labels, seg, lesions) -> path relative to the cohort root
     render_seed: np.random.SeedSequence
     naming: dict
+    lesions: LesionPlan | None = None  # None: a cohort without lesions (no lesion masks written)
 
 
 def case_streams(seed: int, index: int) -> dict[str, np.random.Generator]:
@@ -71,9 +73,10 @@ def _tcia_naming(rng: np.random.Generator) -> dict:
             "series_numbers": [int(x) for x in rng.integers(10000, 99999, len(TCIA_SERIES))]}
 
 
-def _case_files(layout: str, case_id: str, naming: dict) -> dict[str, str]:
+def _case_files(layout: str, case_id: str, naming: dict, lesions: bool = False) -> dict[str, str]:
     if layout == "ours":
-        return {role: f"cases/{case_id}_{role}.nii.gz" for role in ("ct", "pet", "labels")}
+        roles = ("ct", "pet", "labels") + (("lesions",) if lesions else ())
+        return {role: f"cases/{case_id}_{role}.nii.gz" for role in roles}
     folder = f"{naming['subject']}/{naming['study']}"
     return {"ct": f"{folder}/CTres.nii.gz", "pet": f"{folder}/SUV.nii.gz", "seg": f"{folder}/SEG.nii.gz",
             "labels": f"{folder}/{TCIA_ORGANS_NAME}"}
@@ -85,8 +88,9 @@ def _render_and_write(root: str, spec: CaseSpec, config: PhantomConfig) -> int:
     paths = {role: root_p / rel for role, rel in spec.files.items()}
     if all(p.is_file() for p in paths.values()):
         return 0
-    case = render_case(spec.demographics, spec.truth, config, np.random.default_rng(spec.render_seed))
-    arrays = {"ct": case.ct, "pet": case.pet, "labels": case.labels, "seg": np.zeros(case.labels.shape, np.uint8)}
+    case = render_case(spec.demographics, spec.truth, config, np.random.default_rng(spec.render_seed), spec.lesions)
+    mask = case.lesions if case.lesions is not None else np.zeros(case.labels.shape, np.uint8)
+    arrays = {"ct": case.ct, "pet": case.pet, "labels": case.labels, "seg": mask, "lesions": mask}
     written = 0
     for role, path in paths.items():
         write_volume(arrays[role], case.affine, path)
@@ -152,9 +156,31 @@ def _check_folder(root: Path, params: dict, seed: int) -> None:
                          "or demographics); use an empty folder", path)
 
 
+def _case_spec(i: int, seed: int, demo: pd.DataFrame, layout: str, config: PhantomConfig,
+               lesions: float) -> tuple[CaseSpec, list[pd.DataFrame], dict]:
+    """Case ``i``'s render spec, its truth rows (organs, then lesions) and its cohort.csv row."""
+    streams = case_streams(seed, i)
+    d = {k: demo.at[i, k] for k in DEMOGRAPHIC_COLUMNS}
+    d = {"age": float(d["age"]), "sex": str(d["sex"]), "height_m": float(d["height_m"]),
+         "weight_kg": float(d["weight_kg"])}
+    one = pd.DataFrame([d])
+    naming = _tcia_naming(streams["naming"])
+    case_id = f"phantom-{i:04d}" if layout == "ours" else naming["case_id"]
+    one["case_id"] = case_id
+    truth = draw_subjects(one, streams["truth"]) if config.subject_variation else expected(one)
+    plan = lesion_plan(seed, i, lesions) if lesions else None
+    files = _case_files(layout, case_id, naming, plan is not None)
+    row = {"case_id": case_id, **d, **{k: files[k] for k in ("ct", "pet", "labels")}}
+    truths = [truth]
+    if plan is not None:
+        row.update(lesions=files.get("lesions", files.get("seg")), diagnosis=plan.diagnosis)
+        truths.append(lesion_truth(case_id, plan, config.voxel_mm))
+    return CaseSpec(i, case_id, d, truth, files, _render_seed(seed, i), naming, plan), truths, row
+
+
 def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, config: PhantomConfig = PhantomConfig(),
                 layout: str = "ours", workers: int = 1, progress: bool = True,
-                demographics: pd.DataFrame | None = None) -> Path:
+                demographics: pd.DataFrame | None = None, lesions: float = 0.0) -> Path:
     """Write a phantom cohort of ``n`` cases into ``out`` and return ``out``.
 
     layout "ours": ``cases/<case_id>_{ct,pet,labels}.nii.gz`` and ``cohort.csv`` (case_id, age, sex,
@@ -165,7 +191,10 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
     ``demographics`` (age in years or "057Y", sex M/F, height_m, weight_kg; n = its length) gives
     matched cohorts; missing heights/weights are drawn from the population model. Existing case files
     are kept (resumable); a folder made with another seed/config/layout/demographics is refused
-    (InputError), as is bad input.
+    (InputError), as is bad input. ``lesions`` (0-1; True = 1): the share of cases given 1-3 hot spherical
+    lesions (``phantom.lesions``): their masks go to ``cases/<case_id>_lesions.nii.gz`` (every case; the
+    ``lesions`` and ``diagnosis`` columns of cohort.csv) or SEG.nii.gz, their truth (volume, SUV, radius,
+    host) to truth.csv as rows ``lesion_1``, ``lesion_2`` ...; the organ truth stays lesion-free.
     """
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -173,30 +202,26 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
         n = len(demographics)
     if n is None or n < 0:
         raise InputError("n must be a non-negative number of cases")
+    if not 0.0 <= float(lesions) <= 1.0:
+        raise InputError(f"lesions={lesions!r}: the share of cases with lesions lies between 0 and 1")
     root = Path(out)
     params = _parameters(config, layout, demographics)
+    if lesions:
+        params["lesions"] = float(lesions)
     _check_folder(root, params, seed)
     root.mkdir(parents=True, exist_ok=True)
     demo = _demographics_for(n, seed, demographics)
     specs, truths, rows = [], [], []
     for i in range(n):
-        streams = case_streams(seed, i)
-        d = {k: demo.at[i, k] for k in DEMOGRAPHIC_COLUMNS}
-        d = {"age": float(d["age"]), "sex": str(d["sex"]), "height_m": float(d["height_m"]),
-             "weight_kg": float(d["weight_kg"])}
-        one = pd.DataFrame([d])
-        naming = _tcia_naming(streams["naming"])
-        case_id = f"phantom-{i:04d}" if layout == "ours" else naming["case_id"]
-        one["case_id"] = case_id
-        truth = draw_subjects(one, streams["truth"]) if config.subject_variation else expected(one)
-        files = _case_files(layout, case_id, naming)
-        specs.append(CaseSpec(i, case_id, d, truth, files, _render_seed(seed, i), naming))
-        truths.append(truth)
-        rows.append({"case_id": case_id, **d, **{k: files[k] for k in ("ct", "pet", "labels")}})
+        spec, truth, row = _case_spec(i, seed, demo, layout, config, float(lesions))
+        specs.append(spec)
+        truths += truth
+        rows.append(row)
     written = _run(specs, root, config, workers, progress)
     truth_table = pd.concat(truths, ignore_index=True) if truths else pd.DataFrame(
         columns=["case_id", "organ", "volume_ml", "suv_mean"])
-    cohort = pd.DataFrame(rows, columns=["case_id", *DEMOGRAPHIC_COLUMNS, "ct", "pet", "labels"])
+    cohort = pd.DataFrame(rows, columns=["case_id", *DEMOGRAPHIC_COLUMNS, "ct", "pet", "labels"]
+                          + (["lesions", "diagnosis"] if lesions else []))
     cohort["source"] = "phantom"
     if layout == "ours":
         write_table(cohort, root / "cohort.csv")
@@ -228,6 +253,6 @@ def tcia_metadata(specs: Iterable[CaseSpec]) -> pd.DataFrame:
                 "Study Description": TCIA_STUDY_DESCRIPTION, "Study Date": nm["study_date"],
                 "Series Description": series.split("-", 1)[1], "Manufacturer": "SIEMENS", "Modality": modality,
                 "File Location": f"./{TCIA_COLLECTION}/{nm['subject']}/{nm['study']}/{series}-{number:05d}",
-                "diagnosis": "NEGATIVE", "age": dicom_age(spec.demographics["age"]), "sex": spec.demographics["sex"],
+                "diagnosis": spec.lesions.diagnosis if spec.lesions else "NEGATIVE", "age": dicom_age(spec.demographics["age"]), "sex": spec.demographics["sex"],
             })
     return pd.DataFrame(rows)

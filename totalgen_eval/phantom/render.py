@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .anatomy import LUNG_LOBES, Anatomy, OrganPart, build_anatomy
+from .lesions import LesionPlan, add_lesions
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # 2.3548
 
@@ -49,12 +50,14 @@ class PhantomConfig:
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """One rendered case: CT (HU, int16), PET (SUV, float32), labels (TS class ids, uint8), all (x, y, z)."""
+    """One rendered case: CT (HU, int16), PET (SUV, float32), labels (TS class ids, uint8), all (x, y, z);
+    ``lesions``: the lesion mask (uint8, 1 = lesion) when rendered with a lesion plan, else None."""
 
     ct: np.ndarray
     pet: np.ndarray
     labels: np.ndarray
     affine: np.ndarray = field(repr=False)
+    lesions: np.ndarray | None = field(default=None, repr=False)
 
 
 def canvas_shape(config: PhantomConfig = PhantomConfig()) -> tuple[int, int, int]:
@@ -192,8 +195,9 @@ def blur_pet(activity: np.ndarray, config: PhantomConfig) -> np.ndarray:
 
 
 def render_anatomy(anatomy: Anatomy, organ_suv: Mapping[str, float], config: PhantomConfig,
-                   rng: np.random.Generator) -> PhantomCase:
-    """CT, PET and labels of an anatomy whose organs carry ``organ_suv`` (SUV) uptake."""
+                   rng: np.random.Generator, lesions: LesionPlan | None = None) -> PhantomCase:
+    """CT, PET and labels of an anatomy whose organs carry ``organ_suv`` (SUV) uptake; with ``lesions``
+    also their hot spheres (painted before blur and noise) and mask (``phantom.lesions``)."""
     ct, act, body = paint_tissues(anatomy, config)
     labels = paint_labels(anatomy, config)
     axes = voxel_centres(config)
@@ -205,6 +209,8 @@ def render_anatomy(anatomy: Anatomy, organ_suv: Mapping[str, float], config: Pha
         m = part.shape.inside(x, y, z)
         ct[sl][m] = ORGAN_HU[part.organ]
         act[sl][m] = organ_suv[part.organ]
+    lesion_mask = None if lesions is None else add_lesions(
+        act, labels, body & (labels == 0) & (ct == HU["soft"]), lesions, config.voxel_mm)
     if config.ct_noise_hu > 0:
         ct += rng.standard_normal(ct.shape, dtype=np.float32) * np.float32(config.ct_noise_hu)
     ct[~body] = HU["air"]
@@ -214,7 +220,7 @@ def render_anatomy(anatomy: Anatomy, organ_suv: Mapping[str, float], config: Pha
     np.clip(pet, 0.0, None, out=pet)
     pet[~body] = 0.0
     ct_i16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
-    return PhantomCase(ct_i16, pet.astype(np.float32, copy=False), labels, canvas_affine(config))
+    return PhantomCase(ct_i16, pet.astype(np.float32, copy=False), labels, canvas_affine(config), lesion_mask)
 
 
 def truth_dict(subject_truth: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
@@ -224,9 +230,10 @@ def truth_dict(subject_truth: pd.DataFrame) -> tuple[dict[str, float], dict[str,
 
 
 def render_case(demographics_row: Mapping, subject_truth: pd.DataFrame, config: PhantomConfig = PhantomConfig(),
-                rng: np.random.Generator | None = None) -> PhantomCase:
+                rng: np.random.Generator | None = None, lesions: LesionPlan | None = None) -> PhantomCase:
     """Render one subject: ``demographics_row`` (age, sex, height_m, weight_kg) and its tidy truth rows
-    (organ, volume_ml, suv_mean) -> PhantomCase (CT HU int16, PET SUV float32, labels uint8, affine)."""
+    (organ, volume_ml, suv_mean) -> PhantomCase (CT HU int16, PET SUV float32, labels uint8, affine; the
+    lesion mask with a ``lesions`` plan)."""
     rng = np.random.default_rng() if rng is None else rng
     volumes, suvs = truth_dict(subject_truth)
-    return render_anatomy(build_anatomy(demographics_row, volumes, config.fov_mm), suvs, config, rng)
+    return render_anatomy(build_anatomy(demographics_row, volumes, config.fov_mm), suvs, config, rng, lesions)
