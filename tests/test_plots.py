@@ -40,12 +40,24 @@ def make_organ_metrics(n: int = 30, seed: int = 0, organs=ORGANS4, synth_demogra
     return table
 
 
-def _cell(organ, sex, age, dev, n_real=20, n_synth=20, metric="suv_mean", welch_p=0.01, equivalent=False):
-    return dict(organ=organ, metric=metric, sex=sex, age_group=age, n_real=n_real, n_synth=n_synth, real_mean=2.0,
-                synth_mean=2.0 * (1 + dev / 100) if dev == dev else np.nan, real_sd=0.3, synth_sd=0.3,
-                deviation_pct=dev, deviation_ci_low=dev - 3, deviation_ci_high=dev + 3, welch_p=welch_p,
-                mannwhitney_p=welch_p, ks_p=welch_p, wasserstein=0.1, tost_p=0.01 if equivalent else 0.4,
-                equivalent=equivalent, p_adjusted=welch_p)
+def _cell(organ, sex, age, dev, n_real=20, n_synth=20, metric="suv_mean", p_value=0.01, equivalent=False,
+          verdict=None):
+    """A concordance row with every column of the contract (intervals +-3 points around ``dev``)."""
+    family = "descriptive" if age != "all" else ("primary" if metric in ("volume_ml", "suv_mean") else "secondary")
+    untested = not np.isfinite(p_value) or family == "descriptive"
+    if verdict is None:
+        verdict = "not tested" if untested else ("equivalent" if equivalent else "differs" if p_value < 0.05
+                                                 else "inconclusive")
+    small = n_real < 5 or n_synth < 5
+    return dict(organ=organ, metric=metric, sex=sex, age_group=age, family=family, n_real=n_real, n_synth=n_synth,
+                n_left_out=0, deviation_pct=dev, deviation_ci_low=np.nan if small else dev - 3,
+                deviation_ci_high=np.nan if small else dev + 3, ci_level=0.95,
+                equivalence_ci_low=np.nan if small else dev - 2, equivalence_ci_high=np.nan if small else dev + 2,
+                p_value=np.nan if untested else p_value, p_adjusted=np.nan if untested else p_value,
+                equivalent=None if untested else equivalent, verdict=verdict, n_to_decide=np.nan,
+                real_mean=2.0, synth_mean=2.0 * (1 + dev / 100) if dev == dev else np.nan, real_sd=0.3, synth_sd=0.3,
+                mean_ratio_pct=dev, wasserstein=0.1, paired_n=0, paired_deviation_pct=np.nan, paired_ci_low=np.nan,
+                paired_ci_high=np.nan, paired_p=np.nan, paired_p_adjusted=np.nan)
 
 
 def make_concordance() -> pd.DataFrame:
@@ -61,7 +73,7 @@ def make_concordance() -> pd.DataFrame:
         for (s, a), dev in zip(groups, values):
             untested = organ == "heart" and (s, a) == ("F", "60-80")
             rows.append(_cell(organ, s, a, dev, n_real=3 if untested else 20,
-                              welch_p=np.nan if untested else 0.01, equivalent=organ == "heart" and s == "all"))
+                              p_value=np.nan if untested else 0.01, equivalent=organ == "heart" and s == "all"))
     rows.append(_cell("liver", "all", "all", 99.0, metric="volume_ml"))  # another metric: must not leak in
     return pd.DataFrame(rows)
 
@@ -119,7 +131,8 @@ def test_heatmap_marks_exactly_the_cells_outside_the_margin():
         expected = {f"{r.organ}|{r.sex}|{r.age_group}" for r in rows.itertuples()
                     if np.isfinite(r.deviation_pct) and abs(r.deviation_pct) > 100 * margin}
         assert _patch_keys(fig, plots.OUTSIDE_GID) == expected
-    untested = {f"{r.organ}|{r.sex}|{r.age_group}" for r in rows.itertuples() if np.isnan(r.welch_p)}
+    untested = {f"{r.organ}|{r.sex}|{r.age_group}" for r in rows.itertuples()
+                if np.isfinite(r.deviation_pct) and np.isnan(r.deviation_ci_low)}
     assert _patch_keys(fig, plots.UNTESTED_GID) == untested == {"heart|F|60-80"}
 
 
@@ -131,20 +144,27 @@ def test_heatmap_all_nan_and_unknown_metric():
         plots.deviation_heatmap(conc, "hu_mean", 0.05)
 
 
-def test_forest_panels_points_and_margin_band():
+def test_forest_one_panel_per_organ_with_its_own_axis_points_and_margin_band():
     conc = make_concordance()
     fig = plots.forest_plot(conc, "suv_mean", margin=0.05)
-    titles = [ax.get_title().split("  ")[0] for ax in fig.axes]
-    assert titles == ["all", "F", "M", "60-80", "80+"]  # sex x age cells are not panels by default
-    rows = conc[conc["metric"] == "suv_mean"].set_index(["sex", "age_group", "organ"])
-    for ax, group in zip(fig.axes, [("all", "all"), ("F", "all"), ("M", "all"), ("all", "60-80"), ("all", "80+")]):
+    assert [ax.get_title() for ax in fig.axes] == ["brain", "heart", "liver"]  # canonical organ order
+    groups = [("all", "all"), ("F", "all"), ("M", "all"), ("all", "60-80"), ("all", "80+")]  # no sex x age rows
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [plots.subgroup_label(*g) for g in groups]
+    rows = conc[conc["metric"] == "suv_mean"].set_index(["organ", "sex", "age_group"])
+    for ax, organ in zip(fig.axes, ["brain", "heart", "liver"]):
         band = [p for p in ax.patches if p.get_alpha() == pytest.approx(0.35)]
         assert len(band) == 1
         assert band[0].get_x() == pytest.approx(-5.0) and band[0].get_x() + band[0].get_width() == pytest.approx(5.0)
-        points = np.concatenate([ln.get_xdata() for ln in ax.lines if ln.get_marker() == "o"])
-        want = [rows.loc[(*group, o), "deviation_pct"] for o in ("brain", "heart", "liver")]
-        assert sorted(points[np.isfinite(points)]) == pytest.approx(sorted(w for w in want if np.isfinite(w)))
-    assert len(plots.forest_plot(conc, "suv_mean", 0.05, groups=[("all", "all")]).axes) == 1
+        points = np.concatenate([ln.get_xdata() for ln in ax.lines if ln.get_marker() in ("o", "D")])
+        want = [rows.loc[(organ, *g), "deviation_pct"] for g in groups]
+        assert sorted(points) == pytest.approx(sorted(w for w in want if np.isfinite(w)))
+        widest = max(abs(rows.loc[(organ, *g), c]) for g in groups for c in ("deviation_ci_low", "deviation_ci_high")
+                     if np.isfinite(rows.loc[(organ, *g), c]))
+        assert ax.get_xlim()[1] == pytest.approx(1.08 * max(widest, 7.5))  # its own axis, fitted to its intervals
+    # verdict colours: the liver's tested cells differ (red), heart's all-subjects cell is equivalent (filled)
+    liver = fig.axes[2]
+    assert {ln.get_markerfacecolor() for ln in liver.lines if ln.get_marker() == "o"} == {"#c0392b"}
+    assert len(plots.forest_plot(conc, "suv_mean", 0.05, groups=[("all", "all")]).axes) == 3
 
 
 def test_distributions_one_panel_per_organ_and_sex():
@@ -199,19 +219,19 @@ def test_figures_render_headless_without_pyplot_state():
 
 def test_subgroups_without_synthetic_cases_are_left_out():
     rows = [_cell(o, "all", "all", 2.0) for o in ("liver", "spleen")]
-    rows += [_cell(o, s, a, np.nan, n_synth=0, welch_p=np.nan) for o in ("liver", "spleen")
+    rows += [_cell(o, s, a, np.nan, n_synth=0, p_value=np.nan) for o in ("liver", "spleen")
              for s, a in (("F", "all"), ("M", "all"), ("all", "60-80"))]
     conc = pd.DataFrame(rows)
     heat = plots.deviation_heatmap(conc, "suv_mean", 0.05)
     assert [t.get_text() for t in heat.axes[0].get_xticklabels()] == ["all"]
-    assert len(plots.forest_plot(conc, "suv_mean", 0.05).axes) == 1
+    assert [t.get_text() for t in plots.forest_plot(conc, "suv_mean", 0.05).axes[0].get_yticklabels()] == ["all"]
 
 
 def test_forest_marks_untested_cells_with_crosses():
     fig = plots.forest_plot(make_concordance(), "suv_mean", 0.05, groups=[("F", "60-80")])
-    crosses = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
-    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [1.0]  # heart F 60-80: n 3, no Welch p
-    assert list(crosses[0].get_ydata()) == [1]  # heart is the second organ (brain, heart, liver)
+    crosses = [(ax.get_title(), ln) for ax in fig.axes for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and crosses[0][0] == "heart"  # heart F 60-80: n 3, no interval
+    assert list(crosses[0][1].get_xdata()) == [1.0] and list(crosses[0][1].get_ydata()) == [0]
 
 
 def test_heatmap_colour_scale_ignores_untested_cells():
@@ -219,7 +239,7 @@ def test_heatmap_colour_scale_ignores_untested_cells():
     conc.loc[(conc["organ"] == "heart") & (conc["sex"] == "F") & (conc["age_group"] == "60-80"), "deviation_pct"] = 99.0
     fig = plots.deviation_heatmap(conc, "suv_mean", 0.05)
     mesh = fig.axes[0].collections[0]
-    tested = conc[(conc["metric"] == "suv_mean") & conc["welch_p"].notna()]["deviation_pct"].abs().max()
+    tested = conc[(conc["metric"] == "suv_mean") & conc["deviation_ci_low"].notna()]["deviation_pct"].abs().max()
     assert mesh.norm.vmax == pytest.approx(tested) and mesh.norm.vmin == -mesh.norm.vmax
     assert fig.axes[1].get_label() == "<colorbar>" and fig.axes[1].collections  # the colour bar exists
     assert _texts(fig, "value")["heart|F|60-80"] == "+99.0"  # still printed, only its colour clips

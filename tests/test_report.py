@@ -12,7 +12,8 @@ import pytest
 from test_plots import _cell, make_concordance, make_organ_metrics
 from totalgen_eval import plots, report
 from totalgen_eval.errors import InputError
-from totalgen_eval.report import verdicts as v
+from totalgen_eval.stats import TRENDS_COLUMNS, Comparison, StatsParams, compare_tables
+from totalgen_eval.stats.summary import summarize
 
 KINDS = ("heatmap", "forest", "distributions", "trends")
 HOSTILE = "<script>alert('x')</script> & | *"
@@ -49,12 +50,14 @@ def parse(path: Path) -> _Page:
     return page
 
 
-def _comparison(table: pd.DataFrame, liver_dev: float = 12.0) -> dict:
-    """A hand-made comparison of one metric (suv_mean) over the organs in ``table``."""
+def _comparison(table: pd.DataFrame, liver_dev: float = 12.0, params: StatsParams = StatsParams()) -> Comparison:
+    """A hand-made comparison of one metric (suv_mean) over the organs in ``table``: the liver differs."""
     groups = [("all", "all"), ("F", "all"), ("M", "all"), ("all", "<60"), ("all", "60-80"), ("all", "80+")]
-    rows = [_cell(o, s, a, liver_dev if o == "liver" else 1.0, welch_p=0.001 if o == "liver" else 0.5)
-            for o in table["organ"].unique() for s, a in groups]
-    return {"concordance": pd.DataFrame(rows), "trends": None, "summary": {}}
+    rows = [_cell(o, s, a, liver_dev if o == "liver" else 1.0, p_value=0.001 if o == "liver" else 0.5,
+                  equivalent=o != "liver") for o in table["organ"].unique() for s, a in groups]
+    concordance = pd.DataFrame(rows)
+    trends = pd.DataFrame(columns=list(TRENDS_COLUMNS))
+    return Comparison(concordance, trends, {**summarize(concordance, trends), "parameters": vars(params)}, params)
 
 
 def _config(**flags) -> dict:
@@ -72,45 +75,23 @@ def written(tmp_path_factory):
     return out, report.write_report(out, table, comparison, config)
 
 
-@pytest.mark.parametrize("row,expected", [
-    (dict(n_real=4, n_synth=30, deviation_pct=1.0, equivalent=True), v.TOO_FEW),
-    (dict(n_real=30, n_synth=30, deviation_pct=np.nan), v.NO_DATA),
-    (dict(n_real=30, n_synth=30, deviation_pct=1.0, equivalent=True, p_adjusted=0.5), "equivalent within 5%"),
-    (dict(n_real=30, n_synth=30, deviation_pct=1.0, equivalent="True"), "equivalent within 5%"),  # read from CSV
-    (dict(n_real=30, n_synth=30, deviation_pct=1.0, tost_p=0.01), "equivalent within 5%"),  # no equivalent column
-    (dict(n_real=30, n_synth=30, deviation_pct=-8.0, equivalent=False, p_adjusted=0.01), v.DIFFERS),
-    (dict(n_real=30, n_synth=30, deviation_pct=3.0, equivalent=False, p_adjusted=0.01), v.NOT_SHOWN),
-    (dict(n_real=30, n_synth=30, deviation_pct=8.0, equivalent=False, p_adjusted=0.2), v.INCONCLUSIVE),
-    (dict(n_real=30, n_synth=30, deviation_pct=5.0, equivalent=False, p_adjusted=0.01), v.NOT_SHOWN),  # on the edge
-])
-def test_verdict_rule(row, expected):
-    assert v.verdict(row, margin=0.05, min_n=5, alpha=0.05) == expected
+def test_verdict_table_shows_each_primary_cell_with_its_verdict_and_intervals(written):
+    out, _ = written
+    md = (out / "report.md").read_text(encoding="utf-8")
+    section = md.split("## Verdicts (primary cells)")[1].split("\n## ")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| liver") or ln.startswith("| spleen")]
+    assert len(lines) == 6  # 2 organs x (all, F, M); age cells are descriptive, not verdicts
+    assert all("differs" in ln and "+12.0%" in ln and r"\[+9.0%, +15.0%\] (95%)" in ln for ln in lines if ln.startswith("| liver"))
+    assert all("equivalent" in ln and r"\[-1.0%, +3.0%\]" in ln for ln in lines if ln.startswith("| spleen"))
+    assert "false-coverage-rate adjusted interval" in section  # the rule says which CI decides "differs"
 
 
-def test_verdict_follows_margin_and_min_n():
-    row = dict(n_real=8, n_synth=8, deviation_pct=-8.0, equivalent=False, p_adjusted=0.01)
-    assert v.verdict(row, margin=0.10, min_n=5) == v.NOT_SHOWN
-    assert v.verdict(row, margin=0.05, min_n=10) == v.TOO_FEW
-    assert v.equivalent_text(0.1) == "equivalent within 10%"
-
-
-def test_organ_verdicts_use_the_all_subjects_cell():
-    conc = make_concordance()
-    got = v.organ_verdicts(conc, margin=0.05, min_n=5).set_index(["organ", "metric"])["verdict"]
-    assert got[("liver", "suv_mean")] == v.DIFFERS  # +10%, p_adj 0.01
-    assert got[("heart", "suv_mean")] == "equivalent within 5%"
-    assert got[("brain", "suv_mean")] == v.NOT_SHOWN
-    assert len(got) == 4  # 3 organs x suv_mean + liver volume
-
-
-def test_headline_counts_tested_cells():
-    conc = make_concordance()
-    h = v.headline(conc, margin=0.05).set_index("metric")
-    dev = conc.loc[conc["metric"] == "suv_mean"]
-    dev = dev[dev["welch_p"].notna() & dev["deviation_pct"].notna()]["deviation_pct"].abs()
-    assert h.loc["suv_mean", "cells_tested"] == len(dev) == 16
-    assert h.loc["suv_mean", "share_within_margin"] == pytest.approx((dev <= 5).sum() / len(dev))
-    assert h.loc["suv_mean", "median_abs_deviation_pct"] == pytest.approx(float(np.median(dev)))
+def test_headline_is_the_summary_verdict_counts(written):
+    out, _ = written
+    md = (out / "report.md").read_text(encoding="utf-8")
+    headline = md.split("## Headline")[1].split("\n## ")[0]
+    assert "(6 cells): 3 differ, 3 are equivalent within 5%, 0 are inconclusive" in headline
+    assert "share" not in headline.lower()
 
 
 def test_write_report_writes_every_file(written):
@@ -131,10 +112,10 @@ def test_html_is_self_contained_and_embeds_every_figure(written):
                 if src.startswith("data:image/png;base64,")}
     assert embedded == {(out / p).read_bytes() for p in pngs}
     text = " ".join(page.text)
-    for section in ("Headline", "Verdict per organ", "Worst cells", "Demographic trends", "Concordance table",
-                    "Data sources", "Parameters", "Package versions"):
+    for section in ("Headline", "Verdicts (primary cells)", "Worst primary cells", "Demographic trends",
+                    "Concordance table", "Data sources", "Parameters", "Package versions"):
         assert section in text
-    assert "liver" in text and v.DIFFERS in text
+    assert "liver" in text and "differs" in text
 
 
 def test_html_and_markdown_escape_table_text(written):
@@ -151,7 +132,7 @@ def test_markdown_links_every_figure(written):
     md = (out / "report.md").read_text(encoding="utf-8")
     for rel in (p for p in paths if p.endswith(".png")):
         assert f"]({rel})" in md
-    assert "## Verdict per organ" in md
+    assert "## Verdicts (primary cells)" in md
 
 
 def test_phantom_notice_only_when_flagged(written, tmp_path):
@@ -186,38 +167,49 @@ def test_redraw_refuses_a_folder_without_tables(tmp_path):
 
 def test_synthetic_without_demographics_is_overall_only(tmp_path):
     table = make_organ_metrics(n=10, organs=("liver",), synth_demographics=False)
-    comparison = {"concordance": pd.DataFrame([_cell("liver", "all", "all", 3.0)]), "trends": None, "summary": {}}
+    concordance = pd.DataFrame([_cell("liver", "all", "all", 3.0)])
+    trends = pd.DataFrame(columns=list(TRENDS_COLUMNS))
+    comparison = Comparison(concordance, trends, summarize(concordance, trends), StatsParams())
     paths = report.write_report(tmp_path, table, comparison, _config(synth_has_demographics=False))
     assert not any(p.startswith("figures/trends") for p in paths)
     text = paths["report.md"].read_text(encoding="utf-8")
     assert "comparison is overall only" in text and "trends_suv_mean: skipped" in text
 
 
+def test_different_segmenters_are_called_out(tmp_path):
+    table = make_organ_metrics(n=8, organs=("liver",))
+    config = _config(segmenters={"real": "labels", "synth": "model:bundled"}, segmenters_differ=True)
+    md = report.write_report(tmp_path, table, _comparison(table), config)["report.md"].read_text(encoding="utf-8")
+    assert "mix generator and segmenter error" in md
+    same = _config(segmenters={"real": "labels", "synth": "labels"}, segmenters_differ=False)
+    md = report.write_report(tmp_path, table, _comparison(table), same)["report.md"].read_text(encoding="utf-8")
+    assert "segmenter error" not in md
+
+
 def test_stats_output_goes_through_the_report(tmp_path):
-    stats = pytest.importorskip("totalgen_eval.stats", reason="stats module not available")
     table = make_organ_metrics(n=24, organs=("liver", "spleen"), liver_suv_shift=1.25)
-    comparison = stats.compare_tables(table[table["cohort"] == "real"], table[table["cohort"] == "synth"],
-                                      metrics=("suv_mean",), age_bins=(60, 80), n_boot=200, seed=0)
+    comparison = compare_tables(table[table["cohort"] == "real"], table[table["cohort"] == "synth"],
+                                metrics=("suv_mean",), age_bins=(60, 80), seed=0)
     paths = report.write_report(tmp_path, table, comparison, _config())
     page = parse(paths["report.html"])
     assert len(page.images) == 4
-    verdicts = v.organ_verdicts(comparison.concordance, 0.05, 5).set_index("organ")["verdict"]
-    assert verdicts["liver"] == v.DIFFERS  # +25% on 24 cases a side
     liver = comparison.concordance.query("organ == 'liver' and sex == 'all' and age_group == 'all'").iloc[0]
+    assert liver["verdict"] == "differs"  # +25% on 24 cases a side
     assert f"{liver['deviation_pct']:+.1f}%" in " ".join(page.text)
     trends = comparison.trends
-    fitted = trends[trends["interaction_p"].notna()]
-    assert len(fitted) > 0 and "age effect per year" in "".join(
+    assert trends["interaction_p"].notna().any() and "% per year" in "".join(
         ax.get_title(loc="left") for ax in plots.trend_plot(table, trends, "suv_mean").axes)
+    md = paths["report.md"].read_text(encoding="utf-8")
+    assert "not shown to differ" in md and set(trends.verdict) <= {"differs", "not shown to differ"}
 
 
 def test_statistics_notes_and_exclusions_are_reported(tmp_path):
     table = make_organ_metrics(n=8, organs=("liver",))
-    comparison = _comparison(table)
-    comparison["summary"] = {"parameters": {"alpha": 0.01, "bootstrap_method": "BCa"},
-                             "excluded_rows": {"synth": {"suv_mean": {"no_voxels": 3, "missing_value": 0}}},
-                             "notes": {"trends": [{"organ": "liver", "metric": "suv_mean", "reason": "too few <cases>"}]}}
+    params = StatsParams(alpha=0.01)
+    comparison = _comparison(table, params=params)
+    comparison.summary.update({"excluded_rows": {"synth": {"suv_mean": {"no_voxels": 3, "missing_value": 0}}},
+                               "notes": {"trends": [{"organ": "liver", "metric": "suv_mean", "reason": "too few <cases>"}]}})
     md = report.write_report(tmp_path, table, comparison, _config())["report.md"].read_text(encoding="utf-8")
     assert "synth.suv_mean.no_voxels | 3" in md and "missing_value" not in md
-    assert r"too few \<cases\>" in md and "BCa" in md
-    assert "p \\< 0.01" in md  # alpha from the statistics' parameters drives the verdict rule
+    assert r"too few \<cases\>" in md
+    assert "p \\< 0.01" in md  # alpha from the comparison's parameters drives the verdict rule

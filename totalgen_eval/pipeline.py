@@ -17,9 +17,9 @@ from . import __version__
 from .demographics import DEFAULT_AGE_BINS, parse_age_bins
 from .errors import InputError
 from .organs import ORGAN_NAMES, parse_organs
-from .provenance import package_versions, to_jsonable, write_json, write_table
+from .provenance import package_versions, to_jsonable
+from .stats import DEFAULT_METRICS, Comparison, StatsParams
 
-DEFAULT_METRICS: tuple[str, ...] = ("volume_ml", "suv_mean", "suv_max")
 METRIC_COLUMNS: tuple[str, ...] = ("volume_ml", "suv_mean", "suv_median", "suv_std", "suv_max", "suv_peak", "hu_mean")
 # the options that make a comparison "the same one" (statistics options may change between runs)
 _IDENTITY = ("real", "synth")
@@ -35,20 +35,29 @@ class CompareConfig:
     real_segmenter: str | None = None  # None: the cohort's labels, else TotalSegmentator where its weights exist
     synth_segmenter: str | None = None
     organs: tuple[str, ...] = ORGAN_NAMES
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    age_bins: tuple[float, ...] = DEFAULT_AGE_BINS
-    margin: float = 0.05
-    min_n: int = 5
-    n_boot: int = 2000
+    stats: StatsParams = StatsParams()  # margin, alpha, age bins, min_n, metrics: validated there, once
     workers: int = 1
     device: str = "cpu"
     seed: int = 0
     force: bool = False
+    skip_bad: bool = False  # leave bad cases out (excluded.csv) instead of stopping at the first
+    scheduler: str | None = None  # parallel.make_scheduler spec: None (pool of workers), local:N, tcp://...
+    lesions: str = "exclude"  # "exclude" | "include": lesion voxels (cases' lesion masks) in organ statistics
+    diagnosis: str | None = None  # keep only the real cases with this diagnosis (e.g. NEGATIVE), case-insensitive
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.stats.metrics
+
+    @property
+    def age_bins(self) -> tuple[float, ...]:
+        return self.stats.age_bins
 
     @classmethod
     def from_options(cls, *, real: Path, synth: Path, out: Path, segmenter: str | None = None,
                      real_segmenter: str | None = None, synth_segmenter: str | None = None,
                      organs: str | None = None, metrics: str | None = None, age_bins: str = "default",
+                     margin: float = 0.05, alpha: float = 0.05, min_n: int = 5, robust: bool = False,
                      **rest: Any) -> "CompareConfig":
         """Build from CLI-style strings; bad values raise InputError naming the option."""
         def parse(func, value, option):
@@ -60,13 +69,13 @@ class CompareConfig:
         unknown = [m for m in metric_names if m not in METRIC_COLUMNS]
         if unknown:
             raise InputError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_COLUMNS)}", "--metrics")
-        margin = rest.get("margin", 0.05)
-        if not 0 < margin < 1:
-            raise InputError(f"margin {margin} must lie between 0 and 1 (0.05 = 5%)", "--margin")
+        organ_names = parse(parse_organs, organs, "--organs")
+        stats = StatsParams(margin=margin, alpha=alpha, min_n=min_n, robust=robust, metrics=metric_names,
+                            age_bins=parse(parse_age_bins, age_bins, "--age-bins"), organs=organ_names,
+                            seed=int(rest.get("seed", 0)))
         return cls(real=Path(real), synth=Path(synth), out=Path(out),
                    real_segmenter=real_segmenter or segmenter, synth_segmenter=synth_segmenter or segmenter,
-                   organs=parse(parse_organs, organs, "--organs"), metrics=metric_names,
-                   age_bins=parse(parse_age_bins, age_bins, "--age-bins"), **rest)
+                   organs=organ_names, stats=stats, **rest)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ class CompareResult:
     """What a comparison produced: the organ table, the statistics, the report's path."""
 
     organ_metrics: pd.DataFrame
-    comparison: Any  # stats.Comparison
+    comparison: Comparison
     report: Path
     config: dict = field(default_factory=dict)
 
@@ -108,52 +117,87 @@ def _check_overlap(real: pd.DataFrame, synth: pd.DataFrame, cfg: CompareConfig) 
                          f"synthetic: {sorted(present(synth)) or 'none'})", cfg.synth)
 
 
+def choose_segmenters(cfg: CompareConfig, real: Any, synth: Any) -> tuple[str, str]:
+    """The segmenter of each side: as given, else one for both (``labels`` when both sides have labels,
+    else TotalSegmentator where its weights exist), so that organ differences are not segmenter differences."""
+    from .segment import default_segmenter
+
+    given = cfg.real_segmenter or cfg.synth_segmenter
+    if cfg.real_segmenter and cfg.synth_segmenter:
+        return cfg.real_segmenter, cfg.synth_segmenter
+    if given:
+        return given, given
+    both = default_segmenter(real), default_segmenter(synth)
+    if both[0] == both[1]:
+        return both
+    return ("totalsegmentator", "totalsegmentator") if "totalsegmentator" in both else both
+
+
 def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     """Compare two cohort folders; writes every output under ``cfg.out`` and returns the tables."""
-    from .cohort import load_cohort
-    from .metrics import organ_metrics
-    from .report import write_report
-    from .segment import default_segmenter
-    from .stats import compare_tables
+    from .metrics import LESION_MODES, excluded_table, lesion_table, organ_metrics
+    from .parallel import load_checked, make_scheduler, write_excluded
+    from .provenance import write_table
+    from .report import write_results
+    from .stats import compare_tables, twin_map
 
+    scheduler = make_scheduler(cfg.scheduler, cfg.workers)  # a bad spec fails before any work
+    if cfg.lesions not in LESION_MODES:
+        raise InputError(f"{cfg.lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     _check_output_folder(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    real, synth = load_cohort(cfg.real), load_cohort(cfg.synth)
+    real, synth = load_checked(cfg.real, cfg.skip_bad), load_checked(cfg.synth, cfg.skip_bad)
+    real = real.with_diagnosis(cfg.diagnosis) if cfg.diagnosis else real
     for cohort in (real, synth):
         if len(cohort) == 0:
             raise InputError("holds no usable case", cohort.root)
-    seg_real = cfg.real_segmenter or default_segmenter(real)
-    seg_synth = cfg.synth_segmenter or default_segmenter(synth)
+    seg_real, seg_synth = choose_segmenters(cfg, real, synth)
     tables = []
-    for name, cohort, seg in (("real", real, seg_real), ("synth", synth, seg_synth)):
-        tables.append(organ_metrics(cohort, segmenter=seg, workers=cfg.workers, organs=cfg.organs,
-                                    cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
-                                    age_bins=cfg.age_bins, progress=progress))
+    with scheduler:
+        for name, cohort, seg in (("real", real, seg_real), ("synth", synth, seg_synth)):
+            tables.append(organ_metrics(cohort, segmenter=seg, workers=cfg.workers, organs=cfg.organs,
+                                        cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
+                                        age_bins=cfg.age_bins, progress=progress, skip_bad=cfg.skip_bad,
+                                        scheduler=scheduler, lesions=cfg.lesions))
+    lesions = pd.concat([lesion_table(t) for t in tables if t.attrs.get("lesions")], ignore_index=True) \
+        if any(t.attrs.get("lesions") for t in tables) else None
+    if lesions is not None:  # lesions.csv: case_id, cohort, mtv_ml, tlg, lesion_count
+        write_table(lesions, cfg.out / "lesions.csv")
+    excluded = pd.concat([excluded_table(t) for t in tables], ignore_index=True)
+    write_excluded(excluded, cfg.out)  # the report lists it (excluded.csv: case_id, cohort, reason)
     real_t, synth_t = tables
     _check_overlap(real_t, synth_t, cfg)
-    synth_has_demo = _has_demographics(synth_t)
-    table = pd.concat(tables, ignore_index=True)
-    write_table(table, cfg.out / "organ_metrics.csv")
-    comparison = compare_tables(real_t, synth_t, margin=cfg.margin, age_bins=cfg.age_bins, min_n=cfg.min_n,
-                                metrics=cfg.metrics, organs=cfg.organs, n_boot=cfg.n_boot, seed=cfg.seed)
-    write_table(comparison.concordance, cfg.out / "concordance.csv")
-    write_table(comparison.trends, cfg.out / "trends.csv")
-    write_json(comparison.summary, cfg.out / "summary.json")
+    comparison = compare_tables(real_t, synth_t, cfg.stats, twins=twin_map(synth.to_frame()))
     config = {
         "tool": "totalgen-eval compare", "version": __version__,
         "options": to_jsonable(cfg),
         "segmenters": {"real": seg_real, "synth": seg_synth},
+        "segmenters_differ": seg_real != seg_synth,
         "cohorts": {"real": {"path": str(cfg.real), "layout": real.layout, "cases": len(real)},
                     "synth": {"path": str(cfg.synth), "layout": synth.layout, "cases": len(synth)}},
         "real_is_phantom": bool(real.is_phantom), "synth_is_phantom": bool(synth.is_phantom),
-        "synth_has_demographics": synth_has_demo,
+        "synth_has_demographics": _has_demographics(synth_t),
+        "n_excluded": {"real": int((excluded["cohort"] == "real").sum()),
+                       "synth": int((excluded["cohort"] == "synth").sum())},
         "seconds": round(time.perf_counter() - started, 2),
         "versions": package_versions(),
     }
-    write_json(config, cfg.out / "config.json")
-    paths = write_report(cfg.out, table, comparison, config)
-    return CompareResult(table, comparison, Path(paths["report.html"]), config)
+    paths = write_results(cfg.out, pd.concat(tables, ignore_index=True), comparison, config)
+    return CompareResult(pd.concat(tables, ignore_index=True), comparison, Path(paths["report.html"]), config)
+
+
+def run_stats(real_csv: Path, synth_csv: Path, out_dir: Path, params: StatsParams) -> Comparison:
+    """Two organ_metrics CSVs -> concordance.csv, trends.csv, summary.json in ``out_dir`` (no figures)."""
+    from .report import write_tables
+    from .stats import compare_tables, read_table
+
+    real, synth = read_table(real_csv), read_table(synth_csv)
+    comparison = compare_tables(real, synth, params)
+    config = {"tool": "totalgen-eval stats", "version": __version__,
+              "inputs": {"real": str(real_csv), "synth": str(synth_csv)}, "versions": package_versions()}
+    write_tables(out_dir, None, comparison, config)
+    return comparison
 
 
 @dataclass(frozen=True)
@@ -170,8 +214,8 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> CompareResult:
-    """Phantoms -> generate matched twins with the bundled cascade -> compare (bundled segmenter on the
-    synthetic side, true labels on the phantom side) -> demo-results/report.html."""
+    """Phantoms -> generate matched twins with the bundled cascade -> compare (the bundled segmenter on both
+    sides, so organ differences are the generator's) -> demo-results/report.html."""
     from .phantom import PhantomConfig, make_cohort
     from .synthesis import generate_cohort
 
@@ -179,7 +223,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> CompareResult:
                        workers=cfg.workers, progress=progress)
     synth = generate_cohort(cfg.out / "synth", match=real, seed=cfg.seed, device=cfg.device,
                             checkpoint=cfg.checkpoint, progress=progress)
-    compare_cfg = CompareConfig(real=real, synth=synth, out=cfg.out, real_segmenter="labels",
+    compare_cfg = CompareConfig(real=real, synth=synth, out=cfg.out, real_segmenter="model:bundled",
                                 synth_segmenter="model:bundled", workers=cfg.workers, device=cfg.device,
                                 seed=cfg.seed, force=True)
     return run_compare(compare_cfg, progress=progress)

@@ -7,27 +7,33 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import Device, Progress, Seed, Segmenter, Workers, _command, _parse, out
+from .app import (DEFAULT_MAX_VOXELS, Device, MaxVoxels, Progress, Scheduler, Seed, Segmenter, SkipBad, Workers,
+                  _command, _parse, out, output_folder, say, set_max_voxels)
 
 
 @_command()
 def stats(
     real: Annotated[Path, typer.Argument(help="organ_metrics.csv of the real cohort.")],
     synth: Annotated[Path, typer.Argument(help="organ_metrics.csv of the synthetic cohort.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o")] = Path("results"),
-    margin: Annotated[float, typer.Option(help="Equivalence margin as a fraction (0.05 = 5%).")] = 0.05,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Results folder.")] = Path("results"),
+    margin: Annotated[float, typer.Option(help="Equivalence margin on the ratio of geometric means (0.05 = 5%).")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Level of the tests (BH within each family); equivalence uses the 1-2alpha CI.")] = 0.05,
     age_bins: Annotated[str, typer.Option(help="Age-group edges or a preset: default, paper, decades.")] = "default",
     min_n: Annotated[int, typer.Option(help="Fewest cases per side for a cell to be tested.")] = 5,
+    robust: Annotated[bool, typer.Option("--robust", help="HC3 (heteroscedasticity-robust) standard errors.")] = False,
     seed: Seed = 0,
 ) -> None:
     """Concordance, trends and summary from two organ tables (no images needed)."""
     from ..demographics import parse_age_bins
-    from ..stats import run_stats
+    from ..pipeline import run_stats
+    from ..stats import StatsParams
 
-    result = run_stats(real, synth, out_dir, margin=margin, age_bins=_parse(parse_age_bins, age_bins, "--age-bins"),
-                       min_n=min_n, seed=seed)
+    params = StatsParams(margin=margin, alpha=alpha, age_bins=_parse(parse_age_bins, age_bins, "--age-bins"),
+                         min_n=min_n, robust=robust, seed=seed)
+    with output_folder(out_dir, "stats"):
+        result = run_stats(real, synth, out_dir, params)
     _print_headline(result.summary)
-    out.print(f"tables written to {out_dir}")
+    say(f"tables written to {out_dir}")
 
 
 # compare / plot / demo ------------------------------------------------------------------------------------
@@ -35,31 +41,46 @@ def stats(
 def compare(
     real: Annotated[Path, typer.Argument(help="The real (reference) cohort folder.")],
     synth: Annotated[Path, typer.Argument(help="The synthetic cohort folder.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Results folder (new, or one this tool "
+                                          "wrote; locked while the run writes it).")] = Path("results"),
     segmenter: Segmenter = None,
     real_segmenter: Annotated[Optional[str], typer.Option(help="Segmenter for the real side only.")] = None,
     synth_segmenter: Annotated[Optional[str], typer.Option(help="Segmenter for the synthetic side only.")] = None,
     organs: Annotated[Optional[str], typer.Option(help="Comma list of organs (default: all nine).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metrics", help="Comma list (default volume_ml,suv_mean,suv_max).")] = None,
     age_bins: Annotated[str, typer.Option(help="Age-group edges (18,40,60,80) or a preset: default, paper, decades.")] = "default",
-    margin: Annotated[float, typer.Option(help="Equivalence margin as a fraction (0.05 = 5%).")] = 0.05,
+    margin: Annotated[float, typer.Option(help="Equivalence margin on the ratio of geometric means (0.05 = 5%).")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Level of the tests (BH within each family); equivalence uses the 1-2alpha CI.")] = 0.05,
     min_n: Annotated[int, typer.Option(help="Fewest cases per side for a cell to be tested.")] = 5,
+    robust: Annotated[bool, typer.Option("--robust", help="HC3 (heteroscedasticity-robust) standard errors.")] = False,
     workers: Workers = 1,
     device: Device = "cpu",
     seed: Seed = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a results folder of another comparison.")] = False,
+    scheduler: Scheduler = None,
+    skip_bad: SkipBad = False,
     progress: Progress = True,
+    max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
+    lesions: Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
+                                         "lesion mask leave the organ SUV/HU statistics; include: keep them.")] = "exclude",
+    diagnosis: Annotated[Optional[str], typer.Option("--diagnosis", metavar="VALUE", help="Keep only the real cases "
+                                                     "with this diagnosis (e.g. NEGATIVE; any value of the cohort's "
+                                                     "diagnosis column, case-insensitive).")] = None,
 ) -> None:
     """Segment, measure and compare two cohorts; write tables, figures and report.html."""
     from ..pipeline import CompareConfig, run_compare
 
     cfg = CompareConfig.from_options(real=real, synth=synth, out=out_dir, segmenter=segmenter,
                                      real_segmenter=real_segmenter, synth_segmenter=synth_segmenter,
-                                     organs=organs, metrics=metric, age_bins=age_bins, margin=margin, min_n=min_n,
-                                     workers=workers, device=device, seed=seed, force=force)
-    result = run_compare(cfg, progress=progress)
+                                     organs=organs, metrics=metric, age_bins=age_bins, margin=margin, alpha=alpha,
+                                     min_n=min_n, robust=robust, workers=workers, device=device, seed=seed,
+                                     force=force, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
+                                     diagnosis=diagnosis)
+    set_max_voxels(max_voxels)
+    with output_folder(out_dir, "compare"):
+        result = run_compare(cfg, progress=progress)
     _print_headline(result.comparison.summary)
-    out.print(f"report: {result.report}")
+    say(f"report: {result.report}")
 
 
 @_command()
@@ -67,13 +88,14 @@ def plot(results: Annotated[Path, typer.Argument(help="A results folder written 
     """Redraw the figures and the report from the tables in a results folder."""
     from ..report import redraw
 
-    paths = redraw(results)
-    out.print(f"redrawn: {len(paths)} files in {results}")
+    with output_folder(results, "plot"):
+        paths = redraw(results)
+    say(f"redrawn: {len(paths)} files in {results}")
 
 
 @_command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes everything.")] = Path("demo-results"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Where the demo writes everything.")] = Path("demo-results"),
     n: Annotated[int, typer.Option("--n", min=5, help="Reference phantom cases (and as many synthetic twins).")] = 60,
     seed: Seed = 0,
     workers: Workers = 2,
@@ -84,26 +106,33 @@ def demo(
     """End to end on the embedded default: phantom cohort -> generate twins -> compare -> report."""
     from ..pipeline import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=out_dir, n=n, seed=seed, workers=workers, device=device,
-                                   checkpoint=checkpoint), progress=progress)
+    with output_folder(out_dir, "demo"):
+        result = run_demo(DemoConfig(out=out_dir, n=n, seed=seed, workers=workers, device=device,
+                                     checkpoint=checkpoint), progress=progress)
     _print_headline(result.comparison.summary)
-    out.print(f"report: {result.report}")
+    say(f"report: {result.report}")
 
 
 def _print_headline(summary: dict) -> None:
-    """The short table users see at the end of compare/stats/demo: headline figures and worst cells."""
-    t = Table(title="concordance (synthetic vs real)")
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    for key, value in summary.get("headline", {}).items():
-        t.add_row(key.replace("_", " "), f"{value:.3g}" if isinstance(value, float) else str(value))
+    """The short tables users see at the end of compare/stats/demo: verdicts of the primary cells per metric and
+    the worst primary cells."""
+    head = summary.get("headline", {})
+    t = Table(title="primary cells (organ x volume/SUVmean x sex): verdicts")
+    columns = ("differs", "equivalent", "inconclusive", "not tested", "median |dev| %")
+    t.add_column("metric")
+    for col in columns:
+        t.add_column(col, justify="right")
+    for metric, figs in head.get("per_metric", {}).items():
+        med = figs.get("median_abs_deviation_pct")
+        t.add_row(metric, *[str(figs.get(c, "")) for c in columns[:-1]],
+                  f"{med:.3g}" if isinstance(med, float) else "")
     out.print(t)
     worst = summary.get("worst_cells", [])[:5]
     if worst:
-        w = Table(title="worst cells")
-        for col in ("organ", "metric", "sex", "age_group", "deviation_pct", "p_adjusted"):
+        cols = ("organ", "metric", "sex", "deviation_pct", "p_adjusted", "verdict")
+        w = Table(title="worst primary cells")
+        for col in cols:
             w.add_column(col)
         for cell in worst:
-            w.add_row(*[f"{cell.get(c):.3g}" if isinstance(cell.get(c), float) else str(cell.get(c)) for c in
-                        ("organ", "metric", "sex", "age_group", "deviation_pct", "p_adjusted")])
+            w.add_row(*[f"{cell.get(c):.3g}" if isinstance(cell.get(c), float) else str(cell.get(c)) for c in cols])
         out.print(w)

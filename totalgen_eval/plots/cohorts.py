@@ -109,7 +109,7 @@ def _trend_note(trends: pd.DataFrame | None, organ: str, metric: str) -> str:
     real, synth, p = (float(r.get(k, np.nan)) for k in ("real_effect", "synth_effect", "interaction_p"))
     if not np.isfinite(real):
         return ""
-    return f"age effect per year (model)\nreal {real:+.3g}, synthetic {synth:+.3g}; p = {p:.2g}"
+    return f"age effect, % per year (log model)\nreal {real:+.3g}, synthetic {synth:+.3g}; p = {p:.2g}"
 
 
 def trend_plot(organ_metrics: pd.DataFrame, trends: pd.DataFrame | None = None, metric: str = "suv_mean",

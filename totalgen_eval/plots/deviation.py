@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 
 from .style import (DEVIATION_CMAP, NAN_COLOUR, OUTSIDE_GID, SYNTH_COLOUR, UNTESTED_GID, fmt_n, is_tested,
                     label_bottom_row, metric_label, metric_rows, organ_order, populated_subgroups, subgroup_kind,
-                    subgroup_label, title_legend, truthy)
+                    subgroup_label, title_legend)
 
 
 def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margin: float = 0.05) -> Figure:
@@ -23,8 +23,8 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     Colour is centred at 0 with limits symmetric around the largest tested |deviation| (at least twice
     the margin); each cell shows the deviation and n real/synth;
     cells with |deviation| > 100 * margin get a black outline (gid ``"outside-margin"``);
-    cells without a deviation are grey and say ``n/a``; cells not tested (no ``welch_p``: fewer than
-    min_n cases a side) are hatched.
+    cells without a deviation are grey and say ``n/a``; cells without an interval (fewer than min_n cases
+    a side) are hatched.
     """
     rows = metric_rows(concordance, metric)
     organs = organ_order(rows["organ"])
@@ -95,12 +95,26 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     return fig
 
 
+VERDICT_MARKERS: dict[str, dict] = {
+    "differs": dict(marker="o", color="#c0392b", markerfacecolor="#c0392b"),
+    "equivalent": dict(marker="o", color=SYNTH_COLOUR, markerfacecolor=SYNTH_COLOUR),
+    "inconclusive": dict(marker="o", color=SYNTH_COLOUR, markerfacecolor="white"),
+    "not tested": dict(marker="D", color="#7f7f7f", markerfacecolor="white"),
+}
+
+
+def _verdict_of(row: object) -> str:
+    v = str(getattr(row, "verdict", "not tested"))
+    return v if v in VERDICT_MARKERS else "not tested"
+
+
 def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: float = 0.05,
-                groups: Sequence[tuple[str, str]] | None = None, ncols: int = 4) -> Figure:
-    """Deviation (%) with its bootstrap CI per organ, one panel per subgroup; the margin shaded.
+                groups: Sequence[tuple[str, str]] | None = None, ncols: int = 3) -> Figure:
+    """Deviation (%) with its CI, one panel per organ with its own x axis, one row per subgroup; margin shaded.
 
     ``groups`` lists (sex, age_group) pairs; by default all subjects, each sex and each age group.
-    Filled markers: equivalent by TOST; hollow: not shown equivalent; grey crosses: too few cases to test.
+    Markers by verdict: red = differs, filled = equivalent, hollow = inconclusive, grey diamond = not tested
+    (descriptive cells and small cells); grey crosses: too few cases for an interval.
     """
     rows = metric_rows(concordance, metric)
     organs = organ_order(rows["organ"])
@@ -109,47 +123,48 @@ def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: flo
     groups = list(groups)
     if not groups:
         raise ValueError(f"no subgroups to plot for {metric!r}")
-    nrows = math.ceil(len(groups) / max(1, ncols))
-    ncols = math.ceil(len(groups) / nrows)  # balanced rows: 5 panels as 3 + 2, not 4 + 1
-    fig = Figure(figsize=(1.6 + 2.7 * ncols, 0.9 + nrows * (0.9 + 0.32 * len(organs))), layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
-    for ax in axes[len(groups):]:
+    ncols = max(1, min(ncols, len(organs)))
+    nrows = math.ceil(len(organs) / ncols)
+    fig = Figure(figsize=(1.8 + 3.0 * ncols, 0.9 + nrows * (0.8 + 0.28 * len(groups))), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(organs):]:
         fig.delaxes(ax)
-    lims = rows[["deviation_pct", "deviation_ci_low", "deviation_ci_high"]].abs().to_numpy(dtype=float)
-    xmax = max(100 * margin * 2, np.nanmax(lims) if np.isfinite(lims).any() else 0.0) * 1.1
-    y = np.arange(len(organs))
-    any_untested = False
-    for ax, (s, a) in zip(axes, groups):
-        sub = rows[(rows["sex"] == s) & (rows["age_group"] == a)].set_index("organ").reindex(organs)
-        dev = sub["deviation_pct"].to_numpy(dtype=float)
-        lo = sub["deviation_ci_low"].to_numpy(dtype=float)
-        hi = sub["deviation_ci_high"].to_numpy(dtype=float)
-        eq = sub["equivalent"].map(truthy).to_numpy(dtype=bool) if "equivalent" in sub else np.zeros(len(organs), bool)
+    y = np.arange(len(groups))
+    lookup = {(r.organ, r.sex, r.age_group): r for r in rows.itertuples(index=False)}
+    seen: set[str] = set()
+    for ax, organ in zip(axes, organs):
         ax.axvspan(-100 * margin, 100 * margin, color="#9ecf9e", alpha=0.35, linewidth=0)
         ax.axvline(0, color="grey", linewidth=0.8)
-        ax.errorbar(dev, y, xerr=np.vstack([dev - lo, hi - dev]), fmt="none", ecolor=SYNTH_COLOUR,
-                    elinewidth=1.4, capsize=2)
-        tested = np.array([is_tested(r) for r in sub.itertuples()], dtype=bool)
-        any_untested |= bool((~tested & np.isfinite(dev)).any())
-        ax.plot(dev[eq & tested], y[eq & tested], "o", color=SYNTH_COLOUR, markersize=5)
-        ax.plot(dev[~eq & tested], y[~eq & tested], "o", markerfacecolor="white", markeredgecolor=SYNTH_COLOUR,
-                markersize=5)
-        ax.plot(dev[~tested], y[~tested], "x", color="grey", markersize=5)
-        for k in np.flatnonzero(~np.isfinite(dev)):
-            ax.text(0, y[k], "n/a", ha="center", va="center", fontsize=7, color="grey")
-        n = sub[["n_real", "n_synth"]].max()
-        ax.set_title(f"{subgroup_label(s, a)}  (n {fmt_n(n['n_real'])}/{fmt_n(n['n_synth'])})", fontsize=9)
-        ax.set_xlim(-xmax, xmax)
+        extent = 100 * margin * 1.5
+        for k, (s, a) in enumerate(groups):
+            r = lookup.get((organ, s, a))
+            dev = float(r.deviation_pct) if r is not None else np.nan
+            if not np.isfinite(dev):
+                ax.text(0, k, "n/a", ha="center", va="center", fontsize=7, color="grey")
+                continue
+            if not is_tested(r):
+                ax.plot(dev, k, "x", color="grey", markersize=5)
+                seen.add("too few")
+                extent = max(extent, abs(dev))
+                continue
+            lo, hi = float(r.deviation_ci_low), float(r.deviation_ci_high)
+            verdict = _verdict_of(r)
+            seen.add(verdict)
+            ax.errorbar(dev, k, xerr=[[dev - lo], [hi - dev]], fmt="none", ecolor=VERDICT_MARKERS[verdict]["color"],
+                        elinewidth=1.4, capsize=2)
+            ax.plot(dev, k, linestyle="", markersize=5, **VERDICT_MARKERS[verdict])
+            extent = max(extent, abs(lo), abs(hi))
+        ax.set_xlim(-1.08 * extent, 1.08 * extent)
+        ax.set_title(organ.replace("_", " "), fontsize=9, fontweight="bold")
         ax.grid(axis="x", alpha=0.3)
-    label_bottom_row(axes[:len(groups)], ncols, None)
-    axes[0].set_yticks(y, [o.replace("_", " ") for o in organs])
-    axes[0].set_ylim(len(organs) - 0.5, -0.5)
-    fig.supxlabel(f"deviation of synthetic from real mean (%), 95% CI; shaded: +-{100 * margin:g}% margin",
-                  fontsize=9)
-    handles = [Line2D([], [], marker="o", linestyle="", color=SYNTH_COLOUR, label="equivalent (TOST)"),
-               Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor=SYNTH_COLOUR,
-                      label="not shown equivalent")]
-    if any_untested:
-        handles.append(Line2D([], [], marker="x", linestyle="", color="grey", label="too few cases, not tested"))
-    title_legend(fig, f"{metric_label(metric)}: deviation by subgroup", handles)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(y, [subgroup_label(s, a) for s, a in groups])
+    axes[0].set_ylim(len(groups) - 0.5, -0.5)
+    fig.supxlabel(f"deviation (%, ratio of geometric means) with CI: sex strata BH-adjusted, age groups 95%; "
+                  f"shaded: +-{100 * margin:g}% margin", fontsize=8)
+    handles = [Line2D([], [], linestyle="", markersize=5, label=v, **VERDICT_MARKERS[v])
+               for v in VERDICT_MARKERS if v in seen]
+    if "too few" in seen:
+        handles.append(Line2D([], [], marker="x", linestyle="", color="grey", label="too few cases"))
+    title_legend(fig, f"{metric_label(metric)}: deviation by organ and subgroup", handles)
     return fig

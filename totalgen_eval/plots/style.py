@@ -105,10 +105,9 @@ def metric_rows(concordance: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def is_tested(row: object) -> bool:
-    """False when the row's tests were not run (no Welch p: fewer than min_n cases a side)."""
-    p = getattr(row, "welch_p", 0.0)
+    """False when the row has no interval (fewer than min_n cases a side, or no estimate)."""
     try:
-        return bool(np.isfinite(float(p)))
+        return bool(np.isfinite(float(getattr(row, "deviation_ci_low", np.nan))))
     except (TypeError, ValueError):
         return False
 

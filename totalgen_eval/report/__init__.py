@@ -1,9 +1,10 @@
-"""Writes a results folder's figures and reports, and redraws them from the tables alone.
+"""The results folder: its one writer (tables, figures, reports) and its reader.
 
-``write_report`` takes the tables in memory (as ``compare`` has them); ``redraw`` reads them back from
-``organ_metrics.csv``, ``concordance.csv``, ``trends.csv``, ``summary.json`` and ``config.json``. Both
-write ``figures/<kind>_<metric>.png`` and ``.svg``, ``report.html`` (self-contained: PNGs embedded as
-base64) and ``report.md`` (figures linked), and return ``{relative path: Path}`` of what they wrote.
+``write_results`` writes everything a comparison produced: ``write_tables`` (organ_metrics.csv,
+concordance.csv, trends.csv, summary.json, config.json) then ``write_report`` (``figures/<kind>_<metric>.png``
+and ``.svg``, ``report.html`` self-contained with PNGs embedded as base64, ``report.md`` with figures
+linked). ``redraw`` rebuilds the figures and reports from the tables alone (``read_results``). Each returns
+``{relative path: Path}`` of what it wrote.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from matplotlib.figure import Figure
 
 from .. import plots
 from ..errors import InputError
+from ..plots.style import truthy
 from ..provenance import atomic_path, write_json, write_table
-from .content import PHANTOM_NOTICE, ReportOptions, report_blocks, report_options
+from ..stats import Comparison, StatsParams
+from .content import PHANTOM_NOTICE, report_blocks
 from .render import FigureRef, render_html, render_markdown
-from .verdicts import headline, organ_verdicts, verdict, verdict_rule
 
-__all__ = ["write_report", "redraw", "write_tables", "read_results", "make_figures", "verdict", "verdict_rule",
-           "organ_verdicts", "headline", "PHANTOM_NOTICE", "FIGURE_METRICS", "ReportOptions"]
+__all__ = ["write_results", "write_report", "redraw", "write_tables", "read_results", "make_figures",
+           "PHANTOM_NOTICE", "FIGURE_METRICS"]
 
 FIGURE_METRICS: tuple[str, ...] = ("suv_mean", "volume_ml")  # drawn when present; else the first two compared
 TITLE = "totalgen-eval: synthetic vs real PET/CT, organ by organ"
@@ -48,11 +50,13 @@ def make_figures(organ_metrics: pd.DataFrame, concordance: pd.DataFrame, trends:
     for m in figure_metrics(concordance):
         label = plots.metric_label(m)
         todo: list[tuple[str, str, Callable[[], Figure]]] = [
-            (f"heatmap_{m}", f"{label}: deviation (%) of the synthetic from the real mean per organ and subgroup; "
+            (f"heatmap_{m}", f"{label}: deviation (%, ratio of geometric means) of the synthetic from the real cohort "
+             "per organ and subgroup; "
              f"outlined cells lie outside the {100 * margin:g}% margin; small print: n real/synthetic.",
              lambda m=m: plots.deviation_heatmap(concordance, m, margin)),
-            (f"forest_{m}", f"{label}: deviation (%) with 95% bootstrap CI per organ, one panel per subgroup; "
-             f"shaded: the {100 * margin:g}% margin.", lambda m=m: plots.forest_plot(concordance, m, margin)),
+            (f"forest_{m}", f"{label}: deviation (%, ratio of geometric means) with its CI per organ, one panel per "
+             f"subgroup (sex strata: the multiplicity-adjusted CI of the verdict; age groups: 95% CI); shaded: the "
+             f"{100 * margin:g}% margin.", lambda m=m: plots.forest_plot(concordance, m, margin)),
             (f"distributions_{m}", f"{label}: real (left, blue) and synthetic (right, orange) distributions per "
              "organ, by sex and age group.", lambda m=m: plots.distributions(organ_metrics, m)),
         ]
@@ -85,12 +89,18 @@ def _has_demographics(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) ->
     return plots.has_demographics(organ_metrics)
 
 
-def _write_all(out_dir: Path, organ_metrics: pd.DataFrame, concordance: pd.DataFrame, trends: pd.DataFrame | None,
-               summary: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Path]:
-    opts = report_options(config, summary)
+def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Comparison,
+                 config: Mapping[str, Any]) -> dict[str, Path]:
+    """Figures (PNG + SVG), report.html and report.md under ``out_dir`` from a comparison in memory.
+
+    ``config`` is the run's config.json content (``real_is_phantom``, ``synth_is_phantom``,
+    ``synth_has_demographics``, ``segmenters``, ``versions`` ...); the statistics' options come from
+    ``comparison.params``.
+    """
+    out_dir = Path(out_dir)
     figures_dir = out_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    made, notes = make_figures(organ_metrics, concordance, trends, opts.margin,
+    made, notes = make_figures(organ_metrics, comparison.concordance, comparison.trends, comparison.params.margin,
                                demographics=_has_demographics(organ_metrics, config))
     written: dict[str, Path] = {}
     images: dict[str, bytes] = {}
@@ -101,7 +111,7 @@ def _write_all(out_dir: Path, organ_metrics: pd.DataFrame, concordance: pd.DataF
     for stale in figures_dir.iterdir():  # figures of an earlier run that this one did not draw
         if _FIGURE_FILE.match(stale.name) and f"figures/{stale.name}" not in written:
             stale.unlink()
-    blocks = report_blocks(concordance, trends, summary, config, [ref for ref, _ in made], notes)
+    blocks = report_blocks(comparison, config, [ref for ref, _ in made], notes)
     for name, text in (("report.html", render_html(TITLE, blocks, images)), ("report.md", render_markdown(TITLE, blocks))):
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -109,39 +119,26 @@ def _write_all(out_dir: Path, organ_metrics: pd.DataFrame, concordance: pd.DataF
     return written
 
 
-def _parts(comparison: Any) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
-    get = comparison.get if isinstance(comparison, Mapping) else (lambda k: getattr(comparison, k, None))
-    concordance = get("concordance")
-    if concordance is None:
-        raise InputError("the comparison has no concordance table")
-    return concordance, get("trends"), dict(get("summary") or {})
-
-
-def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Any,
+def write_tables(out_dir: str | Path, organ_metrics: pd.DataFrame | None, comparison: Comparison,
                  config: Mapping[str, Any]) -> dict[str, Path]:
-    """Figures (PNG + SVG), report.html and report.md under ``out_dir`` from a comparison in memory.
-
-    ``comparison`` has ``.concordance``, ``.trends`` and ``.summary`` (stats.Comparison, or a dict);
-    ``config`` is the run's config.json content (margin/min_n/alpha at top level or under ``options``;
-    ``real_is_phantom``, ``synth_is_phantom``, ``synth_has_demographics``; ``versions``).
-    The tables themselves are written by :func:`write_tables` (or the pipeline).
-    """
-    concordance, trends, summary = _parts(comparison)
-    return _write_all(Path(out_dir), organ_metrics, concordance, trends, summary, config)
-
-
-def write_tables(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Any,
-                 config: Mapping[str, Any]) -> dict[str, Path]:
-    """The tables :func:`redraw` reads: organ_metrics.csv, concordance.csv, trends.csv, summary.json, config.json."""
+    """The tables :func:`redraw` reads: organ_metrics.csv (when given), concordance.csv, trends.csv,
+    summary.json, config.json."""
     out_dir = Path(out_dir)
-    concordance, trends, summary = _parts(comparison)
-    written = {"organ_metrics.csv": write_table(organ_metrics, out_dir / "organ_metrics.csv"),
-               "concordance.csv": write_table(concordance, out_dir / "concordance.csv")}
-    if trends is not None:
-        written["trends.csv"] = write_table(trends, out_dir / "trends.csv")
-    written["summary.json"] = write_json(summary, out_dir / "summary.json")
+    written = {}
+    if organ_metrics is not None:
+        written["organ_metrics.csv"] = write_table(organ_metrics, out_dir / "organ_metrics.csv")
+    written["concordance.csv"] = write_table(comparison.concordance, out_dir / "concordance.csv")
+    written["trends.csv"] = write_table(comparison.trends, out_dir / "trends.csv")
+    written["summary.json"] = write_json(comparison.summary, out_dir / "summary.json")
     written["config.json"] = write_json(dict(config), out_dir / "config.json")
     return written
+
+
+def write_results(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Comparison,
+                  config: Mapping[str, Any]) -> dict[str, Path]:
+    """Everything of a comparison: :func:`write_tables`, then :func:`write_report`."""
+    written = write_tables(out_dir, organ_metrics, comparison, config)
+    return {**written, **write_report(out_dir, organ_metrics, comparison, config)}
 
 
 def _read_csv(path: Path, required: bool) -> pd.DataFrame | None:
@@ -150,7 +147,7 @@ def _read_csv(path: Path, required: bool) -> pd.DataFrame | None:
             raise InputError("missing; is this a results folder written by `totalgen-eval compare`?", path)
         return None
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(f"unreadable table ({type(exc).__name__})", path) from None
 
@@ -165,23 +162,33 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def read_results(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict, dict]:
-    """(organ_metrics, concordance, trends or None, summary, config) from a results folder."""
+def read_results(results_dir: str | Path) -> tuple[pd.DataFrame, Comparison, dict]:
+    """(organ_metrics, the comparison, config) from a results folder written by ``compare``."""
     root = Path(results_dir)
     if not root.is_dir():
         raise InputError("not a folder", root)
     organ_metrics = _read_csv(root / "organ_metrics.csv", required=True)
     concordance = _read_csv(root / "concordance.csv", required=True)
-    for table, name, cols in ((concordance, "concordance.csv", ("organ", "metric", "sex", "age_group", "deviation_pct")),
+    for table, name, cols in ((concordance, "concordance.csv", ("organ", "metric", "sex", "age_group", "family",
+                                                                 "deviation_pct", "verdict")),
                               (organ_metrics, "organ_metrics.csv", ("cohort", "organ"))):
         missing = [c for c in cols if c not in table.columns]
         if missing:
-            raise InputError(f"missing column(s) {', '.join(missing)}", root / name)
-    return (organ_metrics, concordance, _read_csv(root / "trends.csv", required=False),
-            _read_json(root / "summary.json"), _read_json(root / "config.json"))
+            raise InputError(f"missing column(s) {', '.join(missing)} (written by an older version? "
+                             "run compare again)", root / name)
+    concordance["equivalent"] = concordance["equivalent"].map(truthy).where(concordance["equivalent"].notna())
+    trends = _read_csv(root / "trends.csv", required=False)
+    summary = _read_json(root / "summary.json")
+    try:
+        params = StatsParams.from_dict(summary.get("parameters") or {})
+    except (TypeError, ValueError, InputError) as exc:
+        raise InputError(f"unreadable statistics parameters ({exc})", root / "summary.json") from None
+    comparison = Comparison(concordance=concordance, trends=trends if trends is not None else pd.DataFrame(),
+                            summary=summary, params=params)
+    return organ_metrics, comparison, _read_json(root / "config.json")
 
 
 def redraw(results_dir: str | Path) -> dict[str, Path]:
     """Rewrite the figures, report.html and report.md of a results folder from its tables alone."""
-    organ_metrics, concordance, trends, summary, config = read_results(results_dir)
-    return _write_all(Path(results_dir), organ_metrics, concordance, trends, summary, config)
+    organ_metrics, comparison, config = read_results(results_dir)
+    return write_report(Path(results_dir), organ_metrics, comparison, config)

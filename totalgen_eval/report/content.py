@@ -2,43 +2,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..plots import metric_label, organ_order, subgroup_label
+from ..stats import Comparison, StatsParams
+from ..stats.summary import primary_cells, worst_cells
 from .render import Block, FigureRef, Heading, Items, Notice, Paragraph, Table
-from .verdicts import headline, organ_verdicts, verdict_rule, worst_cells
 
 PHANTOM_NOTICE = "phantom data: not real patients"
 FIGURE_KINDS: dict[str, str] = {"heatmap": "Deviation by organ and subgroup", "forest": "Deviation with confidence intervals",
                                 "distributions": "Distributions", "trends": "Trends with age"}
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """The statistics options the report states and applies (margin a fraction)."""
-
-    margin: float = 0.05
-    min_n: int = 5
-    alpha: float = 0.05
-
-
-def option(config: Mapping[str, Any], summary: Mapping[str, Any], key: str, default: Any) -> Any:
-    """``key`` from the config (top level, then ``options``), then the summary's ``parameters``; else default."""
-    for source in (config, config.get("options") or {}, summary.get("parameters") or {}):
-        if isinstance(source, Mapping) and source.get(key) is not None:
-            return source[key]
-    return default
-
-
-def report_options(config: Mapping[str, Any], summary: Mapping[str, Any]) -> ReportOptions:
-    """Margin, min_n and alpha as the run used them."""
-    return ReportOptions(margin=float(option(config, summary, "margin", 0.05)),
-                         min_n=int(option(config, summary, "min_n", 5)),
-                         alpha=float(option(config, summary, "alpha", 0.05)))
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -90,104 +66,133 @@ def notices(config: Mapping[str, Any]) -> list[Block]:
         out.append(Notice(f"{PHANTOM_NOTICE.capitalize()}. The {' and the '.join(phantom)} cohort "
                           f"{'is' if len(phantom) == 1 else 'are'} procedural phantom data; nothing here describes "
                           "real patients."))
+    segmenters = config.get("segmenters") or {}
+    if config.get("segmenters_differ") or (segmenters and len(set(segmenters.values())) > 1):
+        out.append(Notice(f"The two sides were segmented differently (real: {segmenters.get('real')}, synthetic: "
+                          f"{segmenters.get('synth')}): volume and SUV differences mix generator and segmenter "
+                          "error."))
     if config.get("synth_has_demographics") is False:
         out.append(Notice("The synthetic cohort has no demographics: the comparison is overall only "
                           "(no sex or age subgroups, no trends)."))
     return out
 
 
-def _share(x: Any) -> str:
-    """A share (0..1) as a percentage with one decimal."""
-    try:
-        v = 100 * float(x)
-    except (TypeError, ValueError):
-        return ""
-    return "" if math.isnan(v) else f"{v:.1f}%"
+def verdict_rule(params: StatsParams) -> list[str]:
+    """The verdict rule in words, in the order it is applied (the report states it)."""
+    m, a = f"{100 * params.margin:g}%", f"{params.alpha:g}"
+    return [
+        '"not tested": an age or sex x age cell (descriptive: estimate and 95% CI only), fewer than '
+        f"{params.min_n} cases a side, or no estimate;",
+        f'"differs": Benjamini-Hochberg adjusted p < {a} within the family (primary: volume and SUVmean; '
+        "secondary: the other metrics). The CI printed beside it is the false-coverage-rate adjusted interval "
+        "that goes with BH, so it excludes 0 exactly for these cells;",
+        f'"equivalent": the {100 * (1 - 2 * params.alpha):g}% CI lies inside +-{m} (symmetric on the log scale);',
+        '"inconclusive": neither; "n to decide" is the number of cases per side that would decide it at the '
+        "observed spread (80% power).",
+    ]
 
 
-def headline_blocks(concordance: pd.DataFrame, summary: Mapping[str, Any], opts: ReportOptions) -> list[Block]:
-    """The headline: shares of tested cells within the margin / equivalent / flagged, median |deviation|.
+def _ci(low: Any, high: Any) -> str:
+    a, b = fmt_pct(low), fmt_pct(high)
+    return f"[{a}, {b}]" if a and b else ""
 
-    The figures of ``summary`` (the statistics' own) are shown where present, else computed the same way.
-    """
-    h = headline(concordance, opts.margin, opts.alpha).set_index("metric")
-    overall = dict(h.loc["all metrics"])
-    if isinstance(summary.get("headline"), Mapping):
-        overall.update({k: v for k, v in summary["headline"].items() if k in overall})
-    per_metric = summary.get("per_metric") if isinstance(summary.get("per_metric"), Mapping) else {}
-    m = f"{100 * opts.margin:g}%"
-    text = (f"{_share(overall['share_within_margin'])} of {fmt(overall['cells_tested'])} tested cells (organ x "
-            f"metric x subgroup with at least {opts.min_n} cases a side) lie within the {m} margin; "
-            f"{_share(overall['share_equivalent'])} are shown equivalent (TOST) and "
-            f"{_share(overall['share_flagged'])} differ significantly (adjusted p < {opts.alpha:g}); "
-            f"the median |deviation| is {fmt(overall['median_abs_deviation_pct'], 3)}%.")
-    rows = []
-    for metric in h.index:
-        figs = dict(h.loc[metric])
-        if isinstance(per_metric.get(metric), Mapping):
-            figs.update({k: v for k, v in per_metric[metric].items() if k in figs})
-        rows.append({"metric": metric_label(metric) if metric != "all metrics" else metric,
-                     "tested cells": fmt(figs["cells_tested"]), f"within {m}": _share(figs["share_within_margin"]),
-                     "equivalent": _share(figs["share_equivalent"]), "differ": _share(figs["share_flagged"]),
-                     "median |deviation|": (fmt(figs["median_abs_deviation_pct"], 3) + "%")
-                     if fmt(figs["median_abs_deviation_pct"]) else ""})
+
+def headline_blocks(comparison: Comparison) -> list[Block]:
+    """The headline: verdict counts over the primary cells per metric (summary.json's own figures)."""
+    head = comparison.summary.get("headline") or {}
+    per_metric = head.get("per_metric") or {}
+    rows = [{"metric": metric_label(m), "primary cells": fmt(f.get("cells")), "differs": fmt(f.get("differs")),
+             "equivalent": fmt(f.get("equivalent")), "inconclusive": fmt(f.get("inconclusive")),
+             "not tested": fmt(f.get("not tested")),
+             "median |deviation|": fmt_pct(f.get("median_abs_deviation_pct")).lstrip("+")}
+            for m, f in per_metric.items() if isinstance(f, Mapping)]
+    text = (f"Primary cells: each organ x {{volume, SUVmean}} for all subjects and for each sex "
+            f"({fmt(head.get('primary_cells'))} cells): {fmt(head.get('differs'))} differ, "
+            f"{fmt(head.get('equivalent'))} are equivalent within {100 * comparison.params.margin:g}%, "
+            f"{fmt(head.get('inconclusive'))} are inconclusive and {fmt(head.get('not tested'))} were not tested. "
+            "Deviations are ratios of geometric means (synthetic / real - 1), adjusted for age, sex, height and "
+            "weight where known.")
     return [Heading("Headline"), Paragraph(text), Table(pd.DataFrame(rows))]
 
 
-def verdict_blocks(concordance: pd.DataFrame, opts: ReportOptions) -> list[Block]:
-    """Per organ and metric, the verdict on the all-subjects cell, and the rule that gives it."""
-    v = organ_verdicts(concordance, opts.margin, opts.min_n, opts.alpha)
-    order = {o: i for i, o in enumerate(organ_order(v["organ"]))}
-    v = v.sort_values("organ", key=lambda s: s.map(order), kind="stable")
+def verdict_frame(cells: pd.DataFrame, paired: bool) -> pd.DataFrame:
+    """Cells for reading: organ, metric, subgroup, n, deviation with the CI of its verdict, the 90% CI, verdict."""
     frame = pd.DataFrame({
-        "organ": v["organ"].astype(str).str.replace("_", " "), "metric": v["metric"].map(metric_label),
-        "verdict": v["verdict"], "deviation": v["deviation_pct"].map(fmt_pct),
-        "95% CI": [_ci(a, b) for a, b in zip(v.get("deviation_ci_low", v["deviation_pct"] * np.nan),
-                                             v.get("deviation_ci_high", v["deviation_pct"] * np.nan))],
-        "n real/synth": [f"{fmt(a)}/{fmt(b)}" for a, b in zip(v["n_real"], v["n_synth"])]})
-    return [Heading("Verdict per organ"),
-            Paragraph("Each verdict is about all subjects together (deviation of the synthetic mean from the real "
-                      "mean). The rule, applied in this order:"),
-            Items(tuple(verdict_rule(opts.margin, opts.min_n, opts.alpha))),
-            Table(frame)]
+        "organ": cells["organ"].astype(str).str.replace("_", " "), "metric": cells["metric"].map(metric_label),
+        "subgroup": [subgroup_label(s, a) for s, a in zip(cells["sex"].astype(str), cells["age_group"].astype(str))],
+        "n real/synth": [f"{fmt(a)}/{fmt(b)}" for a, b in zip(cells["n_real"], cells["n_synth"])],
+        "deviation": cells["deviation_pct"].map(fmt_pct),
+        "CI (level)": [f"{_ci(lo, hi)} ({100 * float(lv):.3g}%)" if _ci(lo, hi) else "" for lo, hi, lv in
+                       zip(cells["deviation_ci_low"], cells["deviation_ci_high"], cells["ci_level"])],
+        "90% CI": [_ci(lo, hi) for lo, hi in zip(cells["equivalence_ci_low"], cells["equivalence_ci_high"])],
+        "adjusted p": cells["p_adjusted"].map(fmt_p), "verdict": cells["verdict"].astype(str),
+        "n to decide": cells["n_to_decide"].map(fmt)})
+    if paired:
+        frame["twins: deviation"] = cells["paired_deviation_pct"].map(fmt_pct)
+        frame["twins: adjusted p"] = cells["paired_p_adjusted"].map(fmt_p)
+    return frame.reset_index(drop=True)
+
+
+def verdict_blocks(comparison: Comparison) -> list[Block]:
+    """The primary cells with their verdicts, and the rule that gives them."""
+    cells = primary_cells(comparison.concordance)
+    order = {o: i for i, o in enumerate(organ_order(cells["organ"]))}
+    cells = cells.sort_values("organ", key=lambda s: s.map(order), kind="stable")
+    paired = bool(pd.to_numeric(cells["paired_n"], errors="coerce").fillna(0).gt(0).any())
+    blocks: list[Block] = [
+        Heading("Verdicts (primary cells)"),
+        Paragraph("Per organ x metric, one least-squares model of log(metric) on source x sex, age, height and "
+                  "weight (cases without a needed demographic are left out and counted in the table's "
+                  "n_left_out); the deviation is the source effect within each sex (all subjects: the model "
+                  "without the interaction). The rule, applied in this order:"),
+        Items(tuple(verdict_rule(comparison.params))),
+        Table(verdict_frame(cells, paired))]
+    if paired:
+        blocks.append(Paragraph(
+            "Twins: the synthetic cases copy the demographics of real cases (twin_of), so a paired analysis of "
+            "the log differences runs beside the model as a sensitivity analysis. The model is primary: it "
+            "needs no twins, uses every case, and adjusts for the same demographics the pairing holds fixed."))
+    return blocks
 
 
 def concordance_display(concordance: pd.DataFrame) -> pd.DataFrame:
     """The concordance table rounded for reading (one row per organ x metric x subgroup)."""
     c = concordance
     return pd.DataFrame({
-        "organ": c["organ"].astype(str), "metric": c["metric"].astype(str),
+        "organ": c["organ"].astype(str), "metric": c["metric"].astype(str), "family": c["family"].astype(str),
         "subgroup": [subgroup_label(s, a) for s, a in zip(c["sex"].astype(str), c["age_group"].astype(str))],
         "n real": c["n_real"].map(fmt), "n synth": c["n_synth"].map(fmt),
-        "real mean": c["real_mean"].map(fmt), "synth mean": c["synth_mean"].map(fmt),
         "deviation": c["deviation_pct"].map(fmt_pct),
-        "95% CI": [_ci(a, b) for a, b in zip(c["deviation_ci_low"], c["deviation_ci_high"])],
-        "TOST p": c["tost_p"].map(fmt_p), "Welch p": c["welch_p"].map(fmt_p),
-        "adjusted p": c["p_adjusted"].map(fmt_p), "KS p": c["ks_p"].map(fmt_p),
+        "CI": [_ci(a, b) for a, b in zip(c["deviation_ci_low"], c["deviation_ci_high"])],
+        "level": c["ci_level"].map(lambda v: fmt(100 * float(v), 4) + "%" if fmt(v) else ""),
+        "90% CI": [_ci(a, b) for a, b in zip(c["equivalence_ci_low"], c["equivalence_ci_high"])],
+        "p": c["p_value"].map(fmt_p), "adjusted p": c["p_adjusted"].map(fmt_p), "verdict": c["verdict"].astype(str),
+        "mean ratio": c["mean_ratio_pct"].map(fmt_pct),
     })
 
 
 def worst_blocks(concordance: pd.DataFrame, k: int = 10) -> list[Block]:
-    """The cells furthest from the real data."""
+    """The tested primary cells furthest from the real data."""
     w = worst_cells(concordance, k)
     if w.empty:
-        return [Heading("Worst cells"), Paragraph("No cell has a deviation.")]
-    return [Heading("Worst cells"), Paragraph(f"The {len(w)} cells with the largest |deviation|."),
-            Table(concordance_display(w))]
+        return [Heading("Worst primary cells"), Paragraph("No primary cell was tested.")]
+    return [Heading("Worst primary cells"), Paragraph(f"The {len(w)} tested primary cells with the largest |deviation|."),
+            Table(verdict_frame(w, paired=False))]
 
 
-def trend_blocks(trends: pd.DataFrame | None, opts: ReportOptions) -> list[Block]:
+def trend_blocks(trends: pd.DataFrame | None, params: StatsParams) -> list[Block]:
     """Which demographic trends the synthetic data reproduces (interaction tests), and the full table."""
     blocks: list[Block] = [Heading("Demographic trends")]
     if trends is None or trends.empty or "interaction_p" not in trends:
         return blocks + [Paragraph("No trends table: the trend models were not fitted (no demographics, or too "
                                    "few cases).")]
     fitted = trends[np.isfinite(pd.to_numeric(trends["interaction_p"], errors="coerce"))]
-    differ = fitted[pd.to_numeric(fitted["interaction_p"]) < opts.alpha]
+    differ = fitted[pd.to_numeric(fitted["p_adjusted"]) < params.alpha]
     blocks.append(Paragraph(
-        f"Per organ and metric, one least-squares model on both cohorts with a source interaction "
-        f"({fmt(len(fitted))} effects fitted). An effect whose synthetic value differs from the real one at "
-        f"p < {opts.alpha:g} (unadjusted interaction test): {len(differ)}."))
+        f"Per organ and metric, one least-squares model of log(metric) on both cohorts with a source interaction "
+        f"({fmt(len(fitted))} effects fitted; effects in % per unit). Effects whose synthetic value differs from "
+        f"the real one (Benjamini-Hochberg over all trend terms, adjusted p < {params.alpha:g}): {len(differ)}; "
+        "the others are not shown to differ, which is not evidence that they are the same."))
     per = trends["per"].astype(str) if "per" in trends else pd.Series("", index=trends.index)
     frame = pd.DataFrame({
         "organ": trends["organ"].astype(str), "metric": trends["metric"].astype(str),
@@ -198,10 +203,11 @@ def trend_blocks(trends: pd.DataFrame | None, opts: ReportOptions) -> list[Block
         "synthetic effect": trends["synth_effect"].map(fmt),
         "synthetic 95% CI": [f"[{fmt(a)}, {fmt(b)}]" if fmt(a) else "" for a, b in
                              zip(trends["synth_ci_low"], trends["synth_ci_high"])],
-        "interaction p": trends["interaction_p"].map(fmt_p),
+        "interaction p": trends["interaction_p"].map(fmt_p), "adjusted p": trends["p_adjusted"].map(fmt_p),
+        "verdict": trends["verdict"].astype(str),
         "n": [f"{fmt(a)}/{fmt(b)}" for a, b in zip(trends["n_real"], trends["n_synth"])]})
     if len(differ):
-        blocks.append(Table(frame.loc[differ.index], caption="effects that differ (p < alpha)"))
+        blocks.append(Table(frame.loc[differ.index], caption="effects that differ (adjusted p < alpha)"))
     blocks.append(Table(frame, caption=f"all fitted effects ({len(frame)} rows; effects in the metric's unit "
                                        "per unit of the term)", collapsed=True))
     return blocks
@@ -264,11 +270,10 @@ def provenance_blocks(config: Mapping[str, Any], summary: Mapping[str, Any]) -> 
     return blocks
 
 
-def report_blocks(concordance: pd.DataFrame, trends: pd.DataFrame | None, summary: Mapping[str, Any],
-                  config: Mapping[str, Any], figures: Sequence[FigureRef], figure_notes: Sequence[str]) -> list[Block]:
+def report_blocks(comparison: Comparison, config: Mapping[str, Any], figures: Sequence[FigureRef],
+                  figure_notes: Sequence[str]) -> list[Block]:
     """All sections of the report, in order."""
-    opts = report_options(config, summary)
-    blocks = notices(config) + headline_blocks(concordance, summary, opts) + verdict_blocks(concordance, opts)
+    blocks = notices(config) + headline_blocks(comparison) + verdict_blocks(comparison)
     blocks.append(Heading("Figures"))
     for kind, title in FIGURE_KINDS.items():
         refs = [f for f in figures if f.name.split("_", 1)[0] == kind]
@@ -276,10 +281,13 @@ def report_blocks(concordance: pd.DataFrame, trends: pd.DataFrame | None, summar
             blocks += [Heading(title, 3), *refs]
     if figure_notes:
         blocks.append(Items(tuple(figure_notes)))
-    blocks += worst_blocks(concordance) + trend_blocks(trends, opts)
+    blocks += worst_blocks(comparison.concordance) + trend_blocks(comparison.trends, comparison.params)
     blocks += [Heading("Concordance table"),
-               Paragraph("deviation = 100 (synthetic mean - real mean) / real mean; bootstrap 95% CI; TOST on the "
-                         f"log scale with margin {100 * opts.margin:g}%; adjusted p: Benjamini-Hochberg across "
-                         "the table."),
-               Table(concordance_display(concordance), caption=f"all {len(concordance)} cells", collapsed=True)]
-    return blocks + provenance_blocks(config, summary)
+               Paragraph("deviation = 100 (exp(d) - 1), d the synthetic minus real mean of log(metric): the ratio of "
+                         "geometric means. Sex strata (primary and secondary families): the adjusted model's "
+                         "estimate, its BH-matched CI at the level shown, and the 90% CI that decides equivalence "
+                         f"(margin {100 * comparison.params.margin:g}%). Age and sex x age cells: unadjusted "
+                         "estimate and 95% CI, no test. mean ratio: the ratio of arithmetic means (descriptive)."),
+               Table(concordance_display(comparison.concordance),
+                     caption=f"all {len(comparison.concordance)} cells", collapsed=True)]
+    return blocks + provenance_blocks(config, comparison.summary)

@@ -1,16 +1,16 @@
-"""compare_tables and run_stats: two organ tables in, concordance + trends + summary out."""
+"""compare_tables: two organ tables in, a :class:`Comparison` (concordance + trends + summary) out. No files."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from ..demographics import DEFAULT_AGE_BINS
 from ..errors import InputError
-from ..provenance import stamp, write_json, write_table
-from .concordance import BOOTSTRAP_METHOD, concordance_table
+from ..provenance import stamp
+from .concordance import CellSettings, concordance_table
 from .inputs import check_columns, excluded_counts, organ_order, prepare
 from .summary import summarize
 from .trends import trends_table
@@ -18,37 +18,60 @@ from .trends import trends_table
 DEFAULT_METRICS: tuple[str, ...] = ("volume_ml", "suv_mean", "suv_max")
 
 
+def _finite(value: float, name: str, option: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, not {value}", option)
+    return value
+
+
 @dataclass(frozen=True)
 class StatsParams:
-    """Every option of a comparison's statistics (saved in summary.json).
+    """Every option of a comparison's statistics: validated here, once; saved in summary.json.
 
-    margin: equivalence margin as a fraction of the real mean (0.05 = +-5%); age_bins: age-group edges in
-    years; min_n: fewest cases per side for a cell to be tested; n_boot: bootstrap resamples for the
-    deviation CI (0 = no CI); alpha: level of every test and of the (1 - alpha) intervals.
+    margin: equivalence margin as a fraction (0.05 = ratio of geometric means within 1/1.05..1.05);
+    alpha: level of every test (BH within a family; the equivalence interval is 1 - 2 alpha);
+    age_bins: age-group edges in years; min_n: fewest cases per side for a cell to be tested;
+    robust: HC3 standard errors in the adjusted model instead of classical ones; trends: fit trend models.
     """
 
     margin: float = 0.05
+    alpha: float = 0.05
     age_bins: tuple[float, ...] = DEFAULT_AGE_BINS
     min_n: int = 5
     metrics: tuple[str, ...] = DEFAULT_METRICS
     organs: tuple[str, ...] | None = None
-    n_boot: int = 2000
-    seed: int = 0
-    alpha: float = 0.05
+    robust: bool = False
     trends: bool = True
-    bootstrap_method: str = BOOTSTRAP_METHOD
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.margin < 1:
-            raise InputError(f"margin {self.margin} must lie between 0 and 1 (0.05 = 5%)", "--margin")
-        if not 0 < self.alpha < 1:
-            raise InputError(f"alpha {self.alpha} must lie between 0 and 1", "--alpha")
-        if self.min_n < 2:
+        margin, alpha = _finite(self.margin, "margin", "--margin"), _finite(self.alpha, "alpha", "--alpha")
+        if not 0 < margin < 1:
+            raise InputError(f"margin {margin} must lie between 0 and 1 (0.05 = 5%)", "--margin")
+        if not 0 < alpha < 0.5:
+            raise InputError(f"alpha {alpha} must lie between 0 and 0.5", "--alpha")
+        if int(self.min_n) < 2:
             raise InputError(f"min_n {self.min_n} must be at least 2 (an SD needs two cases)", "--min-n")
-        if self.n_boot < 0:
-            raise InputError(f"n_boot {self.n_boot} must be >= 0", "--n-boot")
         if not self.metrics:
             raise InputError("no metric to compare", "--metrics")
+        object.__setattr__(self, "margin", margin)
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "min_n", int(self.min_n))
+        object.__setattr__(self, "age_bins", tuple(float(b) for b in self.age_bins))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.organs is not None:
+            object.__setattr__(self, "organs", tuple(self.organs))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "StatsParams":
+        """The parameters recorded in a summary.json (unknown keys ignored, missing ones default)."""
+        known = {f for f in cls.__dataclass_fields__}
+        kept = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+        return cls(**kept)
+
+    def with_(self, **changes: Any) -> "StatsParams":
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -61,65 +84,45 @@ class Comparison:
     params: StatsParams
 
 
-def compare_tables(real: pd.DataFrame, synth: pd.DataFrame, margin: float = 0.05,
-                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, min_n: int = 5,
-                   metrics: Sequence[str] = DEFAULT_METRICS, organs: Sequence[str] | None = None,
-                   n_boot: int = 2000, seed: int = 0, alpha: float = 0.05, trends: bool = True) -> Comparison:
-    """Compare a synthetic organ table with a real one (both in the organ_metrics format, DESIGN.md section 3).
+def twin_map(synth: pd.DataFrame) -> dict[str, str]:
+    """``{synthetic case_id: real case_id}`` from a ``twin_of`` column (empty without one)."""
+    if "twin_of" not in synth.columns:
+        return {}
+    pairs = synth.loc[:, ["case_id", "twin_of"]].dropna().drop_duplicates("case_id")
+    return {str(c): str(t) for c, t in zip(pairs["case_id"], pairs["twin_of"]) if str(t).strip()}
 
-    Required columns: ``case_id, age, sex, organ`` and the ``metrics``; ``height_m, weight_kg`` are used by the
-    trends when known, ``n_voxels == 0`` rows are left out. ``age_group`` is recomputed from ``age`` with
-    ``age_bins``. Rows with ``n_voxels == 0`` or a NaN metric are left out of that metric (counted in
-    ``summary["excluded_rows"]``). ``trends=False`` skips the trend models (an empty trends table).
-    See :mod:`.concordance` and :mod:`.trends` for the columns and tests.
+
+def compare_tables(real: pd.DataFrame, synth: pd.DataFrame, params: StatsParams | None = None, *,
+                   twins: Mapping[str, str] | None = None, **options: Any) -> Comparison:
+    """Compare a synthetic organ table with a real one (both in the organ_metrics format).
+
+    Required columns: ``case_id, age, sex, organ`` and the metrics; ``height_m, weight_kg`` enter the adjusted
+    model when known. ``params`` (or the same names as keywords: ``margin=0.05, alpha=0.05, age_bins=...,
+    min_n=5, metrics=..., organs=None, robust=False, trends=True``) are validated by :class:`StatsParams`.
+    ``twins`` maps synthetic to real case ids (default: the synthetic table's ``twin_of`` column) and adds
+    the paired sensitivity analysis. See :mod:`.concordance`, :mod:`.verdicts` and :mod:`.trends`.
+
+    Example::
+
+        result = compare_tables(real_table, synth_table, margin=0.05)
+        result.concordance.query("family == 'primary'")[["organ", "metric", "sex", "deviation_pct", "verdict"]]
     """
-    params = StatsParams(margin=float(margin), age_bins=tuple(float(b) for b in age_bins), min_n=int(min_n),
-                         metrics=tuple(metrics), organs=None if organs is None else tuple(organs),
-                         n_boot=int(n_boot), seed=int(seed), alpha=float(alpha), trends=bool(trends))
+    params = (params or StatsParams()).with_(**options) if options else (params or StatsParams())
     check_columns(real, params.metrics, "real table")
     check_columns(synth, params.metrics, "synthetic table")
+    twins = dict(twins) if twins is not None else twin_map(synth)
     r = prepare(real, params.metrics, params.age_bins, params.organs)
     s = prepare(synth, params.metrics, params.age_bins, params.organs)
     organ_list = organ_order(r, s, params.organs)
+    settings = CellSettings(margin=params.margin, alpha=params.alpha, min_n=params.min_n, robust=params.robust)
     conc, conc_notes = concordance_table(r, s, organs=organ_list, metrics=params.metrics, age_bins=params.age_bins,
-                                         margin=params.margin, min_n=params.min_n, n_boot=params.n_boot,
-                                         seed=params.seed, alpha=params.alpha)
-    if params.trends:
-        trend, trend_notes = trends_table(r, s, organs=organ_list, metrics=params.metrics, min_n=params.min_n,
-                                          alpha=params.alpha)
-    else:
-        trend, trend_notes = trends_table(r.iloc[:0], s.iloc[:0], organs=[], metrics=[], min_n=params.min_n,
-                                          alpha=params.alpha)
-    summary = summarize(conc, trend, metrics=params.metrics, margin=params.margin, alpha=params.alpha)
+                                         settings=settings, twins=twins or None)
+    trend, trend_notes = trends_table(r, s, organs=organ_list if params.trends else [], metrics=params.metrics,
+                                      min_n=params.min_n, alpha=params.alpha)
+    summary = summarize(conc, trend)
     summary.update(
+        twins=len(twins),
         excluded_rows={"real": excluded_counts(r, params.metrics), "synth": excluded_counts(s, params.metrics)},
         notes={"concordance": conc_notes, "trends": trend_notes},
         **stamp(params, params.seed))
     return Comparison(concordance=conc, trends=trend, summary=summary, params=params)
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """An organ_metrics CSV; InputError (naming the file) when absent, empty or not CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a readable CSV table ({str(exc).splitlines()[0]})", path) from None
-
-
-def run_stats(real_csv: str | Path, synth_csv: str | Path, out_dir: str | Path, **params: Any) -> Comparison:
-    """Read two organ_metrics CSVs, compare them, write ``concordance.csv``, ``trends.csv``, ``summary.json``.
-
-    ``params`` are those of :func:`compare_tables`. Files are written atomically into ``out_dir``.
-    """
-    real, synth = read_table(real_csv), read_table(synth_csv)
-    for table, path in ((real, real_csv), (synth, synth_csv)):
-        check_columns(table, tuple(params.get("metrics", DEFAULT_METRICS)), path)
-    result = compare_tables(real, synth, **params)
-    out = Path(out_dir)
-    write_table(result.concordance, out / "concordance.csv")
-    write_table(result.trends, out / "trends.csv")
-    write_json({**result.summary, "inputs": {"real": str(real_csv), "synth": str(synth_csv)}}, out / "summary.json")
-    return result

@@ -1,52 +1,63 @@
 """The concordance table: one row per organ x metric x subgroup, synthetic compared with real.
 
-Columns (DESIGN.md section 3, a contract): see :data:`CONCORDANCE_COLUMNS`.
+One estimand per cell: ``d``, the synthetic minus real difference of mean ``log(metric)``, printed as the
+ratio of geometric means ``deviation_pct = 100 (exp(d) - 1)``. Primary and secondary cells (sex strata
+``all``/``F``/``M``) take it from the covariate-adjusted model of :mod:`.models`; descriptive cells (age
+groups, sex x age) from the unadjusted difference of log means. Families, BH, intervals and verdicts follow
+:mod:`.verdicts`.
 
-- ``n_*``, ``*_mean``, ``*_sd`` (SD with ddof=1) in the metric's own unit (mL, SUV, HU).
-- ``deviation_pct`` = 100 (synth_mean - real_mean) / real_mean, with a (1 - alpha) bootstrap CI
-  (``scipy.stats.bootstrap``, two independent samples resampled separately, method **BCa**: the deviation
-  is a ratio of means whose bootstrap distribution is biased and skewed at small n; BCa corrects both for
-  one jackknife more than the percentile method costs). Seeded per cell from ``seed`` and the row index.
-- ``welch_p``: Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``), two-sided.
-- ``mannwhitney_p``: Mann-Whitney U, two-sided (``scipy.stats.mannwhitneyu``, method "auto").
-- ``ks_p``: two-sample Kolmogorov-Smirnov (``scipy.stats.ks_2samp``, two-sided).
-- ``wasserstein``: the 1-Wasserstein (earth mover's) distance between the two samples **divided by the real
-  SD**, so it is unit-free and comparable across organs and metrics (0 = same distribution; 1 = the
-  distributions are a real SD apart on average).
-- ``tost_p``: two one-sided Welch t-tests on the log scale (``statsmodels.stats.weightstats.ttost_ind``,
-  ``usevar="unequal"``) of ``log(1 - margin) < mean(log synth) - mean(log real) < log(1 + margin)``, i.e.
-  equivalence of the ratio of the (geometric) means within +-margin. Needs positive values; NaN otherwise.
-  ``equivalent`` = ``tost_p < alpha`` (nullable: empty where the test could not be made).
-- ``p_adjusted``: Benjamini-Hochberg (``multipletests(method="fdr_bh")``) of the **Welch** p-values over
-  the whole table; cells without a Welch p stay NaN and do not count in the family.
+Columns (:data:`CONCORDANCE_COLUMNS`; the first ones are a contract of ARCHITECTURE.md):
 
-Subgroups: all; by sex; by age group; sex x age group (``all`` = not stratified). Cells with fewer than
-``min_n`` cases on either side keep their n, means, SDs and deviation but get NaN tests. Tests that cannot be
-made (constant values, non-positive values for the log, real mean 0) are NaN and the reason is returned as a
-note (the table has no note column).
+- ``family``; ``n_real``, ``n_synth``: cases with a usable (finite, positive) value in the cell;
+  ``n_left_out``: of those, cases the adjusted model could not use (a demographic missing).
+- ``deviation_pct`` with ``deviation_ci_low``/``deviation_ci_high`` (%) at ``ci_level``: for tested families the
+  FCR-adjusted level that matches BH, for descriptive cells 1 - alpha.
+- ``equivalence_ci_low``/``equivalence_ci_high`` (%): the 1 - 2 alpha interval that decides ``equivalent``.
+- ``p_value`` (t test of d = 0 in the model), ``p_adjusted`` (BH within the family), ``verdict``,
+  ``n_to_decide`` (inconclusive cells: cases per side that would decide them at the observed spread).
+- Descriptive columns in the metric's unit: ``real_mean``, ``synth_mean``, ``real_sd``, ``synth_sd``;
+  ``mean_ratio_pct`` = 100 (synthetic mean / real mean - 1), the ratio of arithmetic means (not the
+  estimand); ``wasserstein``: 1-Wasserstein distance divided by the real SD (shape, not tested).
+- Twins (a synthetic case's ``twin_of`` names its real case): ``paired_n``, ``paired_deviation_pct``,
+  ``paired_ci_low``/``paired_ci_high`` (same level as the cell's CI), ``paired_p``, ``paired_p_adjusted`` (BH
+  within the family): a sensitivity analysis beside the primary model, never the verdict.
+
+A cell whose case sets on both sides equal those of an earlier cell (e.g. ``all / 18-40`` and ``F / 18-40``
+when no man is under 40) is left out: no duplicate cells. Values <= 0 cannot enter the log-scale estimand;
+such rows are left out of that metric and noted.
 """
 from __future__ import annotations
 
-import warnings
-from typing import Sequence
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import ttost_ind
 
 from ..demographics import SEXES, age_group_labels
+from . import models
 from .inputs import usable
+from .verdicts import ALL, bh_adjust, family, fcr_level, is_equivalent, n_to_decide, verdict
 
 CONCORDANCE_COLUMNS: tuple[str, ...] = (
-    "organ", "metric", "sex", "age_group", "n_real", "n_synth", "real_mean", "synth_mean", "real_sd", "synth_sd",
-    "deviation_pct", "deviation_ci_low", "deviation_ci_high", "welch_p", "mannwhitney_p", "ks_p", "wasserstein",
-    "tost_p", "equivalent", "p_adjusted")
-TEST_COLUMNS: tuple[str, ...] = ("deviation_ci_low", "deviation_ci_high", "welch_p", "mannwhitney_p", "ks_p",
-                                 "wasserstein", "tost_p")
-BOOTSTRAP_METHOD = "BCa"
-ALL = "all"
+    "organ", "metric", "sex", "age_group", "family", "n_real", "n_synth", "n_left_out", "deviation_pct",
+    "deviation_ci_low", "deviation_ci_high", "ci_level", "equivalence_ci_low", "equivalence_ci_high", "p_value",
+    "p_adjusted", "equivalent", "verdict", "n_to_decide", "real_mean", "synth_mean", "real_sd", "synth_sd",
+    "mean_ratio_pct", "wasserstein", "paired_n", "paired_deviation_pct", "paired_ci_low", "paired_ci_high",
+    "paired_p", "paired_p_adjusted")
+TESTED_FAMILIES: tuple[str, ...] = ("primary", "secondary")
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    """What every cell needs: margin (fraction), alpha, min_n, HC3 standard errors or classical."""
+
+    margin: float
+    alpha: float
+    min_n: int
+    robust: bool = False
 
 
 def subgroups(real: pd.DataFrame, synth: pd.DataFrame, age_bins: Sequence[float]) -> list[tuple[str, str]]:
@@ -59,7 +70,8 @@ def subgroups(real: pd.DataFrame, synth: pd.DataFrame, age_bins: Sequence[float]
             + [(s, a) for s in sexes for a in ages if (s, a) in pairs])
 
 
-def _in_subgroup(sex_col: np.ndarray, age_col: np.ndarray, sex: str, age: str) -> np.ndarray:
+def in_subgroup(sex_col: np.ndarray, age_col: np.ndarray, sex: str, age: str) -> np.ndarray:
+    """Rows in the subgroup (``all`` = not stratified), from a table's ``sex`` and ``age_group`` columns as arrays."""
     keep = np.ones(len(sex_col), dtype=bool)
     if sex != ALL:
         keep &= sex_col == sex
@@ -68,140 +80,146 @@ def _in_subgroup(sex_col: np.ndarray, age_col: np.ndarray, sex: str, age: str) -
     return keep
 
 
-def _deviation_pct(synth: np.ndarray, real: np.ndarray, axis: int = -1) -> np.ndarray:
-    """100 (mean(synth) - mean(real)) / mean(real) along ``axis`` (vectorised for the bootstrap)."""
-    r = np.mean(real, axis=axis)
-    return 100.0 * (np.mean(synth, axis=axis) - r) / r
+def positive_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows whose ``metric`` can enter the log-scale estimand: usable and > 0."""
+    ok = usable(table, metric).to_numpy() & (table[metric].to_numpy(float) > 0)
+    return table[ok]
 
 
-def _describe(x: np.ndarray) -> tuple[int, float, float]:
-    n = int(x.size)
-    mean = float(np.mean(x)) if n else np.nan
-    sd = float(np.std(x, ddof=1)) if n >= 2 else np.nan
-    return n, mean, sd
+def describe(real: np.ndarray, synth: np.ndarray) -> dict[str, float]:
+    """Descriptive columns of one cell in the metric's unit (SD with ddof=1)."""
+    def mean(x):
+        return float(x.mean()) if x.size else math.nan
+
+    def sd(x):
+        return float(x.std(ddof=1)) if x.size >= 2 else math.nan
+    row = dict(real_mean=mean(real), synth_mean=mean(synth), real_sd=sd(real), synth_sd=sd(synth),
+               mean_ratio_pct=math.nan, wasserstein=math.nan)
+    if real.size and synth.size and row["real_mean"] != 0:
+        row["mean_ratio_pct"] = 100.0 * (row["synth_mean"] / row["real_mean"] - 1.0)
+    if real.size >= 2 and synth.size and row["real_sd"] > 0:
+        row["wasserstein"] = float(scipy.stats.wasserstein_distance(synth, real)) / row["real_sd"]
+    return row
 
 
-def two_sample_tests(real: np.ndarray, synth: np.ndarray, margin: float) -> dict[str, np.ndarray]:
-    """Welch, Mann-Whitney and KS p-values and the log-scale TOST p for k cells at once.
-
-    ``real`` (n_real, k) and ``synth`` (n_synth, k) hold one cell per column (unpaired samples, so any
-    cells with the same n_real and n_synth can share a call). TOST is NaN for columns with values <= 0.
-    """
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = {"welch_p": scipy.stats.ttest_ind(synth, real, axis=0, equal_var=False).pvalue,
-               "mannwhitney_p": scipy.stats.mannwhitneyu(synth, real, alternative="two-sided", axis=0).pvalue,
-               "ks_p": scipy.stats.ks_2samp(synth, real, axis=0).pvalue,
-               "tost_p": np.full(real.shape[1], np.nan)}
-        positive = (real > 0).all(axis=0) & (synth > 0).all(axis=0)
-        if positive.any():
-            out["tost_p"][positive] = ttost_ind(np.log(synth[:, positive]), np.log(real[:, positive]),
-                                                np.log(1 - margin), np.log(1 + margin), usevar="unequal")[0]
-    return {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in out.items()}
+def pooled(real: pd.DataFrame, synth: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per case of both sides: ``y`` = log(metric), ``synth`` 0/1, sex and the covariates."""
+    cols = [c for c in ("case_id", "sex", *models.COVARIATES) if c in real.columns and c in synth.columns]
+    parts = [t.loc[:, cols].assign(y=np.log(t[metric].to_numpy(float)), synth=flag)
+             for flag, t in ((0.0, real), (1.0, synth))]
+    return pd.concat(parts, ignore_index=True)
 
 
-def describe_cell(real: np.ndarray, synth: np.ndarray, *, min_n: int, n_boot: int, alpha: float,
-                  rng: np.random.Generator | None) -> tuple[dict[str, float], str | None, bool]:
-    """Everything of one cell except the p-values: n, means, SDs, deviation and its bootstrap CI, scaled
-    Wasserstein distance. Returns (columns, reason tests are missing or None, whether the cell is testable)."""
-    n_r, mean_r, sd_r = _describe(real)
-    n_s, mean_s, sd_s = _describe(synth)
-    row = dict(n_real=n_r, n_synth=n_s, real_mean=mean_r, synth_mean=mean_s, real_sd=sd_r, synth_sd=sd_s,
-               deviation_pct=np.nan, **{c: np.nan for c in TEST_COLUMNS})
-    reasons = []
-    if n_r and n_s and mean_r != 0:
-        row["deviation_pct"] = 100.0 * (mean_s - mean_r) / mean_r
-    elif n_r and mean_r == 0:
-        reasons.append("real mean is 0: no relative deviation")
-    if min(n_r, n_s) < min_n:
-        return row, "n<min_n", False
-    if sd_r == 0 and sd_s == 0:
-        return row, "zero variance in both cohorts: no tests", False
-    if sd_r > 0:
-        row["wasserstein"] = float(scipy.stats.wasserstein_distance(synth, real)) / sd_r
-    else:
-        reasons.append("real SD is 0: no scaled Wasserstein distance")
-    if not ((real > 0).all() and (synth > 0).all()):
-        reasons.append("values <= 0: no log-scale TOST")
-    if n_boot > 0 and np.isfinite(row["deviation_pct"]):
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ci = scipy.stats.bootstrap((synth, real), _deviation_pct, n_resamples=n_boot, vectorized=True,
-                                       paired=False, confidence_level=1 - alpha, method=BOOTSTRAP_METHOD,
-                                       rng=rng).confidence_interval
-        row["deviation_ci_low"], row["deviation_ci_high"] = float(ci.low), float(ci.high)
-    return row, "; ".join(reasons) or None, True
+def organ_metric_cells(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,
+                       groups: Sequence[tuple[str, str]], settings: CellSettings,
+                       twins: Mapping[str, str] | None) -> tuple[list[dict], list[str]]:
+    """The cells of one organ x metric (before multiplicity) and notes on what was left out."""
+    notes = []
+    r_all, s_all = real[real["organ"] == organ], synth[synth["organ"] == organ]
+    r, s = positive_rows(r_all, metric), positive_rows(s_all, metric)
+    dropped = sum(int((usable(t, metric) & (t[metric] <= 0)).sum()) for t in (r_all, s_all))
+    if dropped:
+        notes.append(f"{dropped} value(s) <= 0 left out: the ratio of geometric means needs positive values")
+    effects, left_out, covariates = models.adjusted_effects(pooled(r, s, metric), settings.min_n, settings.robust)
+    if len(r) and len(s) and np.ptp(r[metric].to_numpy(float)) == 0 and np.ptp(s[metric].to_numpy(float)) == 0:
+        effects = {}
+        notes.append("constant values in both cohorts: no model, not tested")
+    if left_out:
+        notes.append(f"{left_out} case(s) without a demographic the model needs ({', '.join(['sex', *covariates])}) "
+                     "left out of the adjusted model")
+    seen: set[tuple[bytes, bytes]] = set()
+    rows = []
+    arrays = [(t["case_id"].to_numpy(object), t["sex"].to_numpy(object), t["age_group"].to_numpy(object),
+               t[metric].to_numpy(float)) for t in (r, s)]
+    twin_values = twin_lookup(r, s, metric, twins) if twins else None
+    for sex, age in groups:
+        (r_ids, r_val), (s_ids, s_val) = [(ids[m], v[m]) for ids, sx, ag, v in arrays
+                                          for m in [in_subgroup(sx, ag, sex, age)]]
+        key = (np.sort(r_ids.astype(str)).tobytes(), np.sort(s_ids.astype(str)).tobytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        fam = family(metric, sex, age)
+        enough = min(r_val.size, s_val.size) >= settings.min_n
+        effect = effects.get(sex) if fam != "descriptive" else None
+        tested = effect is not None and enough and effect.usable
+        if not tested:
+            effect = models.unadjusted_effect(np.log(r_val), np.log(s_val))
+            if not enough:  # an estimate, but no interval below min_n cases a side
+                effect = models.Effect(effect.d, math.nan, math.nan, effect.n_real, effect.n_synth)
+        row = dict(organ=organ, metric=metric, sex=sex, age_group=age, family=fam, n_real=r_val.size,
+                   n_synth=s_val.size, n_left_out=(r_val.size + s_val.size - effect.n_real - effect.n_synth)
+                   if tested else 0, _effect=effect, _tested=tested, **describe(r_val, s_val))
+        row["p_value"] = models.p_value(effect) if tested else math.nan
+        if twin_values is not None and age == ALL:
+            row["_paired"] = models.paired_effect(twin_values(r_ids, s_ids))
+        rows.append(row)
+    return rows, notes
 
 
-def cell_statistics(real: np.ndarray, synth: np.ndarray, *, margin: float, min_n: int, n_boot: int,
-                    alpha: float, rng: np.random.Generator | None) -> tuple[dict[str, float], str | None]:
-    """Every statistic of one cell from its real and synthetic values (1-D, finite).
+def twin_lookup(real: pd.DataFrame, synth: pd.DataFrame, metric: str, twins: Mapping[str, str]):
+    """A function (real ids, synthetic ids of a cell) -> log differences of the synthetic cases whose twin is
+    among the real ids (synthetic minus real, log scale)."""
+    real_log = dict(zip(real["case_id"], np.log(real[metric].to_numpy(float))))
+    synth_log = dict(zip(synth["case_id"], np.log(synth[metric].to_numpy(float))))
 
-    Returns the numeric columns of the concordance row (without the keys, ``equivalent`` and ``p_adjusted``)
-    and the reason tests are missing (None when all were made, ``"n<min_n"`` for small cells).
-    ``n_boot=0`` skips the bootstrap CI (NaN) without a reason.
-    """
-    row, reason, testable = describe_cell(real, synth, min_n=min_n, n_boot=n_boot, alpha=alpha, rng=rng)
-    if testable:
-        row.update({k: float(v[0]) for k, v in two_sample_tests(real[:, None], synth[:, None], margin).items()})
-    return row, reason
+    def differences(real_ids: np.ndarray, synth_ids: np.ndarray) -> np.ndarray:
+        present = set(real_ids)
+        return np.array([synth_log[c] - real_log[twins[c]] for c in synth_ids if twins.get(c) in present], dtype=float)
+    return differences
 
 
-def _batch_key(n_real: int, n_synth: int, index: int) -> tuple[int, ...]:
-    """Cells that may share one vectorised call: same sizes, and large enough that Mann-Whitney's "auto"
-    method is asymptotic whatever the ties (exact only when a side has <= 8 cases): then the batched
-    p-values equal the one-cell ones."""
-    return (n_real, n_synth) if min(n_real, n_synth) > 8 else (n_real, n_synth, index)
+def _pct_interval(effect: models.Effect, level: float) -> tuple[float, float]:
+    low, high = models.interval(effect, level)
+    return float(models.to_pct(low)), float(models.to_pct(high))
+
+
+def finish_family(rows: list[dict], settings: CellSettings) -> None:
+    """BH, interval levels, equivalence, verdicts and paired columns for the rows of one family (in place)."""
+    alpha = settings.alpha
+    adjusted = bh_adjust(np.array([r["p_value"] for r in rows], dtype=float), alpha)
+    fam = rows[0]["family"] if rows else "descriptive"
+    level = fcr_level(adjusted, alpha) if fam != "descriptive" else 1.0 - alpha
+    paired_p = np.array([models.p_value(r["_paired"]) if "_paired" in r else math.nan for r in rows])
+    paired_adjusted = bh_adjust(paired_p, alpha) if fam != "descriptive" else np.full(len(rows), math.nan)
+    for row, p_adj, pp, pp_adj in zip(rows, adjusted, paired_p, paired_adjusted):
+        effect = row.pop("_effect")
+        tested = row.pop("_tested")
+        row["deviation_pct"] = float(models.to_pct(effect.d))
+        row["ci_level"] = level if tested else 1.0 - alpha
+        row["deviation_ci_low"], row["deviation_ci_high"] = _pct_interval(effect, row["ci_level"])
+        eq_low, eq_high = models.interval(effect, 1.0 - 2.0 * alpha)
+        row["equivalence_ci_low"], row["equivalence_ci_high"] = (float(models.to_pct(eq_low)),
+                                                                 float(models.to_pct(eq_high)))
+        equivalent = is_equivalent(eq_low, eq_high, settings.margin) if tested else None
+        row["p_adjusted"] = float(p_adj)
+        row["equivalent"] = equivalent
+        row["verdict"] = verdict(fam, tested, float(p_adj), equivalent, alpha)
+        row["n_to_decide"] = (n_to_decide(effect.d, effect.se, effect.n_real, effect.n_synth, settings.margin, alpha)
+                              if row["verdict"] == "inconclusive" else math.nan)
+        twin = row.pop("_paired", models.NO_EFFECT)
+        row["paired_n"] = twin.n_real
+        row["paired_deviation_pct"] = float(models.to_pct(twin.d))
+        row["paired_ci_low"], row["paired_ci_high"] = _pct_interval(twin, row["ci_level"])
+        row["paired_p"], row["paired_p_adjusted"] = float(pp), float(pp_adj)
 
 
 def concordance_table(real: pd.DataFrame, synth: pd.DataFrame, *, organs: Sequence[str], metrics: Sequence[str],
-                      age_bins: Sequence[float], margin: float, min_n: int, n_boot: int, seed: int,
-                      alpha: float) -> tuple[pd.DataFrame, list[dict]]:
-    """The concordance table (columns :data:`CONCORDANCE_COLUMNS`) and the notes on cells without some tests.
-
-    ``real`` and ``synth`` are prepared tables (see ``inputs.prepare``). Each note is a record
-    ``{organ, metric, sex, age_group, reason}``; cells that are merely below ``min_n`` are not noted.
-    The p-values of cells of equal size are computed together (vectorised), identical to one at a time.
-    """
+                      age_bins: Sequence[float], settings: CellSettings,
+                      twins: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """The concordance table (columns :data:`CONCORDANCE_COLUMNS`) and notes ``{organ, metric, reason}``."""
     groups = subgroups(real, synth, age_bins)
-    rows, notes, batches = [], [], {}
+    rows: list[dict] = []
+    notes: list[dict] = []
     for organ in organs:
-        r_org, s_org = real[real["organ"] == organ], synth[synth["organ"] == organ]
         for metric in metrics:
-            r_m, s_m = r_org[usable(r_org, metric)], s_org[usable(s_org, metric)]
-            r_val, s_val = r_m[metric].to_numpy(float), s_m[metric].to_numpy(float)
-            r_sex, r_age = r_m["sex"].to_numpy(object), r_m["age_group"].to_numpy(object)
-            s_sex, s_age = s_m["sex"].to_numpy(object), s_m["age_group"].to_numpy(object)
-            for sex, age in groups:
-                r_cell = r_val[_in_subgroup(r_sex, r_age, sex, age)]
-                s_cell = s_val[_in_subgroup(s_sex, s_age, sex, age)]
-                stats, reason, testable = describe_cell(r_cell, s_cell, min_n=min_n, n_boot=n_boot, alpha=alpha,
-                                                        rng=np.random.default_rng([seed, len(rows)]))
-                keys = dict(organ=organ, metric=metric, sex=sex, age_group=age)
-                if testable:
-                    batches.setdefault(_batch_key(r_cell.size, s_cell.size, len(rows)), []).append(
-                        (len(rows), r_cell, s_cell))
-                rows.append({**keys, **stats})
-                if reason and reason != "n<min_n":
-                    notes.append({**keys, "reason": reason})
-    for cells in batches.values():
-        index, r_cols, s_cols = zip(*cells)
-        pvalues = two_sample_tests(np.column_stack(r_cols), np.column_stack(s_cols), margin)
-        for j, i in enumerate(index):
-            rows[i].update({k: float(v[j]) for k, v in pvalues.items()})
-    table = pd.DataFrame(rows, columns=[c for c in CONCORDANCE_COLUMNS if c not in ("equivalent", "p_adjusted")])
-    table["equivalent"] = pd.array(np.where(table["tost_p"].notna(), table["tost_p"] < alpha, pd.NA),
-                                   dtype="boolean")
-    table["p_adjusted"] = bh_adjust(table["welch_p"].to_numpy(float), alpha)
-    for c in ("n_real", "n_synth"):
+            got, why = organ_metric_cells(real, synth, organ, metric, groups, settings, twins)
+            rows += got
+            notes += [{"organ": organ, "metric": metric, "reason": w} for w in why]
+    for fam in ("primary", "secondary", "descriptive"):
+        finish_family([r for r in rows if r["family"] == fam], settings)
+    table = pd.DataFrame(rows, columns=list(CONCORDANCE_COLUMNS))
+    table["equivalent"] = table["equivalent"].astype("boolean")
+    for c in ("n_real", "n_synth", "n_left_out", "paired_n"):
         table[c] = table[c].astype(int)
-    return table.loc[:, list(CONCORDANCE_COLUMNS)], notes
-
-
-def bh_adjust(p: np.ndarray, alpha: float = 0.05) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values of the finite entries of ``p``; NaN entries stay NaN."""
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = multipletests(p[ok], alpha=alpha, method="fdr_bh")[1]
-    return out
+    return table, notes

@@ -1,6 +1,7 @@
 """Checking and preparing the two organ tables: required columns, age groups, per-metric exclusions."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -69,3 +70,14 @@ def organ_order(real: pd.DataFrame, synth: pd.DataFrame, organs: Sequence[str] |
         return list(dict.fromkeys(organs))
     present = set(real["organ"]) | set(synth["organ"])
     return [o for o in ORGAN_NAMES if o in present] + sorted(present - set(ORGAN_NAMES))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """An organ_metrics CSV; InputError (naming the file) when absent, empty or not CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a readable CSV table ({str(exc).splitlines()[0]})", path) from None

@@ -1,49 +1,51 @@
-"""Headline figures of a comparison (the ``summary.json`` content, without provenance)."""
+"""Headline figures of a comparison (the ``summary.json`` content, without provenance): computed here once.
+
+Over the **primary** cells only (organ x {volume_ml, suv_mean} x sex and all): verdict counts per metric and
+the worst primary cells. Nothing is pooled over overlapping cells or across metrics.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import math
 
 import pandas as pd
+
+from .verdicts import VERDICTS
 
 WORST_CELLS = 10
 
 
-def tested(concordance: pd.DataFrame) -> pd.DataFrame:
-    """Cells that were tested (enough cases on both sides) and have a deviation."""
-    return concordance[concordance["welch_p"].notna() & concordance["deviation_pct"].notna()]
+def primary_cells(concordance: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the primary family."""
+    return concordance[concordance["family"].astype(str) == "primary"]
 
 
-def _share(mask: pd.Series) -> float:
-    return float(mask.mean()) if len(mask) else float("nan")
+def verdict_counts(cells: pd.DataFrame) -> dict[str, int]:
+    """``{verdict: count}`` over ``cells``, every verdict present (0 where none)."""
+    counts = cells["verdict"].astype(str).value_counts()
+    return {v: int(counts.get(v, 0)) for v in VERDICTS}
 
 
-def _figures(cells: pd.DataFrame, margin: float, alpha: float) -> dict[str, float | int]:
-    dev = cells["deviation_pct"].abs()
-    eq = cells["equivalent"].astype("boolean")
-    return {
-        "cells_tested": int(len(cells)),
-        "share_within_margin": _share(dev <= 100 * margin),
-        "share_equivalent": _share(eq.fillna(False).astype(bool)),
-        "share_flagged": _share(cells["p_adjusted"] < alpha),
-        "median_abs_deviation_pct": float(dev.median()) if len(cells) else float("nan"),
-    }
+def worst_cells(concordance: pd.DataFrame, k: int = WORST_CELLS) -> pd.DataFrame:
+    """The ``k`` tested primary cells with the largest |deviation_pct|, largest first."""
+    cells = primary_cells(concordance)
+    cells = cells[cells["verdict"].astype(str) != "not tested"]
+    dev = pd.to_numeric(cells["deviation_pct"], errors="coerce").abs()
+    return cells.loc[dev.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
 
 
-def summarize(concordance: pd.DataFrame, trends: pd.DataFrame, *, metrics: Sequence[str], margin: float,
-              alpha: float) -> dict:
-    """Headline figures, per-metric figures, the worst cells and the trend verdicts.
-
-    Shares are over tested cells: within the margin means ``|deviation_pct| <= 100 * margin``; equivalent
-    means TOST p < alpha (cells without a TOST count as not equivalent); flagged means BH-adjusted Welch
-    p < alpha. The worst cells are the tested cells with the largest ``|deviation_pct|``.
-    """
-    cells = tested(concordance)
-    headline = {"cells": int(len(concordance)), **_figures(cells, margin, alpha),
-                "cells_below_min_n": int(concordance["welch_p"].isna().sum()),
-                "trend_terms_differing": int((trends["interaction_p"] < alpha).sum()),
-                "trend_terms_tested": int(trends["interaction_p"].notna().sum())}
-    per_metric = {m: _figures(cells[cells["metric"] == m], margin, alpha) for m in metrics}
-    order = cells["deviation_pct"].abs().sort_values(ascending=False, kind="stable").index
-    worst = cells.loc[order[:WORST_CELLS]].astype(object).where(lambda f: f.notna(), None)
-    return {"headline": headline, "per_metric": per_metric, "worst_cells": worst.to_dict(orient="records")}
-
+def summarize(concordance: pd.DataFrame, trends: pd.DataFrame) -> dict:
+    """Headline (verdict counts over primary cells per metric), the worst primary cells and the trend verdicts."""
+    primary = primary_cells(concordance)
+    per_metric = {}
+    for metric, cells in primary.groupby("metric", sort=False):
+        tested = cells[cells["verdict"].astype(str) != "not tested"]
+        dev = pd.to_numeric(tested["deviation_pct"], errors="coerce").abs()
+        per_metric[str(metric)] = {"cells": int(len(cells)), **verdict_counts(cells),
+                                   "median_abs_deviation_pct": float(dev.median()) if len(dev) else math.nan}
+    worst = worst_cells(concordance).astype(object)
+    worst = worst.where(worst.notna(), None)
+    tested_trends = trends[trends["p_adjusted"].notna()] if "p_adjusted" in trends else trends.iloc[:0]
+    return {"headline": {"primary_cells": int(len(primary)), **verdict_counts(primary), "per_metric": per_metric},
+            "worst_cells": worst.to_dict(orient="records"),
+            "trends": {"terms_tested": int(len(tested_trends)),
+                       "terms_differing": int((tested_trends["verdict"] == "differs").sum())}}

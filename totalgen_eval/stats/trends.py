@@ -1,8 +1,9 @@
 """Demographic trends: does the synthetic data change with age, sex, height and weight like the real data?
 
-Per organ x metric, one OLS (statsmodels formula API) on the pooled cohorts with a source interaction::
+Per organ x metric, one OLS (statsmodels formula API) on the pooled cohorts with a source interaction, on the
+log scale (the scale of the concordance estimand; values <= 0 are left out)::
 
-    metric ~ age + sex_M [+ height_m + weight_kg] + synth + age:synth + sex_M:synth [+ height_m:synth + weight_kg:synth]
+    log_metric ~ age + sex_M [+ height_m + weight_kg] + synth + age:synth + sex_M:synth [+ height_m:synth + weight_kg:synth]
 
 ``synth`` is 1 for synthetic rows and 0 for real ones, ``sex_M`` is 1 for men (so it is ``C(sex)`` with
 women as reference). In this parametrisation the base coefficient of a term is the **real** effect and
@@ -14,11 +15,15 @@ single sex. Each omission is returned as a note.
 Columns of the trends table (:data:`TRENDS_COLUMNS`), one row per organ x metric x term:
 
 - ``term``: ``age``, ``sex_M``, ``height_m``, ``weight_kg``; ``per``: the unit of the effect's denominator
-  (``year``, ``M vs F``, ``m``, ``kg``). Effects are in the metric's unit (mL, SUV, HU) per that unit.
+  (``year``, ``M vs F``, ``m``, ``kg``). Effects are percent changes of the metric per that unit,
+  ``100 (exp(b) - 1)`` of the log-scale coefficient ``b``.
 - ``real_effect``, ``real_ci_low``, ``real_ci_high``: the real effect and its (1 - alpha) CI.
 - ``synth_effect``, ``synth_ci_low``, ``synth_ci_high``: the synthetic effect (the contrast base +
   interaction, CI from ``results.t_test``).
-- ``difference``: synthetic minus real effect (the interaction coefficient); ``interaction_p``: its p-value.
+- ``difference``: the interaction coefficient as a percent (how much larger the synthetic per-unit ratio is
+  than the real one); ``interaction_p``: its p-value; ``p_adjusted``: Benjamini-Hochberg over every trend
+  term of the table; ``verdict``: ``differs`` (p_adjusted < alpha) or ``not shown to differ`` (never "same":
+  a non-significant interaction is not evidence of equal effects).
 - ``n_real``, ``n_synth``: rows used in the fit; ``formula``: the fitted formula.
 Rows whose model could not be fitted keep their keys and n with NaN effects.
 """
@@ -32,10 +37,15 @@ import pandas as pd
 import statsmodels.formula.api as smf
 
 from .inputs import usable
+from .models import to_pct
+from .verdicts import bh_adjust
+
+LOG = "log_metric"
 
 TRENDS_COLUMNS: tuple[str, ...] = (
     "organ", "metric", "term", "per", "real_effect", "real_ci_low", "real_ci_high", "synth_effect",
-    "synth_ci_low", "synth_ci_high", "difference", "interaction_p", "n_real", "n_synth", "formula")
+    "synth_ci_low", "synth_ci_high", "difference", "interaction_p", "p_adjusted", "verdict", "n_real", "n_synth",
+    "formula")
 TERM_UNITS: dict[str, str] = {"age": "year", "sex_M": "M vs F", "height_m": "m", "weight_kg": "kg"}
 
 
@@ -43,9 +53,10 @@ def _pooled(real: pd.DataFrame, synth: pd.DataFrame, metric: str) -> pd.DataFram
     """Usable rows of both cohorts with a ``synth`` indicator and a ``sex_M`` indicator (NaN if sex unknown)."""
     parts = []
     for flag, t in ((0.0, real), (1.0, synth)):
-        t = t[usable(t, metric) & t["age"].notna()]
-        cols = [c for c in ("age", "sex", "height_m", "weight_kg", metric) if c in t.columns]
+        t = t[usable(t, metric) & t["age"].notna() & (t[metric] > 0)]
+        cols = [c for c in ("age", "sex", "height_m", "weight_kg") if c in t.columns]
         part = t.loc[:, cols].copy()
+        part[LOG] = np.log(t[metric].to_numpy(float))
         part["sex_M"] = np.where(part["sex"].isna(), np.nan, (part["sex"] == "M").astype(float))
         part["synth"] = flag
         parts.append(part)
@@ -67,9 +78,9 @@ def choose_terms(data: pd.DataFrame) -> tuple[list[str], list[str]]:
     return terms, reasons
 
 
-def trend_formula(metric: str, terms: Sequence[str]) -> str:
-    """``metric ~ terms + synth + term:synth ...`` (real effects as base terms, differences as interactions)."""
-    return f"{metric} ~ " + " + ".join([*terms, "synth", *(f"{t}:synth" for t in terms)])
+def trend_formula(terms: Sequence[str]) -> str:
+    """``log_metric ~ terms + synth + term:synth ...`` (real effects as base terms, differences as interactions)."""
+    return f"{LOG} ~ " + " + ".join([*terms, "synth", *(f"{t}:synth" for t in terms)])
 
 
 def _empty_rows(organ: str, metric: str, terms: Sequence[str], n_real: int, n_synth: int, formula: str) -> list[dict]:
@@ -84,12 +95,12 @@ def fit_trends(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,
     terms, notes = choose_terms(data)
     if "sex_M" in terms:
         data = data[data["sex_M"].notna()]
-    formula = trend_formula(metric, terms)
+    formula = trend_formula(terms)
     n_real, n_synth = int((data["synth"] == 0).sum()), int((data["synth"] == 1).sum())
     rows = _empty_rows(organ, metric, terms, n_real, n_synth, formula)
     if min(n_real, n_synth) < max(min_n, len(terms) + 2):
         return rows, notes + [f"too few cases for the trend model (real {n_real}, synthetic {n_synth})"]
-    if any(data.loc[data["synth"] == f, metric].nunique() < 2 for f in (0.0, 1.0)):
+    if any(data.loc[data["synth"] == f, LOG].nunique() < 2 for f in (0.0, 1.0)):
         return rows, notes + ["constant values in a cohort: no trend model"]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -104,10 +115,11 @@ def fit_trends(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,
             contrast[[names.index(term), names.index(f"{term}:synth")]] = 1.0
             synth_test = fit.t_test(contrast)
             s_low, s_high = np.asarray(synth_test.conf_int(alpha=alpha)).ravel()
-            row.update(real_effect=float(fit.params[term]), real_ci_low=float(ci.loc[term, 0]),
-                       real_ci_high=float(ci.loc[term, 1]), synth_effect=float(np.squeeze(synth_test.effect)),
-                       synth_ci_low=float(s_low), synth_ci_high=float(s_high),
-                       difference=float(fit.params[f"{term}:synth"]),
+            row.update(real_effect=to_pct(float(fit.params[term])), real_ci_low=to_pct(float(ci.loc[term, 0])),
+                       real_ci_high=to_pct(float(ci.loc[term, 1])),
+                       synth_effect=to_pct(float(np.squeeze(synth_test.effect))),
+                       synth_ci_low=to_pct(float(s_low)), synth_ci_high=to_pct(float(s_high)),
+                       difference=to_pct(float(fit.params[f"{term}:synth"])),
                        interaction_p=float(fit.pvalues[f"{term}:synth"]))
     return rows, notes
 
@@ -122,4 +134,8 @@ def trends_table(real: pd.DataFrame, synth: pd.DataFrame, *, organs: Sequence[st
             got, why = fit_trends(r_org, s_org, organ, metric, min_n=min_n, alpha=alpha)
             rows += got
             notes += [{"organ": organ, "metric": metric, "reason": r} for r in why]
-    return pd.DataFrame(rows, columns=list(TRENDS_COLUMNS)), notes
+    table = pd.DataFrame(rows, columns=list(TRENDS_COLUMNS))
+    table["p_adjusted"] = bh_adjust(table["interaction_p"].to_numpy(float), alpha)
+    table["verdict"] = np.where(table["p_adjusted"] < alpha, "differs",
+                                np.where(table["p_adjusted"].notna(), "not shown to differ", "not tested"))
+    return table, notes

@@ -1,0 +1,166 @@
+"""Least squares and the log-scale source effect: the estimand of every concordance cell.
+
+The estimand is ``d``, the synthetic minus real difference of the mean of ``log(metric)``, reported as the
+ratio of geometric means ``100 (exp(d) - 1)`` %. Three estimators give it:
+
+- :func:`adjusted_effects` (primary and secondary cells): OLS of
+  ``log(metric) ~ synth * sex_M + age + height_m + weight_kg`` gives the source effect within each sex
+  (women: ``synth``; men: ``synth + synth:sex_M``); the model without the interaction gives the ``all`` effect.
+- :func:`unadjusted_effect` (descriptive cells): the difference of log means with Welch's standard error.
+- :func:`paired_effect` (twins): the mean of the log differences of pairs (paired t).
+
+Every estimator returns an :class:`Effect` (``d``, its standard error and degrees of freedom); the
+intervals and tests on it are :func:`interval` and :func:`p_value` (Student t).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+COVARIATES: tuple[str, ...] = ("age", "height_m", "weight_kg")
+MIN_KNOWN_SHARE = 0.5  # a covariate known for fewer cases than this on either side is left out of the model
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A log-scale difference ``d`` (synthetic minus real) with standard error ``se`` and ``df`` degrees of freedom."""
+
+    d: float
+    se: float
+    df: float
+    n_real: int
+    n_synth: int
+
+    @property
+    def usable(self) -> bool:
+        return bool(np.isfinite(self.d) and np.isfinite(self.se) and self.se > 0 and self.df > 0)
+
+
+NO_EFFECT = Effect(math.nan, math.nan, math.nan, 0, 0)
+
+
+def ols(design: np.ndarray, y: np.ndarray, robust: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """Least-squares coefficients, their covariance (classical, or HC3 with ``robust``) and residual df.
+
+    ``design`` is (n, p) with full column rank (checked by the caller), ``y`` is (n,).
+    """
+    xtx_inv = np.linalg.inv(design.T @ design)
+    beta = xtx_inv @ design.T @ y
+    resid = y - design @ beta
+    n, p = design.shape
+    if robust:  # HC3: each squared residual inflated by its leverage
+        leverage = np.einsum("ij,jk,ik->i", design, xtx_inv, design)
+        meat = design.T @ (design * (resid / (1.0 - leverage))[:, None] ** 2)
+        cov = xtx_inv @ meat @ xtx_inv
+    else:
+        cov = xtx_inv * float(resid @ resid) / (n - p)
+    return beta, cov, n - p
+
+
+def interval(effect: Effect, level: float) -> tuple[float, float]:
+    """The two-sided ``level`` confidence interval of ``d`` (log scale)."""
+    if not effect.usable:
+        return math.nan, math.nan
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, effect.df)) * effect.se
+    return effect.d - half, effect.d + half
+
+
+def p_value(effect: Effect) -> float:
+    """Two-sided p of ``d = 0``."""
+    if not effect.usable:
+        return math.nan
+    return float(2 * scipy.stats.t.sf(abs(effect.d / effect.se), effect.df))
+
+
+def to_pct(d: float | np.ndarray) -> float | np.ndarray:
+    """A log-scale difference as a ratio of geometric means in percent: 100 (exp(d) - 1)."""
+    return 100.0 * np.expm1(d)
+
+
+def model_covariates(data: pd.DataFrame) -> list[str]:
+    """The covariates the pooled data ``data`` (with a ``synth`` 0/1 column) can support.
+
+    A covariate enters when it is known for at least half the cases of each side and varies; sex is handled
+    by the caller.
+    """
+    chosen = []
+    for c in COVARIATES:
+        if c not in data.columns:
+            continue
+        known = data[c].notna()
+        if all(known[data["synth"] == f].mean() >= MIN_KNOWN_SHARE for f in (0.0, 1.0)) and data.loc[known, c].nunique() > 1:
+            chosen.append(c)
+    return chosen
+
+
+def _fit(data: pd.DataFrame, columns: Sequence[str], robust: bool) -> tuple[np.ndarray, np.ndarray, int] | None:
+    design = np.column_stack([np.ones(len(data)), *(data[c].to_numpy(float) for c in columns)])
+    if len(data) <= design.shape[1] or np.linalg.matrix_rank(design) < design.shape[1]:
+        return None
+    return ols(design, data["y"].to_numpy(float), robust)
+
+
+def _contrast(fit: tuple[np.ndarray, np.ndarray, int], weights: np.ndarray, n_real: int, n_synth: int) -> Effect:
+    beta, cov, df = fit
+    return Effect(float(weights @ beta), float(math.sqrt(max(weights @ cov @ weights, 0.0))), float(df),
+                  n_real, n_synth)
+
+
+def adjusted_effects(data: pd.DataFrame, min_n: int, robust: bool = False) -> tuple[dict[str, Effect], int, list[str]]:
+    """Source effects ``{"all": ..., "F": ..., "M": ...}`` from the covariate-adjusted models.
+
+    ``data``: one row per case with ``y`` (log metric), ``synth`` (0/1), ``sex`` (``"M"``/``"F"``/NaN) and the
+    covariates. Cases without a needed demographic are left out of the model; returns the effects, the
+    number of cases left out, and the covariates used. A sex without ``min_n`` cases on both sides gets no
+    per-sex effect; when only one sex has them, its effect comes from the model fitted within that sex.
+    """
+    covariates = model_covariates(data)
+    sex_known = all(data.loc[data["synth"] == f, "sex"].notna().mean() >= MIN_KNOWN_SHARE for f in (0.0, 1.0))
+    used = data.dropna(subset=[*(["sex"] if sex_known else []), *covariates])
+    left_out = len(data) - len(used)
+    used = used.assign(sex_M=(used["sex"] == "M").astype(float))
+    counts = {s: [int(((used["sex"] == s) & (used["synth"] == f)).sum()) for f in (0.0, 1.0)] for s in ("F", "M")}
+    sexes = [s for s in ("F", "M") if sex_known and min(counts[s]) >= min_n]
+    both_sexes = sex_known and used["sex_M"].nunique() == 2
+    effects: dict[str, Effect] = {}
+    n_r, n_s = int((used["synth"] == 0).sum()), int((used["synth"] == 1).sum())
+    fit = _fit(used, ["synth", *(["sex_M"] if both_sexes else []), *covariates], robust)
+    if fit is not None and min(n_r, n_s) >= min_n:
+        effects["all"] = _contrast(fit, np.eye(len(fit[0]))[1], n_r, n_s)
+    if len(sexes) == 2:
+        used = used.assign(synth_M=used["synth"] * used["sex_M"])
+        fit = _fit(used, ["synth", "sex_M", "synth_M", *covariates], robust)
+        if fit is not None:
+            women = np.eye(len(fit[0]))[1]
+            effects["F"] = _contrast(fit, women, *counts["F"])
+            effects["M"] = _contrast(fit, women + np.eye(len(fit[0]))[3], *counts["M"])
+    elif sexes:
+        s = sexes[0]
+        fit = _fit(used[used["sex"] == s], ["synth", *covariates], robust)
+        if fit is not None:
+            effects[s] = _contrast(fit, np.eye(len(fit[0]))[1], *counts[s])
+    return effects, left_out, covariates
+
+
+def unadjusted_effect(real: np.ndarray, synth: np.ndarray) -> Effect:
+    """Difference of the means of two log-scale samples, Welch standard error and Welch-Satterthwaite df."""
+    n_r, n_s = real.size, synth.size
+    if min(n_r, n_s) < 2 or (np.ptp(real) == 0 and np.ptp(synth) == 0):  # no spread: an estimate, no interval
+        return Effect(float(synth.mean() - real.mean()) if n_r and n_s else math.nan, math.nan, math.nan, n_r, n_s)
+    v_r, v_s = real.var(ddof=1) / n_r, synth.var(ddof=1) / n_s
+    se2 = v_r + v_s
+    df = se2 ** 2 / (v_r ** 2 / (n_r - 1) + v_s ** 2 / (n_s - 1)) if se2 > 0 else math.nan
+    return Effect(float(synth.mean() - real.mean()), float(math.sqrt(se2)), float(df), n_r, n_s)
+
+
+def paired_effect(differences: np.ndarray) -> Effect:
+    """Mean of paired log differences (synthetic minus its real twin) with the paired-t standard error."""
+    n = differences.size
+    if n < 2:
+        return Effect(math.nan, math.nan, math.nan, n, n)
+    return Effect(float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(n)), float(n - 1), n, n)
