@@ -122,13 +122,14 @@ class Cascade:
         return SamplingSettings(lo.sampler, int(steps or lo.steps), float(lo.guidance if guidance is None else guidance),
                                 sr.sampler, int(sr_steps or sr.steps), sr_chunk)
 
-    def prepare(self, demographics: Mapping[str, Any], warn: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+    def prepare(self, demographics: Mapping[str, Any], warn: bool = True, seed: int = 0,
+                indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """Demographics as used for conditioning: sex checked (ValueError), values clamped to the training range.
 
         Out-of-range age/height/weight are clamped with a UserWarning (the networks never saw them; a
         diffusion model extrapolates unreliably), never refused. A missing height_m/weight_kg (column absent or
-        NaN) is drawn from the population model given sex and age (reproducibly from ``seed``); without a
-        population model it is a ValueError naming the columns.
+        NaN) is drawn from the population model given sex and age (from ``seed`` and the row's case index in
+        ``indices``, default 0..n-1); without a population model it is a ValueError naming the columns.
         """
         missing = [k for k in ("age", "sex") if k not in demographics]
         if missing:
@@ -140,7 +141,7 @@ class Cascade:
         if self.population is None:
             return cols
         if not all(np.isfinite(np.asarray(cols[k], float)).all() for k in ("height_m", "weight_kg")):
-            cols = self.population.fill_missing(cols, np.random.default_rng([int(seed), 0x3A7C]))
+            cols = self.population.fill_missing_cases(cols, seed, indices)
         clamped, _ = self.population.clamp(cols, warn=warn)
         return clamped
 
@@ -154,7 +155,7 @@ class Cascade:
         the indices of its missing cases so that they come out as in an uninterrupted run.
         ``callback(k)`` is called after each batch with the number of cases it finished.
         """
-        table = self.prepare(demographics, seed=seed)
+        table = self.prepare(demographics, seed=seed, indices=indices)
         cond_all = demographics_tensor(table)
         n = cond_all.shape[0]
         indices = list(range(n)) if indices is None else [int(i) for i in indices]

@@ -7,6 +7,10 @@ missing height and/or weight given sex and age (conditional Gaussian), and clamp
 ranges (``clamp``), which the cascade uses because the networks never saw demographics outside them.
 
 Demographics are dicts (or DataFrames) with columns age (years), sex ("F"/"M"), height_m, weight_kg.
+
+Reproducible runs: ``sample_cases`` and ``fill_missing_cases`` draw case ``index`` of a run with ``seed`` from
+its own generator (``case_rng``), so a case never depends on how many cases are drawn or which come before
+it (``n = 2`` gives the first two cases of ``n = 6``).
 """
 from __future__ import annotations
 
@@ -14,11 +18,19 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 SEXES = ("F", "M")
+COLUMNS = ("age", "sex", "height_m", "weight_kg")
+SAMPLE_STREAM = 0xDE30  # case_rng stream of sampled demographics
+FILL_STREAM = 0x3A7C  # case_rng stream of filled-in heights and weights
+
+
+def case_rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    """The generator of case ``index`` of a run with ``seed``, for one ``stream`` of draws."""
+    return np.random.default_rng([int(seed), int(index), int(stream)])
 
 
 def _linear_fit(age: np.ndarray, hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +167,33 @@ class PopulationModel:
             hw[idx] = self._sample_hw(m, ages[idx], rng, height, weight)
         return {"age": ages, "sex": sexes, "height_m": hw[:, 0], "weight_kg": hw[:, 1]}
 
+    def sample_cases(self, seed: int, indices: Sequence[int], sex: str | None = None,
+                     age: tuple[float, float] | None = None, height: tuple[float, float] | None = None,
+                     weight: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+        """Demographics of cases ``indices`` of a run with ``seed`` (constraints as in ``sample``); case i is
+        drawn from ``case_rng(seed, i, SAMPLE_STREAM)`` alone."""
+        rows = [self.sample(1, case_rng(seed, i, SAMPLE_STREAM), sex, age, height, weight) for i in indices]
+        if not rows:
+            return self.sample(0, np.random.default_rng(0), sex, age, height, weight)
+        return {k: np.concatenate([r[k] for r in rows]) for k in COLUMNS}
+
     def fill_missing(self, demographics: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Copy of the columns with missing height/weight drawn given sex and age (and the other one if known)."""
+        """Copy of the columns with missing height/weight drawn given sex and age (and the other one if known),
+        all from ``rng`` in row order."""
+        return self._fill(demographics, lambda i: rng)
+
+    def fill_missing_cases(self, demographics: Mapping[str, Any], seed: int, indices: Sequence[int] | None = None
+                           ) -> dict[str, np.ndarray]:
+        """As ``fill_missing``, row r drawn from ``case_rng(seed, indices[r], FILL_STREAM)`` alone (default
+        indices 0..n-1)."""
+        n = len(np.asarray(demographics["age"]))
+        index = list(range(n)) if indices is None else [int(i) for i in indices]
+        if len(index) != n:
+            raise ValueError(f"{len(index)} indices for {n} demographics rows")
+        return self._fill(demographics, lambda r: case_rng(seed, index[r], FILL_STREAM))
+
+    def _fill(self, demographics: Mapping[str, Any], rng_of) -> dict[str, np.ndarray]:
+        """Fill missing heights/weights; ``rng_of(row)`` gives the generator of each row that needs one."""
         age = np.asarray(demographics["age"], float)
         sex = np.asarray([parse_sex(s) for s in demographics["sex"]])
         h = np.asarray(demographics["height_m"], float).copy()
@@ -164,7 +201,7 @@ class PopulationModel:
         if not np.isfinite(age).all():
             raise ValueError("age is missing for some cases; the population model needs sex and age")
         for i in np.flatnonzero(~np.isfinite(h) | ~np.isfinite(w)):
-            m = self.model(sex[i])
+            m, rng = self.model(sex[i]), rng_of(int(i))
             mu = m.mean_hw(age[i:i + 1])[0]
             cov = np.asarray(m.cov)
             if np.isfinite(h[i]):  # weight | height

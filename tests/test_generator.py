@@ -416,3 +416,22 @@ def test_population_fit_sample_and_fill():
     assert again == pop
     with pytest.raises(ValueError, match="unknown sex"):
         pop.sample(2, np.random.default_rng(0), sex="X")
+
+
+def test_population_draws_depend_only_on_seed_and_case_index():
+    pop = population(400, seed=2)
+    six, two = pop.sample_cases(5, range(6)), pop.sample_cases(5, range(2))
+    for col in ("age", "sex", "height_m", "weight_kg"):
+        np.testing.assert_array_equal(two[col], six[col][:2])
+        np.testing.assert_array_equal(pop.sample_cases(5, [4])[col], six[col][4:5])
+    assert not np.array_equal(pop.sample_cases(6, range(6))["age"], six["age"])
+    many = pop.sample_cases(0, range(3000), age=(40, 60))  # still the population's distribution
+    assert abs(np.mean(many["sex"] == "M") - pop.sexes["M"].share) < 0.03
+    assert many["age"].min() >= 40 and many["age"].max() <= 60
+    # a filled-in height depends on its own case only, not on which earlier rows were missing too
+    demo = {"age": [50.0, 60.0, 70.0], "sex": ["M", "F", "M"], "height_m": [np.nan, 1.6, np.nan],
+            "weight_kg": [80.0, np.nan, 75.0]}
+    full = pop.fill_missing_cases(demo, seed=1)
+    alone = pop.fill_missing_cases({k: v[2:] for k, v in demo.items()}, seed=1, indices=[2])
+    assert full["height_m"][2] == alone["height_m"][0] and full["height_m"][1] == 1.6
+    assert np.isfinite(full["weight_kg"]).all() and full["weight_kg"][0] == 80.0
