@@ -271,10 +271,11 @@ def require_good(problems: Iterable[tuple[str, str]], skip_bad: bool) -> None:
 def load_checked(path: str | Path, skip_bad: bool, **options: Any):
     """A cohort whose cases were all validated cheaply first (headers, grids, demographics, duplicate ids: what
     ``cohort.load_cohort`` checks); bad ones are left out (listed in ``Cohort.problems``) with ``skip_bad``,
-    else the first stops the run with :func:`stop_error`. ``options`` go to ``load_cohort``."""
+    else the first stops the run with :func:`stop_error`. ``options`` go to ``load_cohort``. The folder is
+    made absolute, so workers of a Dask cluster find the files whatever their working folder."""
     from .cohort import load_cohort
 
-    cohort = load_cohort(path, skip_bad=True, **options)
+    cohort = load_cohort(Path(path).expanduser().resolve(), skip_bad=True, **options)
     require_good(cohort.problems, skip_bad)
     return cohort
 
