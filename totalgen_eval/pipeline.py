@@ -97,6 +97,9 @@ def _check_output_folder(cfg: CompareConfig) -> None:
         old = json.loads(previous.read_text())
     except json.JSONDecodeError:
         raise InputError("unreadable config.json; use --force to overwrite", previous) from None
+    if not isinstance(old, dict) or not isinstance(old.get("options"), dict):
+        raise InputError("holds a config.json that totalgen-eval compare did not write; choose another --out",
+                         cfg.out)
     for key in _IDENTITY:
         if Path(str(old.get("options", {}).get(key))).resolve() != Path(getattr(cfg, key)).resolve():
             raise InputError(f"holds a comparison of {old['options'].get('real')} vs {old['options'].get('synth')}; "
@@ -133,6 +136,14 @@ def choose_segmenters(cfg: CompareConfig, real: Any, synth: Any) -> tuple[str, s
     return ("totalsegmentator", "totalsegmentator") if "totalsegmentator" in both else both
 
 
+def _check_segmenters(cfg: CompareConfig) -> None:
+    """Resolve the segmenters given (a typo in ``model:bundeld`` fails here, before any case is read)."""
+    from .segment import make_segmenter
+
+    for spec in {cfg.real_segmenter, cfg.synth_segmenter} - {None}:
+        make_segmenter(spec, device=cfg.device, organs=cfg.organs)
+
+
 def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     """Compare two cohort folders; writes every output under ``cfg.out`` and returns the tables."""
     from .metrics import LESION_MODES, excluded_table, lesion_table, organ_metrics
@@ -142,6 +153,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     from .stats import compare_tables, twin_map
 
     scheduler = make_scheduler(cfg.scheduler, cfg.workers)  # a bad spec fails before any work
+    _check_segmenters(cfg)
     if cfg.lesions not in LESION_MODES:
         raise InputError(f"{cfg.lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     _check_output_folder(cfg)

@@ -117,11 +117,13 @@ def read_marker(folder: str | Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("tool") == "totalgen-eval" else None
 
 
-def write_marker(folder: str | Path, command: str) -> Path:
-    """Mark ``folder`` as made by ``totalgen-eval <command>`` (with the command line that made it)."""
+def write_marker(folder: str | Path, command: str, argv: Iterable[str] | None = None) -> Path:
+    """Mark ``folder`` as made by ``totalgen-eval <command>`` with the command line that made it (``argv``,
+    default ``sys.argv``)."""
     from . import __version__
 
-    return write_json({"tool": "totalgen-eval", "command": command, "argv": list(sys.argv), "version": __version__,
+    argv = list(sys.argv if argv is None else argv)
+    return write_json({"tool": "totalgen-eval", "command": command, "argv": argv, "version": __version__,
                        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, Path(folder) / MARKER)
 
 
@@ -131,7 +133,8 @@ def foreign_files(folder: Path) -> list[Path]:
 
 
 def claim_folder(folder: str | Path, command: str, accept: Iterable[str] = (),
-                 legacy: Callable[[Path], bool] | None = None, write: bool = True) -> Path:
+                 legacy: Callable[[Path], bool] | None = None, write: bool = True,
+                 argv: Iterable[str] | None = None) -> Path:
     """Make ``folder`` the output of ``totalgen-eval <command>``, or InputError naming why it cannot be.
 
     Accepted: a new or empty folder; one whose marker names ``command`` or one of ``accept``; a folder without
@@ -153,7 +156,9 @@ def claim_folder(folder: str | Path, command: str, accept: Iterable[str] = (),
                              "writes into folders it made: choose another --out", folder)
     if write:
         folder.mkdir(parents=True, exist_ok=True)
-        write_marker(folder, command)
+        marker = read_marker(folder)
+        if marker is None or marker.get("command") == command:  # the maker's marker stays
+            write_marker(folder, command, argv)
     return folder
 
 

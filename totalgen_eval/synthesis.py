@@ -28,10 +28,11 @@ import pandas as pd
 
 from .errors import InputError
 from .parallel import EXCLUDED_COLUMNS, write_excluded
-from .provenance import package_versions, to_jsonable, write_json
+from .provenance import foreign_files, package_versions, read_marker, to_jsonable, write_json
 from .volumes import write_volume
 
 GENERATE_JSON = "generate.json"
+MAX_CASES = 100_000
 CASE_DIR = "cases"
 SETTINGS_KEYS = ("n", "seed", "match", "match_digest", "sex", "age", "height", "weight", "lowres_sampler",
                  "lowres_steps", "guidance", "sr_sampler", "sr_steps", "checkpoint_id")
@@ -68,11 +69,12 @@ def _sex(value: str | None) -> str | None:
 
 def sampled_demographics(population, n: int, seed: int, sex: str | None = None, age: str | None = None,
                          height: str | None = None, weight: str | None = None) -> pd.DataFrame:
-    """``n`` rows (case_id, age, sex, height_m, weight_kg) drawn from the population model, constrained."""
-    rng = np.random.default_rng([int(seed), 0xDE30])
+    """``n`` rows (case_id, age, sex, height_m, weight_kg) drawn from the population model, constrained.
+
+    Case i is drawn from (seed, i) alone, so ``n = 2`` gives the first two cases of ``n = 6``."""
     try:
-        cols = population.sample(n, rng, sex=_sex(sex), age=parse_range(age, "--age"),
-                                 height=parse_range(height, "--height"), weight=parse_range(weight, "--weight"))
+        cols = population.sample_cases(seed, range(n), sex=_sex(sex), age=parse_range(age, "--age"),
+                                       height=parse_range(height, "--height"), weight=parse_range(weight, "--weight"))
     except ValueError as exc:
         raise InputError(str(exc), "--sex") from None
     frame = pd.DataFrame(cols)
@@ -100,7 +102,7 @@ def matched_demographics(match: str | Path, population, seed: int, skip_bad: boo
         raise InputError("no case with age and sex to match", match)
     cols = {k: real[k].to_numpy() for k in ("age", "sex", "height_m", "weight_kg")}
     if population is not None:
-        cols = population.fill_missing(cols, np.random.default_rng([int(seed), 0x3A7C]))
+        cols = population.fill_missing_cases(cols, seed)  # twin i's fill-in from (seed, i) alone
     elif real[["height_m", "weight_kg"]].isna().any().any():
         raise InputError("height/weight missing and the checkpoint has no population model to fill them in", match)
     frame = pd.DataFrame(cols)
@@ -123,7 +125,12 @@ def _case_paths(root: Path, case_id: str) -> dict[str, Path]:
 def _check_folder(root: Path, settings: dict, force: bool) -> None:
     """InputError unless ``root`` is new, empty, or holds a run with the same settings (or ``force``)."""
     info = root / GENERATE_JSON
+    marker = read_marker(root)
+    made_here = marker.get("command") == "generate" if marker is not None else info.is_file()
     if force:
+        if foreign_files(root) and not made_here:
+            raise InputError("holds files that generate did not write; --force only ever replaces a generate run: "
+                             "use another --out", root)
         for p in list((root / CASE_DIR).glob("synth-*.nii.gz")) if (root / CASE_DIR).is_dir() else []:
             p.unlink()
         for name in (GENERATE_JSON, "cohort.csv"):
@@ -138,8 +145,8 @@ def _check_folder(root: Path, settings: dict, force: bool) -> None:
         if differ:
             text = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in differ[:4])
             raise InputError(f"holds a generate run with other settings ({text}); use another --out or --force", root)
-    elif root.is_dir() and any(root.iterdir()):
-        raise InputError("is not empty and holds no generate run; use another --out or --force", root)
+    elif foreign_files(root) and not made_here:
+        raise InputError("is not empty and holds no generate run; use another --out", root)
 
 
 def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match: str | Path | None = None,
@@ -157,8 +164,16 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
     skip_bad: with ``match``, bad cases of that cohort get no twin and are listed in ``out/excluded.csv``.
     """
     from generator import CheckpointError, load_cascade
+    from generator.config import check_sampling
 
     root = Path(out)
+    if match is None and (isinstance(n, bool) or not isinstance(n, (int, np.integer, type(None)))
+                          or not 1 <= (500 if n is None else n) <= MAX_CASES):
+        raise InputError(f"{n!r} is not a number of cases from 1 to {MAX_CASES}", "--n")
+    try:
+        check_sampling(steps, guidance, sr_steps)  # before any weights are loaded
+    except ValueError as exc:
+        raise InputError(str(exc), "--" + str(exc).split(" ", 1)[0].replace("_", "-")) from None
     if cascade is None:
         try:
             cascade = load_cascade(checkpoint, device=device)

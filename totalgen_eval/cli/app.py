@@ -81,6 +81,9 @@ class _Command(TyperCommand):
         return pieces
 
 
+INVOCATION: list[str] = ["totalgen-eval"]  # the command line being run (recorded in output markers)
+
+
 class _Group(TyperGroup):
     """The app: usage errors (a bad option value, a missing argument) are one line, status 2."""
 
@@ -89,6 +92,8 @@ class _Group(TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        global INVOCATION
+        INVOCATION = ["totalgen-eval", *(sys.argv[1:] if args is None else list(args))]
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
@@ -125,6 +130,7 @@ app = typer.Typer(
 Seed = Annotated[int, typer.Option("--seed", metavar="INT", help="Random seed: the same seed gives the same result.")]
 Workers = Annotated[int, typer.Option("--workers", "-j", min=1, max=256, metavar="N", help="Parallel worker processes.")]
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="Torch device: cpu, cuda, cuda:1 ...")]
+MAX_CASES = 100_000  # --n of phantoms and generate
 MaxVoxels = Annotated[int, typer.Option("--max-voxels", min=1, metavar="N", help="Refuse volumes with more voxels than this "
                                         "(checked from the file header before reading; AutoPET's are 96 M).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
@@ -207,22 +213,24 @@ OUTPUT_KINDS: dict[str, tuple[tuple[str, ...], Callable[[Path], bool]]] = {
     "phantoms": ((), _has("phantom.json")),
     "compare": (("demo", "stats"), _results_folder),
     "stats": (("compare", "demo"), _results_folder),
+    "plot": (("compare", "demo", "stats"), _results_folder),
     "demo": ((), _results_folder),
     "segment": (("compare", "demo"), lambda f: {p.name for p in f.iterdir()} <= {"labels", "excluded.csv"}),
-    "train": ((), _has("lowres.json", "sr.json", "lowres-state.json", "sr-state.json")),
+    "train": ((), _has("lowres.json", "sr.json", "lowres-state.json", "sr-state.json", "lowres-loss.csv",
+                       "sr-loss.csv")),
 }
 
 
 @contextmanager
 def output_folder(folder: Path, command: str) -> Iterator[Path]:
     """Check that ``folder`` may take the output of ``command`` (see ``provenance.claim_folder``), hold its lock
-    while the block runs and mark it as this tool's."""
+    while the block runs and mark it as this tool's (``plot`` only redraws: it leaves the maker's marker)."""
     from ..provenance import claim_folder, folder_lock
 
     accept, legacy = OUTPUT_KINDS[command]
     claim_folder(folder, command, accept, legacy, write=False)  # refuse before creating anything
     with folder_lock(folder, command):
-        claim_folder(folder, command, accept, legacy)
+        claim_folder(folder, command, accept, legacy, write=command != "plot", argv=INVOCATION)
         yield folder
 
 

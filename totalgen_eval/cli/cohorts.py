@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError, check_number, printable
-from .app import (DEFAULT_MAX_VOXELS, Device, MaxVoxels, Progress, Scheduler, Seed, Segmenter, SkipBad, Workers,
-                  _command, _parse, out, output_folder, protect, say, set_max_voxels)
+from .app import (DEFAULT_MAX_VOXELS, MAX_CASES, Device, MaxVoxels, Progress, Scheduler, Seed, Segmenter, SkipBad,
+                  Workers, _command, _parse, out, output_folder, protect, say, set_max_voxels)
 
 
 # inspect / phantoms / doctor --------------------------------------------------------------------------
@@ -60,9 +60,6 @@ def inspect(
     if csv is not None:
         write_table(inspect_frame(c), csv)
         say(f"case table written to {csv}")
-
-
-MAX_CASES = 100_000  # --n of phantoms and generate
 
 
 @_command()

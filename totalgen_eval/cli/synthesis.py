@@ -1,36 +1,51 @@
 """Commands of the generator: generate, train, benchmark."""
 from __future__ import annotations
 
+import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
-from .app import Device, Progress, Seed, _command, out
+from ..errors import InputError, check_number
+from .app import (DEFAULT_MAX_VOXELS, MAX_CASES, Device, MaxVoxels, Progress, Seed, SkipBad, _command,
+                  output_folder, say, set_max_voxels)
+
+MAX_STEPS = 1000  # sampler steps of either stage (generator.config.LIMITS)
+MAX_GUIDANCE = 50.0
 
 
 # generate / train / benchmark -------------------------------------------------------------------------
 @_command()
 def generate(
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Number of cases (ignored with --match).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the synthetic cohort.")] = Path("synth"),
-    match: Annotated[Optional[Path], typer.Option("--match", help="One synthetic twin per case of this cohort.")] = None,
-    sex: Annotated[Optional[str], typer.Option("--sex", help="Only F or M.")] = None,
-    age: Annotated[Optional[str], typer.Option("--age", help="Age range in years, e.g. 40-70.")] = None,
-    height: Annotated[Optional[str], typer.Option("--height", help="Height (m) or range, e.g. 1.6-1.8.")] = None,
-    weight: Annotated[Optional[str], typer.Option("--weight", help="Weight (kg) or range, e.g. 60-90.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Stage 1 sampler steps (default: the checkpoint's, 16).")] = None,
-    sr_steps: Annotated[Optional[int], typer.Option("--sr-steps", min=1, help="Stage 2 (super-resolution) sampler steps "
+    n: Annotated[Optional[int], typer.Option("--n", min=1, max=MAX_CASES, metavar="N",
+                                             help="Number of cases (ignored with --match).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for the synthetic cohort.")] = Path("synth"),
+    match: Annotated[Optional[Path], typer.Option("--match", metavar="COHORT",
+                                                  help="One synthetic twin per case of this cohort.")] = None,
+    sex: Annotated[Optional[str], typer.Option("--sex", metavar="F|M", help="Only F or M.")] = None,
+    age: Annotated[Optional[str], typer.Option("--age", metavar="RANGE", help="Age range in years, e.g. 40-70.")] = None,
+    height: Annotated[Optional[str], typer.Option("--height", metavar="RANGE", help="Height (m) or range, e.g. 1.6-1.8.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="RANGE", help="Weight (kg) or range, e.g. 60-90.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, max=MAX_STEPS, metavar="N",
+                                                 help="Stage 1 sampler steps (default: the checkpoint's, 16).")] = None,
+    sr_steps: Annotated[Optional[int], typer.Option("--sr-steps", min=1, max=MAX_STEPS, metavar="N",
+                                                    help="Stage 2 (super-resolution) sampler steps "
                                                     "(default: the checkpoint's, 4; 2 gives less hot-voxel noise but lower small-organ SUVmean).")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Volumes denoised together.")] = 8,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A cascade folder (default: bundled weights).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", metavar="SCALE",
+                                                      help="Classifier-free guidance scale, 0-50 (1 = none).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, metavar="N", help="Volumes denoised together.")] = 8,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", metavar="DIR",
+                                                       help="A cascade folder (default: bundled weights).")] = None,
     seed: Seed = 0,
     device: Device = "cpu",
-    force: Annotated[bool, typer.Option("--force", help="Start afresh in a folder that holds another run.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start afresh in a folder that holds another generate run "
+                                        "(only ever deletes what generate wrote).")] = False,
+    skip_bad: SkipBad = False,
     progress: Progress = True,
+    max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
 ) -> None:
     """Sample a synthetic PET/CT cohort from the bundled cascaded diffusion generator.
 
@@ -41,21 +56,28 @@ def generate(
 
     Examples: `totalgen-eval generate --n 500`, `totalgen-eval generate --match real/ --out twins/`,
     `totalgen-eval generate --n 100 --sex F --age 40-70`."""
+    from ..provenance import refuse_inputs
     from ..synthesis import generate_cohort
 
     if n is None and match is None:
         n = 500
-    path = generate_cohort(out_dir, n=n, match=match, sex=sex, age=age, height=height, weight=weight, steps=steps,
-                           guidance=guidance, batch_size=batch_size, checkpoint=checkpoint, seed=seed,
-                           device=device, force=force, progress=progress, sr_steps=sr_steps)
-    out.print(f"synthetic cohort written to {path}")
+    if guidance is not None:
+        check_number(guidance, "--guidance", 0.0, MAX_GUIDANCE)
+    set_max_voxels(max_voxels)
+    if match is not None:
+        refuse_inputs([out_dir], [match], f"--match {match}")
+    with output_folder(out_dir, "generate"):
+        path = generate_cohort(out_dir, n=n, match=match, sex=sex, age=age, height=height, weight=weight,
+                               steps=steps, guidance=guidance, batch_size=batch_size, checkpoint=checkpoint, seed=seed,
+                               device=device, force=force, progress=progress, sr_steps=sr_steps, skip_bad=skip_bad)
+    say(f"synthetic cohort written to {path}")
 
 
 @_command()
 def train(
     cohort: Annotated[Path, typer.Argument(help="Training cohort folder.")],
     stage: Annotated[str, typer.Option("--stage", help="lowres (stage 1) or sr (stage 2).")] = "lowres",
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder (resumes if it holds one).")] = Path("runs/lowres"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Checkpoint folder (resumes if it holds one).")] = Path("runs/lowres"),
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Cases a step (per process under torchrun).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast where the device runs it fast), "
@@ -80,15 +102,17 @@ def train(
         raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
     if precision not in ("auto", "bf16", "fp32"):
         raise InputError(f"unknown precision {precision!r} (auto, bf16 or fp32)", "--precision")
-    path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
-                       device=device, progress=progress, precision=precision, checkpointing=checkpointing)
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes (and locks) the folder
+    with output_folder(out_dir, "train") if writer else nullcontext():
+        path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
+                           device=device, progress=progress, precision=precision, checkpointing=checkpointing)
     if int(os.environ.get("RANK", "0")) == 0:
-        out.print(f"checkpoint written to {path}")
+        say(f"checkpoint written to {path}")
 
 
 @_command()
 def benchmark(
-    suite: Annotated[str, typer.Option("--suite", help="regression, perf or all.")] = "regression",
+    suite: Annotated[str, typer.Option("--suite", metavar="SUITE", help="regression, perf or all.")] = "regression",
     update: Annotated[bool, typer.Option("--update", help="Rewrite the baselines with the current figures.")] = False,
     publish: Annotated[bool, typer.Option("--publish", help="Run the full configurations and regenerate reports/ "
                                           "(calibration, generator fidelity and speed, the demo report).")] = False,
@@ -102,17 +126,13 @@ def benchmark(
     baseline and tolerance; the command exits 1 naming every figure that regressed. --update rewrites the
     baselines deliberately (tolerances and notes kept).
 
-    Examples: `totalgen-eval benchmark` (the CI subset), `totalgen-eval benchmark --suite all --publish`."""
+    Runs `python -m benchmarks` of the source checkout in a subprocess (the benchmarks are not part of the
+    installed package). Examples: `totalgen-eval benchmark` (the CI subset), `totalgen-eval benchmark --suite
+    all --publish`."""
     root = Path(__file__).resolve().parents[2]
-    if not (root / "benchmarks" / "suite.py").is_file():
-        raise InputError("the benchmarks live in the source checkout (git clone); not in an installed wheel", root)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.suite import run_suite
-
-    try:
-        ok = run_suite(suite, update=update, publish=publish, fast=fast,
-                       echo=lambda line: out.print(line, soft_wrap=True, highlight=False))
-    except ValueError as exc:
-        raise InputError(str(exc), "--suite") from None
-    raise typer.Exit(0 if ok else 1)
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise InputError("the benchmarks live in the source checkout (git clone), not in the installed package; "
+                         "run `python -m benchmarks` there", "benchmark")
+    argv = [sys.executable, "-m", "benchmarks", "--suite", suite, "--fast" if fast else "--full"]
+    argv += ["--update"] * update + ["--publish"] * publish
+    raise typer.Exit(subprocess.call(argv, cwd=root))

@@ -11,7 +11,9 @@ Layouts, tried in this order (DESIGN.md section 2):
 """
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
+from ..provenance import read_marker
 from .autopet import discover_nnunet, discover_tcia, parse_channel_order, tcia_case_id, tcia_data_root
 from .case import BQML_MAX_SUV, Case, case_problems, file_grid
 from .ours import COHORT_CSV, CORE_COLUMNS, discover_ours, write_cohort_csv
@@ -137,6 +140,7 @@ def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "
         raise InputError("cohort folder not found", root)
     if not root.is_dir():
         raise InputError("expected a cohort folder (or its cohort.csv)", root)
+    refuse_incomplete(root)
     layout = find_layout(root)
     if layout == "totalgen":
         cases, problems = discover_ours(root, resample_ct=resample_ct)
@@ -155,6 +159,26 @@ def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "
     if problems and not skip_bad:
         raise problems[0][1]
     return Cohort(root, layout, tuple(good), tuple((cid, str(err)) for cid, err in problems))
+
+
+def refuse_incomplete(root: Path) -> None:
+    """InputError when ``root`` holds a `generate` run that has not finished (its generate.json says "running":
+    still writing, or interrupted): such a folder is not a cohort until the same command has completed it."""
+    info = root / "generate.json"
+    if not info.is_file():
+        return
+    try:
+        status = json.loads(info.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        raise InputError("unreadable generate.json: the generate run that made this folder may be incomplete; "
+                         "run the same generate command again", root) from None
+    if status != "complete":
+        marker = read_marker(root) or {}
+        argv = marker.get("argv") if marker.get("command") == "generate" else None
+        again = "`totalgen-eval " + " ".join(shlex.quote(a) for a in argv[1:]) + "`" if argv else \
+            "the same `totalgen-eval generate` command"
+        raise InputError(f"incomplete: its generate run is still running or was interrupted (generate.json status "
+                         f"{status!r}); resume it with {again}", root)
 
 
 def check_cohort(cohort: Cohort, deep: bool = False, workers: int = 1) -> list[tuple[str, str]]:
