@@ -241,3 +241,36 @@ def test_bundled_segmenter_on_fresh_phantoms(tmp_path):
     assert res["suv_mean_diff_pct"].abs().max() < 5.0, res
     assert per_case["dice"].min() >= 0.6, per_case
     assert segment.make_segmenter("model:bundled").path == seg_model.bundled_model_path()
+
+
+def test_label_cache_follows_the_input_not_its_size_and_mtime(tmp_path):
+    """A CT rewritten in place with its old size and mtime put back gets new labels; names read <case>_<key>."""
+    import os
+
+    _tiny_model(tmp_path)
+    spec = f"model:{tmp_path / 'tiny.json'}"
+    case = _case(tmp_path, None)
+    ct, aff = read_volume(case.ct)
+    ct_nii = write_volume(ct.astype(np.float32), aff, tmp_path / "ct.nii")  # uncompressed: same size after edits
+    case = Case(case.case_id, 50.0, "F", 1.7, 70.0, ct_nii, case.pet, None)
+    first = segment.cached_labels(case, spec, tmp_path / "cache")
+    assert first.parent == tmp_path / "cache" / "labels"
+    assert first.name.startswith("c0_") and len(first.name) == len("c0_") + 8 + len(".nii.gz")
+    before = os.stat(ct_nii)
+    write_volume(np.full(ct.shape, -1000.0, np.float32), aff, ct_nii)  # air everywhere
+    os.utime(ct_nii, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (os.stat(ct_nii).st_size, os.stat(ct_nii).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    second = segment.cached_labels(case, spec, tmp_path / "cache")
+    assert second != first and second.is_file() and first.is_file()
+    assert second.name.startswith("c0_")
+
+
+def test_segment_cohort_through_map_cases(tmp_path):
+    _tiny_model(tmp_path)
+    spec = f"model:{tmp_path / 'tiny.json'}"
+    cases = [_case(tmp_path, None, name=f"c{i}") for i in range(2)]
+    done = segment.segment_cohort(cases, spec, cache_dir=tmp_path / "seg", progress=False)
+    assert list(done.labels) == ["c0", "c1"] and all(p.is_file() for p in done.labels.values())
+    assert done.excluded.empty and (tmp_path / "seg" / "excluded.csv").is_file()
+    for cid, path in done.labels.items():
+        assert path == segment.cached_labels(next(c for c in cases if c.case_id == cid), spec, tmp_path / "seg")
