@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -208,6 +209,10 @@ def test_a_case_that_fails_during_the_work_is_left_out(tmp_path):
     assert left_out.case_id == "phantom-0001" and "phantom-0001_pet.nii.gz" in left_out.reason
     with pytest.raises(InputError, match="phantom-0001.*--skip-bad"):
         metrics.organ_metrics(cohort, progress=False)
+    if importlib.util.find_spec("distributed") is not None:  # the same on a Dask cluster (threads: fast)
+        with parallel.DaskScheduler(n_workers=2, processes=False) as dask:
+            on_dask = metrics.organ_metrics(cohort, skip_bad=True, scheduler=dask, progress=False)
+        pd.testing.assert_frame_equal(metrics.excluded_table(on_dask), metrics.excluded_table(table))
 
 
 # --- Dask ----------------------------------------------------------------------------------------------------
