@@ -39,3 +39,24 @@ def test_parse_age_bins():
         d.parse_age_bins("50,20")
     with pytest.raises(ValueError, match="preset"):
         d.parse_age_bins("old")
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ({"age": -5}, "implausible age -5: expected 0-120 years"),
+    ({"age": 121}, "implausible age 121: expected 0-120 years"),
+    ({"height_m": 175.0}, "implausible height_m 175: expected 0.5-2.5 m (cm? 175 cm is 1.75 m)"),
+    ({"height_m": 1750.0}, "implausible height_m 1750: expected 0.5-2.5 m (mm? 1750 mm is 1.75 m)"),
+    ({"height_m": 0.3}, "implausible height_m 0.3: expected 0.5-2.5 m"),
+    ({"weight_kg": 0.0}, "implausible weight_kg 0: expected 2-400 kg"),
+    ({"weight_kg": float("inf")}, "implausible weight_kg inf: expected 2-400 kg"),
+])
+def test_implausible_demographics_said_in_words(kwargs, expected):
+    assert d.demographic_problem(**kwargs) == expected
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        d.check_demographics(**kwargs)
+
+
+def test_plausible_and_missing_demographics_pass():
+    for age, h, w in ((0.0, 0.5, 2.0), (120.0, 2.5, 400.0), (57.0, float("nan"), float("nan")), (float("nan"),) * 3):
+        assert d.demographic_problem(age, h, w) is None
+        d.check_demographics(age, h, w)

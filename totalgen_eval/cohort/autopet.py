@@ -246,8 +246,9 @@ def rows_disagree(rows: list[Row]) -> str | None:
             if getattr(row, what).strip():
                 values.setdefault(_normalised(getattr(row, what), parse), []).append(row)
         if len(values) > 1:
-            listed = "; ".join(f"{getattr(rs[0], what).strip()!r} in row{'s' if len(rs) > 1 else ''} "
-                               f"{', '.join(str(r.line) for r in rs)}" for rs in values.values())
+            groups = sorted((sorted(r.line for r in rs), getattr(rs[0], what).strip()) for rs in values.values())
+            listed = "; ".join(f"{v!r} in row{'s' if len(ls) > 1 else ''} {', '.join(map(str, ls))}"
+                               for ls, v in groups)
             return f"the series rows of one study disagree on {what} ({listed})"
     return None
 

@@ -205,6 +205,8 @@ def file_grid(path: Path, role: str = "image") -> Grid:
         proxy = img.dataobj  # where nibabel will read the voxels from, and their stored type
         expected = int(proxy.offset) + int(np.prod(shape)) * np.dtype(proxy.dtype).itemsize
     except Exception as exc:
+        if "data code 1 not supported" in str(exc):  # NIfTI DT_BINARY: nibabel cannot read 1-bit voxels
+            raise InputError(dtype_problem(np.dtype("V1"), role), path) from None
         raise InputError(f"not a readable NIfTI header ({type(exc).__name__}: {exc})".splitlines()[0],
                          path) from None
     if len(shape) != 3:
