@@ -221,8 +221,8 @@ def _progress_bar(enabled: bool):
     """A started rich progress display, or None."""
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from .parallel import progress_bar
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    bar = progress_bar()
     bar.start()
     return bar
