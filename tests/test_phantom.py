@@ -415,7 +415,7 @@ def test_make_cohort_tcia_layout(tmp_path):
     for study in studies:
         assert re.fullmatch(r"\d{2}-\d{2}-\d{4}-NA-PET-CT Ganzkoerper  primaer mit KM-\d{5}", study.name)
         assert re.fullmatch(r"PETCT_[0-9a-f]{10}", study.parent.name)
-        assert {p.name for p in study.iterdir()} == {"CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz", "organs.nii.gz"}
+        assert {p.name for p in study.iterdir()} == {"CTres.nii.gz", "SUV.nii.gz", "SEG.nii.gz", "organs.nii.gz", "organs.ctbl"}
         rows = meta[meta["Subject ID"] == study.parent.name]
         assert len(rows) == 3 and rows["File Location"].str.contains(study.name, regex=False).all()
     truth = pd.read_csv(root / "truth.csv")

@@ -95,6 +95,9 @@ def _render_and_write(root: str, spec: CaseSpec, config: PhantomConfig) -> int:
     for role, path in paths.items():
         write_volume(arrays[role], case.affine, path)
         written += path.stat().st_size
+    if "labels" in paths:
+        from ..segment.formats import write_label_table
+        write_label_table(paths["labels"])  # <name>.ctbl beside the labels: organ names in 3D Slicer
     return written
 
 

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..organs import ORGAN_NAMES
 from ..parallel import Excluded, Scheduler, excluded_frame, map_cases, write_excluded
 from ..volumes import Grid, read_grid, read_volume, write_volume
-from .formats import read_labels_any
+from .formats import read_labels_any, write_label_table
 from .totalseg import totalsegmentator_weights
 
 __all__ = ["make_segmenter", "case_labels", "cached_labels", "segment_cohort", "default_segmenter",
@@ -187,6 +187,7 @@ def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str
         if not out.is_file():
             labels, affine = read_labels_any(src)
             write_volume(labels.astype(np.uint8), affine, out)
+            write_label_table(out)  # <name>.ctbl: names and colours for viewers (3D Slicer)
         return out
     if cache_dir is None:
         raise InputError("computed labels need a cache folder (--out)", backend.spec)
@@ -195,6 +196,7 @@ def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         backend.segment(case, _grid_of(case), out)
+        write_label_table(out)
     return out
 
 

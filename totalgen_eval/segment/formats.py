@@ -6,9 +6,13 @@
 3. A TotalSegmentator output folder: one binary ``<class name>.nii.gz`` mask per class.
 
 Arrays are (i, j, k) with their affine; results are uint8.
+
+Every label file this tool writes gets a colour table beside it (``write_label_table``: ``<name>.ctbl``, the
+3D Slicer format, ``id name R G B A`` per line), so viewers show organ names instead of bare ids.
 """
 from __future__ import annotations
 
+import colorsys
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..organs import CLASSES
+from ..provenance import atomic_path
 from ..volumes import load_image
 
 log = logging.getLogger(__name__)
@@ -137,3 +142,55 @@ def read_labels_any(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if path.is_dir():
         return read_mask_folder(path)
     return read_multilabel(path)
+
+
+# colour tables beside label files ---------------------------------------------------------------------
+#: RGB of the evaluation organs' classes (Slicer-like anatomical colours); other classes get spread hues.
+ORGAN_COLOURS: dict[str, tuple[int, int, int]] = {
+    "spleen": (157, 108, 162), "kidney_right": (185, 102, 83), "kidney_left": (185, 102, 83),
+    "liver": (221, 130, 101), "lung_upper_lobe_left": (172, 138, 115), "lung_lower_lobe_left": (172, 138, 115),
+    "lung_upper_lobe_right": (197, 165, 145), "lung_middle_lobe_right": (197, 165, 145),
+    "lung_lower_lobe_right": (197, 165, 145), "urinary_bladder": (222, 198, 101), "heart": (206, 110, 84),
+    "aorta": (224, 97, 76), "brain": (250, 250, 225), "gluteus_maximus_left": (192, 104, 88),
+    "gluteus_maximus_right": (192, 104, 88), "iliopsoas_left": (177, 122, 101), "iliopsoas_right": (177, 122, 101),
+}
+
+
+def class_colour(class_id: int, name: str) -> tuple[int, int, int]:
+    """RGB (0-255) of a class: ORGAN_COLOURS, else a hue spread by the golden ratio over the id (stable)."""
+    if name in ORGAN_COLOURS:
+        return ORGAN_COLOURS[name]
+    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618033988749895) % 1.0, 0.55, 0.9)
+    return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
+
+
+def label_table_path(label_path: str | Path) -> Path:
+    """``<name>.ctbl`` beside ``<name>.nii.gz`` (or ``<name>.nii``)."""
+    label_path = Path(label_path)
+    return label_path.with_name(_stem(label_path) + ".ctbl")
+
+
+def label_table_lines(ids: list[int] | None = None) -> list[str]:
+    """The lines of a Slicer colour table for TotalSegmentator "total" classes (``ids``: only these; default all
+    known): ``0 background 0 0 0 0`` then ``id name R G B 255``."""
+    names = {cid: name for name, cid in total_class_ids().items()}
+    wanted = sorted(names) if ids is None else sorted({int(i) for i in ids if int(i) != 0})
+    lines = ["0 background 0 0 0 0"]
+    for cid in wanted:
+        name = names.get(cid, f"class_{cid}")
+        lines.append(f"{cid} {name} {' '.join(map(str, class_colour(cid, name)))} 255")
+    return lines
+
+
+def write_label_table(label_path: str | Path, ids: list[int] | None = None) -> Path:
+    """Write the colour/name table of a label file beside it (``label_table_path``), atomically; returns its path.
+
+    Example: ``write_label_table("cases/p0_labels.nii.gz")`` writes ``cases/p0_labels.ctbl`` whose line
+    ``5 liver 221 130 101 255`` makes 3D Slicer show "liver" for voxels of value 5.
+    """
+    path = label_table_path(label_path)
+    lines = label_table_lines(ids)
+    header = [f"# Color table file {path.name}", f"# {len(lines)} values"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(header + lines) + "\n")
+    return path
