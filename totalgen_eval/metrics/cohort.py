@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,7 @@ from ..cache import cache_file, cache_key, file_identity, read_cached_table
 from ..demographics import DEFAULT_AGE_BINS, age_group
 from ..errors import InputError
 from ..organs import ORGAN_NAMES
-from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Scheduler, excluded_frame, map_cases,
+from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Mapped, Scheduler, excluded_frame, map_cases,
                         write_excluded)
 from ..volumes import Grid, read_volume
 from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, PEAK_RADIUS_MM, case_metrics
@@ -142,31 +144,38 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
         raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     from ..segment import default_segmenter, make_segmenter
 
-    cases = list(cohort)
     segmenter = (segmenter or default_segmenter(cohort)).strip()
     name = cohort_name if cohort_name is not None else getattr(cohort, "name", None) or "cohort"
     settings = None if segmenter == "labels" else make_segmenter(segmenter, device=device).settings()
-    cache = Path(cache_dir).resolve() if cache_dir is not None else None
-    tmp = None
-    if cache is None and segmenter != "labels":
-        import tempfile
-        tmp = tempfile.TemporaryDirectory(prefix="totalgen-labels-")
-        cache, resume = Path(tmp.name), False
-    job = MetricsJob(segmenter, tuple(organs), cache, device, resume, settings, lesions)
-    try:
-        mapped = map_cases(functools.partial(measure_case, job), cases, scheduler=scheduler, workers=workers,
-                           skip_bad=skip_bad, progress=progress, description=f"metrics ({segmenter})")
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    with _run_cache(cache_dir, segmenter, resume) as (cache, resume_here):
+        job = MetricsJob(segmenter, tuple(organs), cache, device, resume_here, settings, lesions)
+        mapped = map_cases(functools.partial(measure_case, job), list(cohort), scheduler=scheduler,
+                           workers=workers, skip_bad=skip_bad, progress=progress,
+                           description=f"metrics ({segmenter})")
     results = {case.case_id: rows for case, (rows, _) in mapped.values}
     frame = assemble_table([case for case, _ in mapped.values], results, name, age_bins)
-    frame.attrs["n_computed"] = sum(computed for _, (_, computed) in mapped.values)
     left_out = [Excluded(cid, reason) for cid, reason in getattr(cohort, "problems", ())] + mapped.excluded
+    return _with_attrs(frame, mapped, left_out, name)
+
+
+@contextmanager
+def _run_cache(cache_dir: str | Path | None, segmenter: str, resume: bool) -> Iterator[tuple[Path | None, bool]]:
+    """(cache folder, resume?) of a run: ``cache_dir`` made absolute (workers on other nodes), or for a
+    computing segmenter without one a temporary folder for its labels, removed at the end (nothing resumed)."""
+    if cache_dir is not None or segmenter == "labels":
+        yield (Path(cache_dir).resolve() if cache_dir is not None else None), resume
+        return
+    with tempfile.TemporaryDirectory(prefix="totalgen-labels-") as tmp:
+        yield Path(tmp), False
+
+
+def _with_attrs(frame: pd.DataFrame, mapped: Mapped, left_out: list[Excluded], name: str) -> pd.DataFrame:
+    """``frame`` with the run's n_computed, excluded and lesions records in ``attrs`` (see organ_metrics)."""
+    rows = {case.case_id: case_rows for case, (case_rows, _) in mapped.values}
+    frame.attrs["n_computed"] = sum(computed for _, (_, computed) in mapped.values)
     frame.attrs["excluded"] = excluded_frame(left_out, name).to_dict("records")
-    frame.attrs["lesions"] = [{"case_id": case.case_id, "cohort": name, **results[case.case_id].iloc[0][
-        list(LESION_COLUMNS)].to_dict()} for case, _ in mapped.values
-        if len(results[case.case_id]) and np.isfinite(results[case.case_id]["mtv_ml"].iloc[0])]
+    frame.attrs["lesions"] = [{"case_id": cid, "cohort": name, **r.iloc[0][list(LESION_COLUMNS)].to_dict()}
+                              for cid, r in rows.items() if len(r) and np.isfinite(r["mtv_ml"].iloc[0])]
     return frame
 
 
