@@ -86,6 +86,25 @@ def augment(ct: np.ndarray, pet: np.ndarray, rng: np.random.Generator) -> tuple[
     return ct.astype(np.float32), np.clip(pet, 0, None).astype(np.float32)
 
 
+def training_batch(ct: np.ndarray, pet: np.ndarray, target: np.ndarray, mcfg: ModelConfig, cfg: TrainConfig,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of random cases, each cropped to ``cfg.crop_z`` random slices and augmented: network input
+    (B, C, X, Y, crop_z) float32 and organ index target (B, 1, X, Y, crop_z) int64."""
+    xs, ys = [], []
+    for i in rng.integers(0, len(ct), cfg.batch_size):
+        z0 = int(rng.integers(0, ct.shape[-1] - cfg.crop_z + 1))
+        c, p = augment(ct[i, ..., z0:z0 + cfg.crop_z], pet[i, ..., z0:z0 + cfg.crop_z], rng)
+        xs.append(network_input(mcfg, c, p))
+        ys.append(target[i, None, ..., z0:z0 + cfg.crop_z])
+    return np.stack(xs), np.stack(ys).astype(np.int64)
+
+
+def portable(options: dict) -> dict:
+    """Training options as saved in the shipped JSON: path options (out, data_dir, init) by their last part
+    only, so no machine-specific path is published."""
+    return {k: Path(v).name if k in ("out", "data_dir", "init") and v else v for k, v in options.items()}
+
+
 def model_config(cfg: TrainConfig) -> ModelConfig:
     """The saved network's configuration for a training run."""
     return ModelConfig(network="UNet", network_args=dict(spatial_dims=3, in_channels=len(cfg.inputs),
@@ -95,7 +114,7 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
                        roi_size=(56, 40, 144), overlap=0.25,
                        description="phantom organ segmenter (stand-in for TotalSegmentator on phantom-like "
                                    "8 mm CT+PET; organ level: one representative TotalSegmentator id per organ)",
-                       training=asdict(cfg))
+                       training=portable(asdict(cfg)))
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -119,17 +138,9 @@ def train(cfg: TrainConfig) -> Path:
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     log_path = Path(cfg.out).with_suffix(".log")
     started = time.perf_counter()
-    n_z = ct.shape[-1]
     net.train()
     for step in range(1, cfg.steps + 1):
-        idx = rng.integers(0, len(ct), cfg.batch_size)
-        xs, ys = [], []
-        for i in idx:
-            z0 = int(rng.integers(0, n_z - cfg.crop_z + 1))
-            c, p = augment(ct[i, ..., z0:z0 + cfg.crop_z], pet[i, ..., z0:z0 + cfg.crop_z], rng)
-            xs.append(network_input(mcfg, c, p))
-            ys.append(target[i, None, ..., z0:z0 + cfg.crop_z])
-        x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
+        x, y = (torch.from_numpy(a) for a in training_batch(ct, pet, target, mcfg, cfg, rng))
         opt.zero_grad()
         loss = loss_fn(net(x), y)
         loss.backward()
@@ -142,7 +153,7 @@ def train(cfg: TrainConfig) -> Path:
         last = step == cfg.steps or minutes > cfg.max_minutes
         if step % cfg.checkpoint_every == 0 or last:
             done = replace(cfg, steps=step)
-            save_model(net.eval(), replace(mcfg, training={**asdict(done), "planned_steps": cfg.steps,
+            save_model(net.eval(), replace(mcfg, training={**portable(asdict(done)), "planned_steps": cfg.steps,
                                                             "wall_minutes": round(minutes, 1)}), cfg.out)
             net.train()
         if last:
