@@ -274,3 +274,16 @@ def test_segment_cohort_through_map_cases(tmp_path):
     assert done.excluded.empty and (tmp_path / "seg" / "excluded.csv").is_file()
     for cid, path in done.labels.items():
         assert path == segment.cached_labels(next(c for c in cases if c.case_id == cid), spec, tmp_path / "seg")
+
+
+def test_a_damaged_cached_label_file_is_segmented_again(tmp_path):
+    _tiny_model(tmp_path)
+    spec = f"model:{tmp_path / 'tiny.json'}"
+    case = _case(tmp_path, None)
+    labels, _ = segment.case_labels(case, spec, tmp_path / "cache")
+    cached = segment.cached_labels(case, spec, tmp_path / "cache")
+    cached.write_bytes(cached.read_bytes()[:40])  # cut short
+    with pytest.warns(RuntimeWarning, match="unusable cache file.*recomputed"):
+        again, _ = segment.case_labels(case, spec, tmp_path / "cache")
+    np.testing.assert_array_equal(again, labels)
+    assert read_volume(cached, dtype=None)[0].shape == labels.shape

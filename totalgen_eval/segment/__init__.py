@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -221,7 +222,13 @@ def case_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str |
     backend = make_segmenter(segmenter, device=device, fast=fast)
     if isinstance(backend, LabelsBackend):
         return read_labels_any(_own_labels(case))
-    return read_labels_any(cached_labels(case, backend, cache_dir, device, fast))
+    path = cached_labels(case, backend, cache_dir, device, fast)
+    try:
+        return read_labels_any(path)
+    except InputError as exc:  # a damaged cache file: segment again rather than fail on every re-run
+        warnings.warn(f"unusable cache file ({exc}); recomputed", RuntimeWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return read_labels_any(cached_labels(case, backend, cache_dir, device, fast))
 
 
 @dataclass(frozen=True)
