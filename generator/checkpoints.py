@@ -29,7 +29,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 STAGES = ("lowres", "sr")
 #: Bundled cascades: name -> folder inside the package. The first is the default.
 BUNDLED = {"phantom-8mm": Path(__file__).parent / "weights"}
-TRAIN_HINT = ("train them: totalgen-eval phantoms data/phantoms --n 400 && "
+TRAIN_HINT = ("train them: totalgen-eval phantoms --out data/phantoms --n 400 && "
               "totalgen-eval train data/phantoms --stage lowres --out DIR && "
               "totalgen-eval train data/phantoms --stage sr --out DIR (see generator/weights/TRAINING.md)")
 
