@@ -40,10 +40,13 @@ SAMPLE_VOXELS = 1 << 20       # percentiles from a strided sample of at most thi
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
-    """A strided, copy-free sample of at most SAMPLE_VOXELS voxels of ``values`` (flattened)."""
-    flat = values.reshape(-1)
-    step = max(1, flat.size // SAMPLE_VOXELS)
-    return flat[::step]
+    """A strided sample of at most SAMPLE_VOXELS voxels of ``values`` (every s-th voxel along each axis), flat.
+
+    Taken by index, not memory order, so arrays of one shape give aligned samples whatever their layout, and
+    an F-ordered NIfTI array is not copied whole (a flat view of it would be).
+    """
+    step = max(1, math.ceil((values.size / SAMPLE_VOXELS) ** (1.0 / max(values.ndim, 1))))
+    return values[(slice(None, None, step),) * values.ndim].reshape(-1)
 
 
 def dtype_problem(dtype: np.dtype, role: str) -> str | None:
