@@ -52,6 +52,9 @@ def test_map_cases_keeps_input_order_and_excludes_bad_cases():
                                 progress=False)
     assert pooled.values == [(0.0, 0.0), (4.0, 2.0), (9.0, 3.0)]
     assert pooled.excluded == [parallel.Excluded("c", "ValueError: math domain error")]
+    threads = parallel.map_cases(_square, range(6), ids=ids, scheduler="threads", workers=2, skip_bad=True,
+                                 progress=False)
+    assert threads == got
 
 
 def test_without_skip_bad_a_bad_case_stops_the_run_with_one_line():
@@ -79,6 +82,7 @@ def test_duplicate_ids_leave_the_later_rows_out():
 def test_scheduler_specs():
     assert parallel.make_scheduler(None, workers=3) == parallel.PoolScheduler(3)
     assert isinstance(parallel.make_scheduler("serial"), parallel.SerialScheduler)
+    assert parallel.make_scheduler("threads", workers=2) == parallel.ThreadScheduler(2)
     local = parallel.make_scheduler("local:3")
     assert isinstance(local, parallel.DaskScheduler) and local.n_workers == 3 and local.address is None
     assert parallel.make_scheduler("local", workers=2).n_workers == 2

@@ -6,8 +6,9 @@ failure isolation (``--skip-bad``).
     mapped.excluded    # [Excluded(case_id, reason), ...] of the ones left out, in input order
 
 Schedulers (``--scheduler``): ``None``/``"pool"`` the in-process pool of ``workers`` processes (serial
-when ``workers`` is 1), ``"serial"``, ``"local:N"`` a ``dask.distributed.LocalCluster`` of N worker
-processes started for the run, ``"tcp://host:port"`` an existing Dask cluster. Every scheduler runs
+when ``workers`` is 1), ``"serial"``, ``"threads"`` (``workers`` threads of this process), ``"local:N"``
+a ``dask.distributed.LocalCluster`` of N worker processes started for the run, ``"tcp://host:port"`` an
+existing Dask cluster. Every scheduler runs
 the same function on the same cases, so results do not depend on the choice; caches written by the
 function (per-case files) are shared through the file system.
 
@@ -22,7 +23,7 @@ import functools
 import multiprocessing
 import sys
 import zlib
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -113,6 +114,39 @@ class SerialScheduler:
             yield i, fn(item)
 
 
+@dataclass
+class ThreadScheduler:
+    """``workers`` threads of this process: for work that releases the GIL (numpy, torch) on shared objects
+    that are costly to send to processes (a loaded network)."""
+
+    workers: int = 1
+    name: str = "threads"
+
+    def __enter__(self) -> "ThreadScheduler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            yield from _as_completed(pool, fn, items)
+
+
+def _as_completed(pool: Executor, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """(index, result) of ``fn`` over ``items`` submitted to ``pool``, as they finish; pending work is
+    cancelled when the consumer stops early."""
+    pending = {pool.submit(fn, item): i for i, item in enumerate(items)}
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
 def pool_context() -> multiprocessing.context.BaseContext:
     """fork when torch is not loaded in this process (cheap), spawn when it is (fork after torch can hang)."""
     return multiprocessing.get_context("spawn" if "torch" in sys.modules else "fork")
@@ -137,11 +171,7 @@ class PoolScheduler:
             return
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=pool_context())
         try:
-            pending = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield pending.pop(fut), fut.result()
+            yield from _as_completed(pool, fn, items)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -211,6 +241,8 @@ def make_scheduler(spec: str | Scheduler | None = None, workers: int = 1) -> Sch
         return PoolScheduler(max(1, int(workers)))
     if text == "serial":
         return SerialScheduler()
+    if text == "threads":
+        return ThreadScheduler(max(1, int(workers)))
     if text == "local" or text.startswith("local:"):
         count = text[len("local:"):] if ":" in text else str(workers)
         if not count.isdigit() or int(count) < 1:
@@ -218,7 +250,7 @@ def make_scheduler(spec: str | Scheduler | None = None, workers: int = 1) -> Sch
         return _dask_checked(DaskScheduler(n_workers=int(count)))
     if "://" in text:
         return _dask_checked(DaskScheduler(address=text))
-    raise InputError(f"unknown scheduler {text!r}: use pool, serial, local:N (a Dask LocalCluster) or "
+    raise InputError(f"unknown scheduler {text!r}: use pool, serial, threads, local:N (a Dask LocalCluster) or "
                      "tcp://host:port (a running Dask scheduler)", "--scheduler")
 
 
