@@ -129,6 +129,8 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
                             progress=False)
     generate_seconds = time.perf_counter() - t
     gen_info = json.loads((synth / "generate.json").read_text())
+    if gen_info["settings"].get("match"):  # the published report names the folder, not this machine's path
+        gen_info["settings"]["match"] = Path(gen_info["settings"]["match"]).name
     real_c, twin_c, synth_c = load_cohort(heldout), load_cohort(twins), load_cohort(synth)
     if reports is not None:
         reports.mkdir(parents=True, exist_ok=True)

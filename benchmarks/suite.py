@@ -140,6 +140,9 @@ def demo_figures(fast: bool, publish: bool) -> Figures:
             dest = ROOT / "reports" / "demo"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(results, dest, ignore=shutil.ignore_patterns("real", "synth", "cache", "report.html"))
+            for text_file in [*dest.rglob("*.json"), *dest.rglob("*.md"), *dest.rglob("*.csv")]:
+                text = text_file.read_text()  # no machine-specific paths in published files
+                text_file.write_text(text.replace(str(results), "demo-results"))
     return {"demo.seconds_per_case": seconds / n}
 
 

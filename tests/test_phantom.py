@@ -1,6 +1,6 @@
 """The phantom population against truth computed here independently: analytic volumes from the solids'
-parameters, REFERENCE.md facts (FDG uptake, organ size, HU), Gaussian blur theory, truncated log-normal
-moments by numerical integration, and the file contracts of CONTRACTS.md / DESIGN.md."""
+parameters, published facts (FDG uptake, organ size, HU), Gaussian blur theory, truncated log-normal
+moments by numerical integration, and the file contracts of ARCHITECTURE.md."""
 from __future__ import annotations
 
 import itertools
@@ -23,7 +23,7 @@ from totalgen_eval.phantom.shapes import ArchTube, Ellipsoid, ZCylinder
 from totalgen_eval.volumes import read_volume
 
 ORGAN_CLASSES = {o.name: o.classes for o in ORGANS}
-# REFERENCE.md: non-contrast CT HU of the organs
+# published non-contrast CT HU of the organs
 REFERENCE_HU = {"liver": 55, "spleen": 45, "kidneys": 30, "muscle": 50, "aorta": 40, "brain": 35, "lungs": -850}
 EXTREMES = [dict(age=a, sex=s, height_m=h, weight_kg=w)
             for h, w, s, a in itertools.product((1.5, 2.0), (50.0, 130.0), "MF", (20.0, 90.0))]
@@ -206,7 +206,7 @@ def test_liver_suv_rises_0066_per_bmi_unit():
 
 def test_reference_levels_and_directions():
     e = expected(_one())
-    # REFERENCE.md ranges for an average adult
+    # published ranges for an average adult
     assert 1.8 <= _value(e, "liver", "suv_mean") <= 2.3
     assert 1.4 <= _value(e, "aorta", "suv_mean") <= 1.9
     assert 6.0 <= _value(e, "brain", "suv_mean") <= 9.0

@@ -1,6 +1,6 @@
 """totalgen-eval: generate and evaluate synthetic whole-body FDG PET/CT.
 
-The notebook API (names are contracts, see DESIGN.md):
+The notebook API (names are contracts, see ARCHITECTURE.md):
 
     from totalgen_eval import load_cohort, organ_metrics, compare_tables
     cohort = load_cohort("real/")

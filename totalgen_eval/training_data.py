@@ -202,7 +202,7 @@ def _run_training(cohort_path: str | Path, stage: str, out: Path, config, volume
 
         def callback(p) -> None:
             bar.update(task, completed=p.step, description=f"training {stage} loss {p.loss:.3f}")
-    settings = {"cohort": str(Path(cohort_path).resolve()), "n_cases": int(volumes.shape[0]), "stage": stage,
+    settings = {"cohort": Path(cohort_path).resolve().name, "n_cases": int(volumes.shape[0]), "stage": stage,
                 "steps": total, "batch_size": options["batch_size"] or config.batch_size, "seed": options["seed"],
                 "device": str(options["device"]), "threads": torch.get_num_threads(),
                 "precision": options["precision"], "checkpointing": options["checkpointing"]}

@@ -1,6 +1,6 @@
 """Cohorts: folders of PET/CT cases in one of three layouts, their demographics, and validation.
 
-Layouts, tried in this order (DESIGN.md section 2):
+Layouts, tried in this order (ARCHITECTURE.md):
 ``totalgen``  our ``cohort.csv`` at the root (written by ``generate`` and ``phantoms``);
 ``tcia``      TCIA FDG-PET-CT-Lesions NIfTI: ``PETCT_<hex>/<study>/{CTres,SUV,...}.nii.gz`` + metadata CSV;
 ``nnunet``    autoPET II-IV: ``imagesTr/<case>_0000.nii.gz`` (CT), ``_0001`` (SUV) + ``fdg_metadata.csv``.

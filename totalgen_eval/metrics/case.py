@@ -5,7 +5,7 @@ each class come from one scan of the label map (``flatnonzero`` and a sort by cl
 ``scipy.ndimage.find_objects`` boxes), and every statistic is computed from those voxels only (no
 full-volume mask per organ). PET stays float.
 
-Definitions (also in the README of the table, DESIGN.md section 3):
+Definitions (also in ARCHITECTURE.md, the organ_metrics table):
 - ``volume_ml`` = voxel count x voxel volume (mL) of the PET grid.
 - ``suv_std`` is the population standard deviation (ddof = 0) over the organ's voxels.
 - ``suv_peak``: a sphere of 1 mL (radius (3 / 4 pi)^(1/3) cm = 6.20 mm) in physical units of the grid,

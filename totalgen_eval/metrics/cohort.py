@@ -1,4 +1,4 @@
-"""Organ metrics of a cohort: the organ_metrics table (DESIGN.md section 3), with a per-case cache so an
+"""Organ metrics of a cohort: the organ_metrics table (ARCHITECTURE.md), with a per-case cache so an
 interrupted run resumes, any scheduler of ``parallel`` (in-process pool, Dask), per-case failure isolation
 (``skip_bad``) and an atomic CSV with a JSON sidecar."""
 from __future__ import annotations
@@ -120,7 +120,7 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
                   resume: bool = True, skip_bad: bool = False,
                   scheduler: str | Scheduler | None = None, lesions: str = "exclude") -> pd.DataFrame:
-    """The organ_metrics table of a cohort: one row per case x organ, columns TABLE_COLUMNS (DESIGN.md 3).
+    """The organ_metrics table of a cohort: one row per case x organ, columns TABLE_COLUMNS (ARCHITECTURE.md).
 
     Args:
         segmenter: "labels" | "totalsegmentator" | "model:PATH" | "model:bundled" (see segment); None

@@ -11,7 +11,7 @@ lives in the one table ``ORGAN_MODEL`` below. Two layers of truth:
 Functional forms (ref: height 1.72 m, weight 75 kg, BMI 25, age 50):
     volume_ml = V[sex] * (h/1.72)^h_exp * (w/75)^w_exp * vol_age_ratio^(max(age - vol_age_onset, 0)/10)
     suv_mean  = (S0 + male_add*[M] + bmi_slope*(BMI - 25) + age_add*(age - 50)/10) * age_ratio^((age - 50)/10)
-Numbers follow /work/shared/REFERENCE.md ("Adult FDG uptake and organ size").
+Numbers follow published adult values (FDG uptake, organ size; see the README, "What the phantom is and is not").
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from .lesions import LesionPlan, add_lesions
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # 2.3548
 
-# CT (HU) and background activity (SUV) of non-organ tissue; organ HU below (REFERENCE.md, non-contrast)
+# CT (HU) and background activity (SUV) of non-organ tissue; organ HU below (published non-contrast values)
 HU = {"air": -1000, "fat": -100, "soft": 40, "bone_cortical": 900, "bone_spine": 350, "rib": 500,
       "femur": 700, "skull": 900}
 ORGAN_HU = {"brain": 35, "lungs": -850, "heart": 40, "aorta": 40, "liver": 55, "spleen": 45, "kidneys": 30,
