@@ -13,7 +13,7 @@ import hashlib
 import json
 import statistics
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 from totalgen_eval.cache import file_identity
@@ -29,12 +29,7 @@ def blake2b_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _median_seconds(func, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timeit.repeat(func, number=1, repeat=repeats))
 
 
 def run(mb: int = 100, repeats: int = 5) -> dict[str, float]:

@@ -98,16 +98,20 @@ class Scheduler(Protocol):
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
 
 
-class SerialScheduler:
-    """One case after the other in this process."""
+class _Stateless:
+    """A scheduler that holds nothing between runs: entering and leaving it do nothing."""
 
-    name = "serial"
-
-    def __enter__(self) -> "SerialScheduler":
+    def __enter__(self) -> "_Stateless":
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+class SerialScheduler(_Stateless):
+    """One case after the other in this process."""
+
+    name = "serial"
 
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         for i, item in enumerate(items):
@@ -115,18 +119,12 @@ class SerialScheduler:
 
 
 @dataclass
-class ThreadScheduler:
+class ThreadScheduler(_Stateless):
     """``workers`` threads of this process: for work that releases the GIL (numpy, torch) on shared objects
     that are costly to send to processes (a loaded network)."""
 
     workers: int = 1
     name: str = "threads"
-
-    def __enter__(self) -> "ThreadScheduler":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
@@ -153,17 +151,11 @@ def pool_context() -> multiprocessing.context.BaseContext:
 
 
 @dataclass
-class PoolScheduler:
+class PoolScheduler(_Stateless):
     """A pool of ``workers`` local processes (serial for one worker or one case)."""
 
     workers: int = 1
     name: str = "pool"
-
-    def __enter__(self) -> "PoolScheduler":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def run(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         if self.workers <= 1 or len(items) <= 1:
