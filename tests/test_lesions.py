@@ -205,3 +205,27 @@ def test_lesion_mask_on_another_grid_is_resampled(tmp_path):
                 lesions=tmp_path / "seg.nii.gz")
     mask = case.read_lesions()
     assert mask.shape == (8, 8, 8) and mask.sum() == 8 and mask[2:4, 2:4, 2:4].all()
+
+
+def test_compare_diagnosis_and_lesions_csv(tmp_path):
+    """`compare --diagnosis negative` keeps the NEGATIVE real studies only; lesions.csv lists their (empty)
+    lesion figures; the organ table of the real side holds exactly those cases."""
+    from typer.testing import CliRunner
+
+    from totalgen_eval.cli import app
+
+    real = phantom.make_cohort(tmp_path / "real", n=12, seed=5, lesions=0.5, progress=False)
+    synth = phantom.make_cohort(tmp_path / "synth", n=8, seed=6, progress=False)
+    negative = {c.case_id for c in load_cohort(real) if c.extra["diagnosis"] == "NEGATIVE"}
+    assert 0 < len(negative) < 12
+    out = tmp_path / "res"
+    res = CliRunner().invoke(app, ["compare", str(real), str(synth), "--out", str(out), "--organs", "liver",
+                                   "--metrics", "suv_mean", "--diagnosis", "negative", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "organ_metrics.csv")
+    assert set(table.loc[table.cohort == "real", "case_id"]) == negative
+    lesions = pd.read_csv(out / "lesions.csv")
+    assert set(lesions["case_id"]) == negative and (lesions["mtv_ml"] == 0).all()
+    bad = CliRunner().invoke(app, ["compare", str(real), str(synth), "--out", str(tmp_path / "r2"),
+                                   "--diagnosis", "melanoma", "--no-progress"])
+    assert bad.exit_code != 0 and "no case has it" in " ".join(bad.output.split())

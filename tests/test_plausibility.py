@@ -228,3 +228,21 @@ def test_check_functions_on_arrays():
     assert "liver SUVmean 30" in pl.organ_uptake_problems({"liver": 30.0})[0]
     assert pl.dtype_problem(np.dtype(np.uint8), "lesions") is None
     assert pl.dtype_problem(np.dtype(np.complex128), "labels").startswith("complex voxel type")
+
+
+def test_metrics_skip_bad_leaves_the_implausible_case_out_and_names_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from totalgen_eval.cli import app
+
+    root = write_case(tmp_path / "three", n=3)
+    arrays = made_up_arrays()
+    nib.save(nib.Nifti1Image(arrays["pet"] * 30, AFFINE), root / "c1_pet.nii.gz")  # c1: a PET 30x too high
+    out = tmp_path / "m" / "organ_metrics.csv"
+    stopped = CliRunner().invoke(app, ["metrics", str(root), "-o", str(out), "--no-progress"])
+    assert stopped.exit_code != 0 and "brain SUVmean 240" in " ".join(stopped.output.split())
+    res = CliRunner().invoke(app, ["metrics", str(root), "-o", str(out), "--skip-bad", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert sorted(pd.read_csv(out)["case_id"].unique()) == ["c0", "c2"]
+    excluded = pd.read_csv(out.parent / "excluded.csv")
+    assert list(excluded["case_id"]) == ["c1"] and "PET uptake far outside FDG ranges" in excluded["reason"][0]
