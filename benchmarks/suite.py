@@ -37,21 +37,20 @@ def provides(*names: str) -> Callable:
     return mark
 
 
-@provides("calibration.type1_welch_n50", "calibration.type1_mannwhitney_n50", "calibration.type1_ks_n50",
-          "calibration.null_any_bh_flag_n50", "calibration.power_raw_welch_shift10_n50")
+@provides("calibration.type1_primary_model", "calibration.null_any_differs_model", "calibration.power_model",
+          "calibration.power_twins", "calibration.p_equivalent_ratio_1.05")
 def calibration_figures(fast: bool, publish: bool) -> Figures:
-    """Type-I error and power of the concordance tests on phantom organ tables (no images)."""
+    """Type-I error, false 'differs' per table and power of the primary verdicts on phantom organ tables."""
     from benchmarks import bench_calibration
 
-    argv = ["--reps", "60", "--n", "50", "--power-n", "0"] if fast else []
+    argv = ["--reps", "100"] if fast else []
     head = bench_calibration.main(argv + ([] if publish else ["--no-write"]))
-    t1 = head["type1_sex_strata"]["n50"]
     return {
-        "calibration.type1_welch_n50": t1["welch"],
-        "calibration.type1_mannwhitney_n50": t1["mannwhitney"],
-        "calibration.type1_ks_n50": t1["ks"],
-        "calibration.null_any_bh_flag_n50": head["null_bh_any_flag"]["n50"],
-        "calibration.power_raw_welch_shift10_n50": head["power_welch_raw"]["+10%"]["n50"],
+        "calibration.type1_primary_model": head["model"]["type1_per_primary_test"],
+        "calibration.null_any_differs_model": head["model"]["null_any_differs"],
+        "calibration.power_model": head["model"]["power_target"],
+        "calibration.power_twins": head["twins"]["power_target"],
+        "calibration.p_equivalent_ratio_1.05": head["model"]["p_equivalent_ratio_1.05"],
     }
 
 
@@ -89,7 +88,7 @@ def generator_fidelity_figures(fast: bool, publish: bool) -> Figures:
     from benchmarks import bench_generator_fidelity
 
     with tempfile.TemporaryDirectory(prefix="bench_fidelity_") as work:
-        res = bench_generator_fidelity.run(n=40 if fast else 100, work=Path(work), n_boot=200 if fast else 500,
+        res = bench_generator_fidelity.run(n=40 if fast else 100, work=Path(work),
                                            reports=ROOT / "reports" if publish else None)
     if res.get("organ_part") != "run":
         raise RuntimeError(f"generator fidelity: organ comparison {res.get('organ_part')}")

@@ -82,27 +82,33 @@ def to_pct(d: float | np.ndarray) -> float | np.ndarray:
     return 100.0 * np.expm1(d)
 
 
-def model_covariates(data: pd.DataFrame) -> list[str]:
+Columns = dict  # column name -> 1-D numpy array, one entry per case (a lighter pandas frame for the inner loop)
+
+
+def model_covariates(data: Columns) -> list[str]:
     """The covariates the pooled data ``data`` (with a ``synth`` 0/1 column) can support.
 
     A covariate enters when it is known for at least half the cases of each side and varies; sex is handled
     by the caller.
     """
     chosen = []
+    sides = [data["synth"] == f for f in (0.0, 1.0)]
+    if not all(side.any() for side in sides):
+        return chosen
     for c in COVARIATES:
-        if c not in data.columns:
+        if c not in data:
             continue
-        known = data[c].notna()
-        if all(known[data["synth"] == f].mean() >= MIN_KNOWN_SHARE for f in (0.0, 1.0)) and data.loc[known, c].nunique() > 1:
+        known = np.isfinite(data[c])
+        if all(known[side].mean() >= MIN_KNOWN_SHARE for side in sides) and np.ptp(data[c][known]) > 0:
             chosen.append(c)
     return chosen
 
 
-def _fit(data: pd.DataFrame, columns: Sequence[str], robust: bool) -> tuple[np.ndarray, np.ndarray, int] | None:
-    design = np.column_stack([np.ones(len(data)), *(data[c].to_numpy(float) for c in columns)])
-    if len(data) <= design.shape[1] or np.linalg.matrix_rank(design) < design.shape[1]:
+def _fit(data: Columns, rows: np.ndarray, columns: Sequence[str], robust: bool) -> tuple[np.ndarray, np.ndarray, int] | None:
+    design = np.column_stack([np.ones(int(rows.sum())), *(data[c][rows] for c in columns)])
+    if len(design) <= design.shape[1] or np.linalg.matrix_rank(design) < design.shape[1]:
         return None
-    return ols(design, data["y"].to_numpy(float), robust)
+    return ols(design, data["y"][rows], robust)
 
 
 def _contrast(fit: tuple[np.ndarray, np.ndarray, int], weights: np.ndarray, n_real: int, n_synth: int) -> Effect:
@@ -111,40 +117,54 @@ def _contrast(fit: tuple[np.ndarray, np.ndarray, int], weights: np.ndarray, n_re
                   n_real, n_synth)
 
 
-def adjusted_effects(data: pd.DataFrame, min_n: int, robust: bool = False) -> tuple[dict[str, Effect], int, list[str]]:
+def columns_of(frame: pd.DataFrame) -> Columns:
+    """The pooled frame as arrays: ``y``, ``synth`` and covariates as float, ``sex`` as object."""
+    out = {c: frame[c].to_numpy(float) for c in ("y", "synth", *COVARIATES) if c in frame.columns}
+    out["sex"] = frame["sex"].to_numpy(object)
+    return out
+
+
+def adjusted_effects(frame: pd.DataFrame, min_n: int, robust: bool = False) -> tuple[dict[str, Effect], int, list[str]]:
     """Source effects ``{"all": ..., "F": ..., "M": ...}`` from the covariate-adjusted models.
 
-    ``data``: one row per case with ``y`` (log metric), ``synth`` (0/1), ``sex`` (``"M"``/``"F"``/NaN) and the
+    ``frame``: one row per case with ``y`` (log metric), ``synth`` (0/1), ``sex`` (``"M"``/``"F"``/NaN) and the
     covariates. Cases without a needed demographic are left out of the model; returns the effects, the
     number of cases left out, and the covariates used. A sex without ``min_n`` cases on both sides gets no
     per-sex effect; when only one sex has them, its effect comes from the model fitted within that sex.
     """
+    data = columns_of(frame)
     covariates = model_covariates(data)
-    sex_known = all(data.loc[data["synth"] == f, "sex"].notna().mean() >= MIN_KNOWN_SHARE for f in (0.0, 1.0))
-    used = data.dropna(subset=[*(["sex"] if sex_known else []), *covariates])
-    left_out = len(data) - len(used)
-    used = used.assign(sex_M=(used["sex"] == "M").astype(float))
-    counts = {s: [int(((used["sex"] == s) & (used["synth"] == f)).sum()) for f in (0.0, 1.0)] for s in ("F", "M")}
+    synth = data["synth"] == 1.0
+    sex = data["sex"]
+    known_sex = (sex == "F") | (sex == "M")
+    sex_known = all(known_sex[side].mean() >= MIN_KNOWN_SHARE for side in (~synth, synth) if side.any())
+    used = np.ones(len(sex), dtype=bool)
+    for c in covariates:
+        used &= np.isfinite(data[c])
+    if sex_known:
+        used &= known_sex
+    data["sex_M"] = (sex == "M").astype(float)
+    data["synth_M"] = data["synth"] * data["sex_M"]
+    counts = {s: [int((used & (sex == s) & side).sum()) for side in (~synth, synth)] for s in ("F", "M")}
     sexes = [s for s in ("F", "M") if sex_known and min(counts[s]) >= min_n]
-    both_sexes = sex_known and used["sex_M"].nunique() == 2
+    both_sexes = sex_known and np.ptp(data["sex_M"][used]) > 0 if used.any() else False
     effects: dict[str, Effect] = {}
-    n_r, n_s = int((used["synth"] == 0).sum()), int((used["synth"] == 1).sum())
-    fit = _fit(used, ["synth", *(["sex_M"] if both_sexes else []), *covariates], robust)
+    n_r, n_s = int((used & ~synth).sum()), int((used & synth).sum())
+    fit = _fit(data, used, ["synth", *(["sex_M"] if both_sexes else []), *covariates], robust)
     if fit is not None and min(n_r, n_s) >= min_n:
         effects["all"] = _contrast(fit, np.eye(len(fit[0]))[1], n_r, n_s)
     if len(sexes) == 2:
-        used = used.assign(synth_M=used["synth"] * used["sex_M"])
-        fit = _fit(used, ["synth", "sex_M", "synth_M", *covariates], robust)
+        fit = _fit(data, used, ["synth", "sex_M", "synth_M", *covariates], robust)
         if fit is not None:
             women = np.eye(len(fit[0]))[1]
             effects["F"] = _contrast(fit, women, *counts["F"])
             effects["M"] = _contrast(fit, women + np.eye(len(fit[0]))[3], *counts["M"])
     elif sexes:
         s = sexes[0]
-        fit = _fit(used[used["sex"] == s], ["synth", *covariates], robust)
+        fit = _fit(data, used & (sex == s), ["synth", *covariates], robust)
         if fit is not None:
             effects[s] = _contrast(fit, np.eye(len(fit[0]))[1], *counts[s])
-    return effects, left_out, covariates
+    return effects, len(sex) - int(used.sum()), covariates
 
 
 def unadjusted_effect(real: np.ndarray, synth: np.ndarray) -> Effect:
