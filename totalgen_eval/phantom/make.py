@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..demographics import parse_age, parse_sex
-from ..errors import InputError
+from ..errors import InputError, check_number
 from ..parallel import map_cases
 from ..provenance import stamp, to_jsonable, write_json, write_table
 from ..volumes import write_volume
@@ -201,6 +201,7 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
     """
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    check_number(config.voxel_mm, "voxel_mm", 1.0, 32.0)  # finite, and a canvas that fits in memory
     if demographics is not None:
         n = len(demographics)
     if n is None or n < 0:
