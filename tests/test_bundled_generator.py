@@ -62,3 +62,27 @@ def test_uptake_order_in_every_subject(synthetic):
     suv = table.pivot(index="case_id", columns="organ", values="suv_mean")
     assert len(suv) == 12
     assert np.all(suv["brain"] > suv["liver"]) and np.all(suv["liver"] > suv["lungs"])
+
+
+@pytest.mark.slow
+def test_generate_n2_is_the_first_two_cases_of_n6(tmp_path):
+    """`generate --n 2 --seed 5` writes exactly the first two cases of `generate --n 6 --seed 5`."""
+    from typer.testing import CliRunner
+    import nibabel as nib
+
+    from totalgen_eval.cli import app
+
+    require_bundled_generator()
+    runs = {}
+    for n in (2, 6):
+        result = CliRunner().invoke(app, ["generate", "--n", str(n), "--seed", "5", "--out", str(tmp_path / f"n{n}"),
+                                          "--no-progress"])
+        assert result.exit_code == 0, result.output
+        runs[n] = pd.read_csv(tmp_path / f"n{n}" / "cohort.csv")
+    cols = ["case_id", "age", "sex", "height_m", "weight_kg", "case_index"]
+    pd.testing.assert_frame_equal(runs[2][cols], runs[6][cols].iloc[:2])
+    assert runs[6]["age"].nunique() == 6
+    for role, atol in (("ct", 2.0), ("pet", 0.02)):  # HU, SUV: batches of 2 and 6 round differently
+        for rel in runs[2][role]:
+            a, b = (np.asanyarray(nib.load(tmp_path / f"n{n}" / rel).dataobj) for n in (2, 6))
+            assert np.abs(a - b).max() <= atol and np.mean(np.abs(a - b)) < atol / 20, (rel, np.abs(a - b).max())

@@ -86,6 +86,19 @@ def test_resume_skips_finished_cases_and_refuses_other_settings(tmp_path, cascad
         generate_cohort(foreign, n=1, cascade=cascade, progress=False)
 
 
+def test_n_2_is_the_first_two_cases_of_n_6(tmp_path, cascade):
+    two = generate_cohort(tmp_path / "two", n=2, seed=5, cascade=cascade, progress=False)
+    six = generate_cohort(tmp_path / "six", n=6, seed=5, cascade=cascade, progress=False)
+    a, b = pd.read_csv(two / "cohort.csv"), pd.read_csv(six / "cohort.csv")
+    cols = ["case_id", "age", "sex", "height_m", "weight_kg", "case_index"]
+    pd.testing.assert_frame_equal(a[cols], b[cols].iloc[:2])
+    assert b["age"].nunique() == 6
+    for role in ("ct", "pet"):
+        for rel in a[role]:
+            np.testing.assert_allclose(np.asanyarray(nib.load(two / rel).dataobj),
+                                       np.asanyarray(nib.load(six / rel).dataobj), atol=1.0 if role == "ct" else 1e-3)
+
+
 def test_constrained_demographics_and_bad_options(tmp_path, cascade):
     out = generate_cohort(tmp_path / "c", n=3, sex="f", age="40-50", weight="60-70", cascade=cascade, progress=False)
     table = pd.read_csv(out / "cohort.csv")

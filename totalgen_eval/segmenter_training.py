@@ -132,7 +132,11 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.init:
         from safetensors.torch import load_file
         from .segment.model import resolve_model_path
-        net.load_state_dict(load_file(str(resolve_model_path(cfg.init)[1])))
+        init_json, init_weights = resolve_model_path(cfg.init)
+        net.load_state_dict(load_file(str(init_weights)))
+        if ModelConfig.from_json(init_json).mirror_x:  # x-mirrored weights keep training in their mirrored frame
+            mcfg = replace(mcfg, mirror_x=True)
+            ct, pet, target = (np.ascontiguousarray(a[:, ::-1]) for a in (ct, pet, target))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
