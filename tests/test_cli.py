@@ -100,6 +100,16 @@ def test_root_help_offers_completion_and_short_help():
     assert result.exit_code == 0
     assert "--install-completion" in result.output and "--show-completion" in result.output
     assert "<bool>" not in result.output
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("totalgen-eval")  # bash asks the program for completions
+    env = {**os.environ, "_TOTALGEN_EVAL_COMPLETE": "complete_bash", "COMP_WORDS": "totalgen-eval generate --gu",
+           "COMP_CWORD": "2"}
+    done = subprocess.run([str(exe)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == ["--guidance"]
 
 
 def test_phantoms_out_option_and_deprecated_aliases(tmp_path):
