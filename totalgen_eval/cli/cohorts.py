@@ -38,8 +38,17 @@ def inspect(
     c = load_cohort(cohort, skip_bad=skip_bad, channel_order=channel_order, resample_ct=resample_ct)
     if csv is not None:
         protect([csv], c)
-    s = summarize(c)
     problems = list(c.problems) + (list(check_cohort(c, deep=True)) if deep else [])
+    out.print(_summary_table(c, cohort, summarize(c), len(problems)))
+    for case_id, problem in problems:
+        out.print(Text.assemble(("problem ", "yellow"), printable(f"{case_id}: {problem}")), soft_wrap=True)
+    if csv is not None:
+        write_table(inspect_frame(c), csv)
+        say(f"case table written to {csv}")
+
+
+def _summary_table(c, cohort: Path, s: dict, n_problems: int) -> Table:
+    """The table `inspect` prints: cases, sex, age, height/weight, labels, lesions, diagnoses, problems."""
     kind = f"{c.layout} layout" + (", phantom data (not patients)" if c.is_phantom else "")
     t = Table(title=Text(printable(f"{cohort}  ({kind})")), show_header=False)
     t.add_column("item")
@@ -51,15 +60,12 @@ def inspect(
               f"{age['mean']:.1f} +- {age['sd'] or 0:.1f} (range {age['min']:g}-{age['max']:g}; {age['missing']} missing)")
     t.add_row("with height / weight", f"{s['with_height']} / {s['with_weight']}")
     t.add_row("with organ labels", str(s["with_labels"]))
+    if s.get("with_lesions"):
+        t.add_row("with lesion masks", str(s["with_lesions"]))
     if "diagnosis" in s:
-        t.add_row("diagnosis", ", ".join(f"{k} {v}" for k, v in s["diagnosis"].items()))
-    t.add_row("problems", str(len(problems)))
-    out.print(t)
-    for case_id, problem in problems:
-        out.print(Text.assemble(("problem ", "yellow"), printable(f"{case_id}: {problem}")), soft_wrap=True)
-    if csv is not None:
-        write_table(inspect_frame(c), csv)
-        say(f"case table written to {csv}")
+        t.add_row("diagnosis", printable(", ".join(f"{k} {v}" for k, v in s["diagnosis"].items())))
+    t.add_row("problems", str(n_problems))
+    return t
 
 
 @_command()
