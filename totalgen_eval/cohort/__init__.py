@@ -196,7 +196,7 @@ def check_cohort(cohort: Cohort, deep: bool = False, workers: int = 1) -> list[t
 
 def summarize(cohort: Cohort) -> dict:
     """Headline facts for ``inspect``: layout, counts, demographics (age in years: mean, sd, range),
-    sex counts, how many cases have height, weight, labels, diagnoses, and the problems.
+    sex counts, how many cases have height, weight, labels, lesion masks, diagnoses, and the problems.
     """
     frame = cohort.to_frame()
     age = pd.to_numeric(frame["age"], errors="coerce")
@@ -210,6 +210,7 @@ def summarize(cohort: Cohort) -> dict:
         "with_height": int(pd.to_numeric(frame["height_m"], errors="coerce").notna().sum()),
         "with_weight": int(pd.to_numeric(frame["weight_kg"], errors="coerce").notna().sum()),
         "with_labels": int(frame["labels"].notna().sum()),
+        "with_lesions": sum(case.lesions is not None for case in cohort.cases),
         "problems": [list(p) for p in cohort.problems],
     }
     if "diagnosis" in frame.columns:
