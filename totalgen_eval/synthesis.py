@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .demographics import parse_sex
 from .errors import InputError
 from .parallel import EXCLUDED_COLUMNS, write_excluded
 from .provenance import foreign_files, package_versions, read_marker, to_jsonable, write_json
@@ -57,8 +58,6 @@ def parse_range(text: str | float | None, what: str) -> tuple[float, float] | No
 
 
 def _sex(value: str | None) -> str | None:
-    from generator.population import parse_sex
-
     if value is None:
         return None
     try:
@@ -163,46 +162,10 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
     result beyond float rounding (per-case seeding), so they are not part of the resume check.
     skip_bad: with ``match``, bad cases of that cohort get no twin and are listed in ``out/excluded.csv``.
     """
-    from generator import CheckpointError, load_cascade
-    from generator.config import check_sampling
-
     root = Path(out)
-    if match is None and (isinstance(n, bool) or not isinstance(n, (int, np.integer, type(None)))
-                          or not 1 <= (500 if n is None else n) <= MAX_CASES):
-        raise InputError(f"{n!r} is not a number of cases from 1 to {MAX_CASES}", "--n")
-    try:
-        check_sampling(steps, guidance, sr_steps)  # before any weights are loaded
-    except ValueError as exc:
-        raise InputError(str(exc), "--" + str(exc).split(" ", 1)[0].replace("_", "-")) from None
-    if cascade is None:
-        try:
-            cascade = load_cascade(checkpoint, device=device)
-        except CheckpointError as exc:
-            raise InputError(str(exc), checkpoint or "--checkpoint") from None
-        except FileNotFoundError as exc:
-            raise InputError(str(exc), checkpoint or "--checkpoint") from None
-    population = cascade.population
-    if match is not None:
-        demo = matched_demographics(match, population, seed, skip_bad)
-    else:
-        if population is None:
-            raise InputError("the checkpoint has no population.json to sample demographics from; use --match",
-                             checkpoint or "--checkpoint")
-        demo = sampled_demographics(population, 500 if n is None else int(n), seed, sex, age, height, weight)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            used = cascade.prepare(demo)
-        except ValueError as exc:
-            raise InputError(str(exc), match or "--sex") from None
-    for w in caught:
-        warnings.warn(str(w.message), UserWarning, stacklevel=2)
-    clamped = ~np.isclose(np.asarray(used["age"], float), demo["age"].to_numpy(float)) | \
-        ~np.isclose(np.asarray(used["height_m"], float), demo["height_m"].to_numpy(float)) | \
-        ~np.isclose(np.asarray(used["weight_kg"], float), demo["weight_kg"].to_numpy(float))
-    for col in ("age", "sex", "height_m", "weight_kg"):
-        demo[col] = used[col]
-    demo["clamped"] = clamped
+    _check_options(n, match, steps, guidance, sr_steps)
+    cascade = cascade if cascade is not None else _load_cascade(checkpoint, device)
+    demo, used = _conditioning(cascade, n, seed, match, (sex, age, height, weight), skip_bad, checkpoint)
     s = cascade.settings(steps, guidance, sr_steps)
     settings = {"n": len(demo), "seed": int(seed), "match": str(Path(match).resolve()) if match else None,
                 "match_digest": frame_digest(demo) if match else None, "sex": sex, "age": age, "height": height,
@@ -216,22 +179,85 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
     record = {"settings": settings, "status": "running", "batch_size": batch_size, "device": str(device),
               "precision": getattr(cascade, "precision", "fp32"),
               "checkpoint": to_jsonable({k: v for k, v in cascade.meta.items() if k in ("folder", "lowres", "sr")}),
-              "n_clamped": int(clamped.sum()), "versions": package_versions()}
+              "n_clamped": int(demo["clamped"].sum()), "versions": package_versions()}
     write_json(record, root / GENERATE_JSON)
-
     demo["generator"] = cascade.checkpoint_id
     demo["seed"] = int(seed)
     demo["case_index"] = np.arange(len(demo))
+    started = time.perf_counter()
+    generated = _write_cases(root, cascade, demo, used, dict(seed=seed, steps=steps, guidance=guidance,
+                                                             batch_size=batch_size, sr_steps=sr_steps), progress)
+    record.update(status="complete", seconds_this_run=round(time.perf_counter() - started, 2),
+                  generated_this_run=generated)
+    write_json(record, root / GENERATE_JSON)
+    return root
+
+
+def _check_options(n: int | None, match: str | Path | None, steps: int | None, guidance: float | None,
+                   sr_steps: int | None) -> None:
+    """InputError naming the option for a bad case count or sampler setting, before any weights are loaded."""
+    from generator.config import check_sampling
+
+    if match is None and (isinstance(n, bool) or not isinstance(n, (int, np.integer, type(None)))
+                          or not 1 <= (500 if n is None else n) <= MAX_CASES):
+        raise InputError(f"{n!r} is not a number of cases from 1 to {MAX_CASES}", "--n")
+    try:
+        check_sampling(steps, guidance, sr_steps)
+    except ValueError as exc:
+        raise InputError(str(exc), "--" + str(exc).split(" ", 1)[0].replace("_", "-")) from None
+
+
+def _load_cascade(checkpoint: str | Path | None, device: str):
+    """generator.load_cascade with its errors as InputError naming the checkpoint."""
+    from generator import CheckpointError, load_cascade
+
+    try:
+        return load_cascade(checkpoint, device=device)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise InputError(str(exc), checkpoint or "--checkpoint") from None
+
+
+def _conditioning(cascade: Any, n: int | None, seed: int, match: str | Path | None, limits: tuple,
+                  skip_bad: bool, checkpoint: str | Path | None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """(cohort rows with the demographics the cascade conditions on and a ``clamped`` column, those columns
+    as ``Cascade.prepare`` returns them). ``limits``: the --sex, --age, --height, --weight texts."""
+    population = cascade.population
+    if match is not None:
+        demo = matched_demographics(match, population, seed, skip_bad)
+    elif population is None:
+        raise InputError("the checkpoint has no population.json to sample demographics from; use --match",
+                         checkpoint or "--checkpoint")
+    else:
+        demo = sampled_demographics(population, 500 if n is None else int(n), seed, *limits)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            used = cascade.prepare(demo)
+        except ValueError as exc:
+            raise InputError(str(exc), match or "--sex") from None
+    for w in caught:
+        warnings.warn(str(w.message), UserWarning, stacklevel=3)
+    clamped = np.zeros(len(demo), bool)
+    for col in ("age", "height_m", "weight_kg"):
+        clamped |= ~np.isclose(np.asarray(used[col], float), demo[col].to_numpy(float))
+    for col in ("age", "sex", "height_m", "weight_kg"):
+        demo[col] = used[col]
+    demo["clamped"] = clamped
+    return demo, used
+
+
+def _write_cases(root: Path, cascade: Any, demo: pd.DataFrame, used: dict[str, np.ndarray], sampling: dict,
+                 progress: bool) -> int:
+    """Generate and write the cases whose files are missing (cohort.csv after each batch); returns how many."""
     done = np.array([all(p.is_file() for p in _case_paths(root, cid).values()) for cid in demo["case_id"]], bool)
     todo = np.flatnonzero(~done)
-    started = time.perf_counter()
+    batch_size = sampling["batch_size"]
     bar = _bar(progress, len(demo), int(done.sum()))
     try:
         if len(todo):
             for row, ct, pet in cascade.iter_generate(
-                    {k: np.asarray(used[k])[todo] for k in ("age", "sex", "height_m", "weight_kg")}, seed=seed,
-                    steps=steps, guidance=guidance, batch_size=batch_size, indices=todo, sr_steps=sr_steps,
-                    callback=(lambda k: bar[0].advance(bar[1], k)) if bar else None):
+                    {k: np.asarray(used[k])[todo] for k in ("age", "sex", "height_m", "weight_kg")}, indices=todo,
+                    callback=(lambda k: bar[0].advance(bar[1], k)) if bar else None, **sampling):
                 i = int(todo[row])
                 paths = _case_paths(root, demo.at[i, "case_id"])
                 write_volume(np.clip(np.rint(ct), -32768, 32767).astype(np.int16), cascade.affine, paths["ct"])
@@ -243,10 +269,7 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
         if bar:
             bar[0].stop()
         _write_table(root, demo, done)
-    record.update(status="complete", seconds_this_run=round(time.perf_counter() - started, 2),
-                  generated_this_run=int(len(todo)))
-    write_json(record, root / GENERATE_JSON)
-    return root
+    return int(len(todo))
 
 
 def _write_table(root: Path, demo: pd.DataFrame, done: np.ndarray) -> None:
