@@ -82,7 +82,7 @@ def test_generate_n2_is_the_first_two_cases_of_n6(tmp_path):
     cols = ["case_id", "age", "sex", "height_m", "weight_kg", "case_index"]
     pd.testing.assert_frame_equal(runs[2][cols], runs[6][cols].iloc[:2])
     assert runs[6]["age"].nunique() == 6
-    for role, atol in (("ct", 2.0), ("pet", 0.02)):  # HU, SUV: batches of 2 and 6 round differently
-        for rel in runs[2][role]:
+    for role, atol in (("ct", 1.0), ("pet", 1e-3)):  # HU, SUV: batches of 2 and 6 may round differently
+        for rel in runs[2][role]:  # (identical here, bf16 on 2 CPU cores)
             a, b = (np.asanyarray(nib.load(tmp_path / f"n{n}" / rel).dataobj) for n in (2, 6))
-            assert np.abs(a - b).max() <= atol and np.mean(np.abs(a - b)) < atol / 20, (rel, np.abs(a - b).max())
+            np.testing.assert_allclose(a, b, atol=atol, err_msg=rel)
