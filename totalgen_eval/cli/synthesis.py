@@ -78,8 +78,9 @@ def train(
     cohort: Annotated[Path, typer.Argument(help="Training cohort folder.")],
     stage: Annotated[str, typer.Option("--stage", help="lowres (stage 1) or sr (stage 2).")] = "lowres",
     out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Checkpoint folder (resumes if it holds one).")] = Path("runs/lowres"),
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Cases a step (per process under torchrun).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, max=10**8, metavar="N", help="Optimiser steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, max=4096, metavar="N",
+                                                                   help="Cases a step (per process under torchrun).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast where the device runs it fast), "
                                            "bf16 or fp32.")] = "auto",
     checkpointing: Annotated[bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing",
