@@ -105,7 +105,12 @@ def read_volume(path: str | Path, dtype: type | None = np.float32, use_isal: boo
     """Array (i, j, k) and its affine; ``dtype=None`` keeps the stored type (use it for label maps)."""
     img = load_image(path, use_isal=use_isal)
     try:
-        data = np.asanyarray(img.dataobj) if dtype is None else img.get_fdata(dtype=dtype)
+        if dtype is None:
+            data = np.asanyarray(img.dataobj)
+        elif img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0:  # unscaled: one cast (get_fdata goes via float64)
+            data = np.asarray(img.dataobj.get_unscaled()).astype(dtype, copy=False)
+        else:
+            data = img.get_fdata(dtype=dtype)
     except Exception as exc:
         raise InputError(f"cannot decode voxel data ({exc})", path) from None
     return np.asarray(data), img.affine.copy()
