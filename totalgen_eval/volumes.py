@@ -107,8 +107,8 @@ def read_volume(path: str | Path, dtype: type | None = np.float32, use_isal: boo
     try:
         if dtype is None:
             data = np.asanyarray(img.dataobj)
-        elif img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0:  # unscaled: one cast (get_fdata goes via float64)
-            data = np.asarray(img.dataobj.get_unscaled()).astype(dtype, copy=False)
+        elif getattr(img.dataobj, "slope", None) == 1.0 and getattr(img.dataobj, "inter", None) == 0.0:
+            data = np.asarray(img.dataobj.get_unscaled()).astype(dtype, copy=False)  # one cast, not via float64
         else:
             data = img.get_fdata(dtype=dtype)
     except Exception as exc:
