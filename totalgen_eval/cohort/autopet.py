@@ -13,6 +13,7 @@ part) takes that subject's only study, or the study whose date appears in the na
 """
 from __future__ import annotations
 
+import glob
 import math
 import re
 from dataclasses import dataclass
@@ -85,14 +86,10 @@ def find_metadata(*folders: Path) -> Path | None:
     for pattern in ("{}", "*/{}", "*/*/{}"):
         for folder in folders:
             for name in METADATA_NAMES:
-                hits = sorted(folder.glob(pattern.format(glob_escape(name))))
+                hits = sorted(folder.glob(pattern.format(glob.escape(name))))
                 if hits:
                     return hits[0]
     return None
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", name)
 
 
 def read_metadata(path: Path) -> list[Row]:
