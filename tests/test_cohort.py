@@ -37,7 +37,7 @@ def one_line_error(excinfo, *fragments):
 
 def test_ours_round_trip(ours_cohort):
     cohort = load_cohort(ours_cohort.root)
-    assert cohort.layout == "totalgen" and cohort.name == "ours" and len(cohort) == 3
+    assert cohort.layout == "ours" and cohort.name == "ours" and len(cohort) == 3
     assert cohort.problems == () and not cohort.is_phantom
     frame = cohort.to_frame()
     assert list(frame.columns[:8]) == ["case_id", "age", "sex", "height_m", "weight_kg", "ct", "pet", "labels"]
@@ -333,7 +333,7 @@ def test_write_cohort_csv_round_trip_from_tcia(tcia_cohort):
     text = path.read_text()
     assert str(tcia_cohort.root) not in text  # paths are relative
     again = load_cohort(cohort.root)  # cohort.csv now wins
-    assert again.layout == "totalgen"
+    assert again.layout == "ours"
     pd.testing.assert_frame_equal(again.to_frame(), cohort.to_frame(), check_dtype=False)
     for case in again:
         assert_case_arrays(case, tcia_cohort.cases[case.case_id])
@@ -344,7 +344,7 @@ def test_summary_and_phantom_flag(ours_cohort):
     cohort = load_cohort(ours_cohort.root)
     facts = summarize(cohort)
     ages = [c["age"] for c in ours_cohort.cases.values()]
-    assert facts["n_cases"] == 3 and facts["layout"] == "totalgen" and facts["phantom"] is False
+    assert facts["n_cases"] == 3 and facts["layout"] == "ours" and facts["phantom"] is False
     assert facts["age"]["mean"] == pytest.approx(np.mean(ages)) and facts["age"]["sd"] == pytest.approx(np.std(ages, ddof=1))
     assert facts["sex"] == {"M": 2, "F": 1, "missing": 0} and facts["with_labels"] == 3
     grids = inspect_frame(cohort)

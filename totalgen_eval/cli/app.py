@@ -241,7 +241,7 @@ def cohort_inputs(cohort: Any) -> list[Path]:
 
     root = Path(cohort.root)
     paths = [root / name for name in ("cohort.csv", "generate.json", "phantom.json", "truth.csv")]
-    meta = find_metadata(root) if cohort.layout != "totalgen" else None
+    meta = find_metadata(root) if cohort.layout != "ours" else None
     paths += [meta] if meta is not None else []
     for case in cohort.cases:
         paths += [Path(p) for p in (case.ct, case.pet, case.labels, case.extra.get("lesions")) if p]

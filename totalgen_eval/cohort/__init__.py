@@ -1,7 +1,7 @@
 """Cohorts: folders of PET/CT cases in one of three layouts, their demographics, and validation.
 
 Layouts, tried in this order (ARCHITECTURE.md):
-``totalgen``  our ``cohort.csv`` at the root (written by ``generate`` and ``phantoms``);
+``ours``      our ``cohort.csv`` at the root (written by ``generate`` and ``phantoms``);
 ``tcia``      TCIA FDG-PET-CT-Lesions NIfTI: ``PETCT_<hex>/<study>/{CTres,SUV,...}.nii.gz`` + metadata CSV;
 ``nnunet``    autoPET II-IV: ``imagesTr/<case>_0000.nii.gz`` (CT), ``_0001`` (SUV) + ``fdg_metadata.csv``.
 
@@ -30,7 +30,7 @@ from .ours import COHORT_CSV, CORE_COLUMNS, discover_ours, write_cohort_csv
 __all__ = ["Case", "Cohort", "load_cohort", "check_cohort", "write_cohort_csv", "summarize",
            "inspect_frame", "tcia_case_id", "LAYOUTS", "BQML_MAX_SUV"]
 
-LAYOUTS = ("totalgen", "tcia", "nnunet")
+LAYOUTS = ("ours", "tcia", "nnunet")  # the names Cohort.layout takes, as `phantoms --layout` calls them
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,7 +114,7 @@ class Cohort(Sequence):
 def find_layout(root: Path) -> str:
     """The layout name of a cohort folder; InputError saying what was looked for when none fits."""
     if (root / COHORT_CSV).is_file():
-        return "totalgen"
+        return "ours"
     if tcia_data_root(root) is not None:
         return "tcia"
     if (root / "imagesTr").is_dir() and any((root / "imagesTr").glob("*_000[01].nii.gz")):
@@ -142,7 +142,7 @@ def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "
         raise InputError("expected a cohort folder (or its cohort.csv)", root)
     refuse_incomplete(root)
     layout = find_layout(root)
-    if layout == "totalgen":
+    if layout == "ours":
         cases, problems = discover_ours(root, resample_ct=resample_ct)
     elif layout == "tcia":
         cases, problems = discover_tcia(root, tcia_data_root(root), resample_ct=resample_ct)
