@@ -42,13 +42,18 @@ def _linear_fit(age: np.ndarray, hw: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return coef, cov + np.eye(2) * 1e-6
 
 
+SEX_CODES = {"F": "F", "FEMALE": "F", "0": "F", "0.0": "F", "M": "M", "MALE": "M", "1": "M", "1.0": "M"}
+
+
 def parse_sex(value: Any) -> str:
-    """"F"/"M" from F, M, female, male (any case); ValueError for anything else."""
+    """"F"/"M" from F/M/female/male (any case) or the paper's coding 0/1 (F=0, M=1); ValueError otherwise.
+
+    The same words as ``totalgen_eval.demographics.parse_sex`` (this library does not import totalgen_eval;
+    ``tests/test_demographics.py`` checks that the two agree)."""
     text = str(value).strip().upper()
-    mapping = {"F": "F", "FEMALE": "F", "W": "F", "M": "M", "MALE": "M"}
-    if text not in mapping:
-        raise ValueError(f"unknown sex {value!r}: use F or M")
-    return mapping[text]
+    if text not in SEX_CODES:
+        raise ValueError(f"unknown sex {value!r} (expected M or F)")
+    return SEX_CODES[text]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,19 @@ def test_parse_sex():
         d.parse_sex("X")
 
 
+def test_generator_reads_sex_with_the_same_words():
+    """The generator library cannot import totalgen_eval, so it has its own parse_sex: same words, same answers."""
+    from generator.population import parse_sex as generator_parse_sex
+
+    words = ("M", "m", " male ", "MALE", "1", 1, 1.0, "F", "f", "Female", "0", 0, 0.0)
+    assert [generator_parse_sex(w) for w in words] == [d.parse_sex(w) for w in words] == ["M"] * 7 + ["F"] * 6
+    for bad in ("W", "X", "", "2", "unknown", None):
+        with pytest.raises(ValueError):
+            d.parse_sex(bad)
+        with pytest.raises(ValueError):
+            generator_parse_sex(bad)
+
+
 def test_age_groups_default_and_paper():
     ages = [10, 18, 39.9, 40, 60, 79, 80, 95, float("nan")]
     got = d.age_group(ages, d.DEFAULT_AGE_BINS).tolist()
