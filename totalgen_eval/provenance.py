@@ -31,7 +31,7 @@ LOCK = ".totalgen-eval.lock"
 OWN_FILES = (MARKER, LOCK)
 
 PACKAGES = ("totalgen-eval", "torch", "monai", "numpy", "scipy", "pandas", "statsmodels",
-            "nibabel", "seaborn", "totalsegmentator")
+            "nibabel", "matplotlib", "totalsegmentator")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

@@ -6,13 +6,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from .style import (DEVIATION_CMAP, NAN_COLOUR, OUTSIDE_GID, SYNTH_COLOUR, UNTESTED_GID, fmt_n, is_tested,
+from .style import (OUTSIDE_GID, SYNTH_COLOUR, UNTESTED_GID, deviation_cmap, fmt_n, is_tested,
                     label_bottom_row, metric_label, metric_rows, organ_order, populated_subgroups, subgroup_kind,
                     subgroup_label, title_legend)
 
@@ -43,7 +42,7 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     scale = np.abs(values[finite & tested]) if (finite & tested).any() else np.abs(values[finite])
     vmax = max(2.0 * limit_pct, float(scale.max()) if scale.size else 0.0, 1.0)  # untested noise may clip
     norm = Normalize(-vmax, vmax)
-    cmap = sns.color_palette(DEVIATION_CMAP, as_cmap=True).with_extremes(bad=NAN_COLOUR)
+    cmap = deviation_cmap()
 
     width = max(7.0, 2.4 + 0.72 * len(groups) + 1.2)  # the title needs ~7 in
     height = 1.9 + 0.52 * len(organs)

@@ -6,8 +6,10 @@ import math
 import re
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -22,6 +24,12 @@ DEVIATION_CMAP = "PRGn"   # diverging, centred at 0; purple = synthetic lower, g
 NAN_COLOUR = "#c8c8c8"
 OUTSIDE_GID = "outside-margin"  # gid of the outline drawn on heatmap cells outside the margin
 UNTESTED_GID = "untested"  # gid of the hatching on heatmap cells too small to be tested
+
+
+def deviation_cmap() -> Colormap:
+    """The heatmap's colour map: matplotlib's ``DEVIATION_CMAP`` with missing cells (NaN) in ``NAN_COLOUR``."""
+    return matplotlib.colormaps[DEVIATION_CMAP].with_extremes(bad=NAN_COLOUR)
+
 
 METRIC_LABELS: dict[str, str] = {
     "volume_ml": "volume (mL)", "n_voxels": "voxels", "suv_mean": "SUVmean (SUV)",
