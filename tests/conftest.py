@@ -161,3 +161,15 @@ def require_bundled_generator() -> None:
         bundled_folder()
     except FileNotFoundError as exc:
         pytest.skip(f"the bundled generator weights are absent: {exc}")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny networks run fastest so, and two oversubscribed threads on a busy
+    2-core CI are ~20x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

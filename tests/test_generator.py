@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator import (CheckpointError, Denoiser, PopulationModel, karras_sigmas, load_cascade, load_stage,
+from generator import (CheckpointError, PopulationModel, karras_sigmas, load_cascade, load_stage,
                        precond_coefficients, random_cascade, sample_dpmpp_2m, sample_euler, sample_heun,
                        save_stage, tiny_lowres, tiny_sr)
 from generator import checkpoints
@@ -23,13 +23,7 @@ from generator.stages import canvas_affine, downsample, position_channels, sr_tr
 from generator.training import read_loss_log, train_stage
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread; two oversubscribed threads on a busy 2-core CI are ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def population(n: int = 200, seed: int = 0) -> PopulationModel:

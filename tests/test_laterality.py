@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from generator import CheckpointError, load_cascade, random_cascade, tiny_lowres, tiny_sr
 from totalgen_eval.cohort import load_cohort
@@ -31,12 +30,7 @@ LEFT_CLASSES = {cid for cid, name in CLASSES.items() if name.endswith("_left")} 
 MIDLINE_CLASSES = {90, 21}  # brain, urinary bladder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def world_x_map(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:

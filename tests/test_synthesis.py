@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from generator import PopulationModel, random_cascade, tiny_lowres, tiny_sr
 from totalgen_eval.cohort import load_cohort, write_cohort_csv
@@ -18,12 +16,7 @@ from totalgen_eval.training_data import TOP_MARGIN_MM, canvas_grid, place_on_can
 from totalgen_eval.volumes import Grid, write_volume
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
