@@ -137,6 +137,8 @@ def _z_below_plane(upper: Ellipsoid, axes: np.ndarray, x: float, y: float, tilt_
 
 @dataclass(frozen=True)
 class Head:
+    """Brain, head outline and the shoulders' level (mm)."""
+
     brain: Ellipsoid
     outline: Ellipsoid
     z_shoulders: float  # top of the thorax
@@ -148,6 +150,8 @@ class Head:
 
 @dataclass(frozen=True)
 class Thorax:
+    """Heart, lungs by side and the diaphragm's level (mm)."""
+
     heart: Ellipsoid
     lungs: dict[str, Ellipsoid]  # side -> lung
     z_diaphragm: float  # the abdomen lies below
@@ -155,6 +159,8 @@ class Thorax:
 
 @dataclass(frozen=True)
 class Aorta:
+    """The aorta's solids and where its descending part runs (mm)."""
+
     x: float
     y_descending: float
     radius: float
@@ -168,6 +174,8 @@ class Aorta:
 
 @dataclass(frozen=True)
 class Retroperitoneum:
+    """Spine (radius, y) and the iliopsoas muscles by side (mm)."""
+
     spine_radius: float
     spine_y: float
     psoas: dict[str, Ellipsoid]  # side -> iliopsoas
