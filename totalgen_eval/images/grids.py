@@ -59,18 +59,28 @@ def to_ras(ct: np.ndarray, pet: np.ndarray, grid: Grid, voxel_mm: tuple[float, f
             resample_to_grid(pet, grid, target, order=1, cval=0.0), target)
 
 
+def _trimmed_span(counts: np.ndarray, trim: float) -> tuple[int, int]:
+    """First and last index of a profile of voxel counts once ``trim`` of the total is cut at each end."""
+    cdf = np.cumsum(counts, dtype=float)
+    total = cdf[-1]
+    return int(np.searchsorted(cdf, trim * total, side="right")), int(np.searchsorted(cdf, (1 - trim) * total))
+
+
 def body_box(ct: np.ndarray, grid: Grid, threshold_hu: float = BODY_HU, trim: float = 0.001
              ) -> tuple[np.ndarray, np.ndarray]:
     """RAS+ box (mm) around the body: voxels with CT > ``threshold_hu``, ``trim`` of them cut at each end
-    of every axis (stray noise voxels do not stretch it). The whole grid when no voxel is body."""
-    idx = np.argwhere(ct > threshold_hu)
-    if len(idx) < 8:
+    of every axis (stray noise voxels do not stretch it). The whole grid when no voxel is body.
+    ``grid`` must be axis-aligned (as :func:`ras_grid` makes it)."""
+    mask = ct > threshold_hu
+    if mask.sum() < 8:
         return outer_box(grid)
-    xyz = idx @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-    half = np.abs(grid.affine[:3, :3]).sum(axis=1) / 2  # half a voxel along each world axis
-    lower = np.quantile(xyz, trim, axis=0) - half
-    upper = np.quantile(xyz, 1 - trim, axis=0) + half
-    return lower, upper
+    lo_idx, hi_idx = np.zeros(3), np.zeros(3)
+    for axis in range(3):
+        counts = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+        lo_idx[axis], hi_idx[axis] = _trimmed_span(counts, trim)
+    corners = np.stack([lo_idx - 0.5, hi_idx + 0.5], axis=1)  # outer faces of the first and last body voxels
+    xyz = grid.affine[:3, :3] @ corners + grid.affine[:3, 3:4]
+    return xyz.min(axis=1), xyz.max(axis=1)
 
 
 def body_arrays(ct: np.ndarray, pet: np.ndarray, grid: Grid, shape: tuple[int, int, int] = BODY_SHAPE) -> np.ndarray:

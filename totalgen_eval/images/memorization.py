@@ -3,8 +3,8 @@
 Each case is its body-box arrays (CT and PET scaled to [0, 1] on a 32 x 24 x 96 grid fitted to the body,
 see ``grids.body_arrays``); the distance between two cases is the root mean square difference over both
 channels (0 = identical; scaled units). For every synthetic case, its nearest training case; for every
-real case not in the training cohort (the reference: scans the generator never saw), its nearest training
-case too. A synthetic case is flagged when it lies closer to its nearest training case than the real
+real case not in the training cohort (the reference: scans the generator never saw; a real case at
+distance ~0 from a training case is that scan and is left out), its nearest training case too. A synthetic case is flagged when it lies closer to its nearest training case than the real
 cases' 1st percentile (the lower order statistic, so with fewer than 100 real cases: the smallest real
 distance). An independent draw from the real population is flagged about 1 % of the time.
 """
@@ -27,7 +27,7 @@ COLUMNS: tuple[str, ...] = ("case_id", "nearest_train_id", "distance", "flagged"
 class Memorization:
     """``synthetic``: memorization.csv (case_id, nearest_train_id, distance, flagged); ``real``: the
     reference (case_id, nearest_train_id, distance); ``threshold`` the flagging distance; ``left_out``
-    the real cases also found in training (same id or distance ~0), not part of the reference."""
+    the real cases also found in training (distance ~0: the same scan), not part of the reference."""
 
     synthetic: pd.DataFrame
     real: pd.DataFrame
@@ -75,7 +75,7 @@ def memorization_from(synth: Sequence[CaseImages], train: Sequence[CaseImages], 
     if real:
         r_idx, r_dist = nearest(_stack(real), reference)
         for case, i, d in zip(real, r_idx, r_dist):
-            if case.case_id in set(train_ids) or d < DUPLICATE_DISTANCE:
+            if d < DUPLICATE_DISTANCE:  # case ids may repeat across cohorts; the images decide
                 left_out.append(case.case_id)
             else:
                 real_rows.append((case.case_id, train_ids[i], float(d)))

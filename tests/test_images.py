@@ -1,0 +1,283 @@
+"""Image-level metrics and the memorization check, on phantoms and on hand-made arrays.
+
+Reference values come from MONAI's own metrics (FID, MMD with a linear kernel), numpy (means,
+covariances) and the phantoms' construction (copies of training cases, blurred copies, independent draws).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import ndimage
+
+from totalgen_eval.cohort import load_cohort
+from totalgen_eval.errors import InputError
+from totalgen_eval.images import (CaseImages, MomentStats, arrays_images, cohort_images, fid, frechet_distance,
+                                  image_metrics_from, load_extractor, memorization_from, mmd2, ms_ssim, nearest,
+                                  preview_arrays, volume_features)
+from totalgen_eval.images.grids import body_box, box_grid, ras_grid, to_ras
+from totalgen_eval.phantom import make_cohort
+from totalgen_eval.volumes import Grid
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """Three independent phantom draws at 8 mm: train (30), real (100), independent (30)."""
+    root = tmp_path_factory.mktemp("phantoms")
+    return {name: load_cohort(make_cohort(root / name, n=n, seed=seed, workers=2, progress=False))
+            for name, n, seed in (("train", 30, 501), ("real", 100, 502), ("indep", 30, 503))}
+
+
+@pytest.fixture(scope="module")
+def bodies(phantoms):
+    """Body-box arrays of every phantom (no features)."""
+    return {name: cohort_images(cohort) for name, cohort in phantoms.items()}
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_extractor("bundled")
+
+
+def _read(case):
+    pet, affine = case.read_pet()
+    ct, _ = case.read_ct()
+    return ct, pet, affine
+
+
+def _noisy_copy(case, rng, share: float = 0.01) -> CaseImages:
+    """A training case with 1 % noise: CT + N(0, 1 % of the 2000 HU window), PET x (1 + N(0, 1 %)).
+    (additive PET noise scaled to the range would be about 0.3 SUV, most of the soft tissue's uptake)."""
+    ct, pet, affine = _read(case)
+    ct = ct + rng.normal(0, share * 2000.0, ct.shape)
+    pet = pet * (1 + rng.normal(0, share, pet.shape))
+    return arrays_images(f"copy-of-{case.case_id}", ct.astype(np.float32), pet.astype(np.float32), affine)
+
+
+# ------------------------------------------------------------------------------------ memorization
+@pytest.mark.slow  # the module's phantoms (160 cases) are made here: ~15 s alone, longer on a busy machine
+def test_copies_of_training_cases_are_flagged_and_matched(phantoms, bodies):
+    rng = np.random.default_rng(0)
+    train, real = bodies["train"], bodies["real"]
+    copies = [_noisy_copy(case, rng) for case in list(phantoms["train"])[:10]]
+    check = memorization_from(copies, train, real)
+    table = check.synthetic
+    assert list(table.columns) == ["case_id", "nearest_train_id", "distance", "flagged"]
+    assert int(table["flagged"].sum()) >= 9
+    assert (table["nearest_train_id"] == table["case_id"].str.replace("copy-of-", "")).all()
+    # the threshold is the smallest real distance (100 real cases, lower 1st percentile)
+    assert check.threshold == pytest.approx(np.sort(check.real["distance"])[0])
+    assert table["distance"].max() < 0.5 * check.threshold
+
+
+def test_an_independent_draw_is_not_flagged(bodies):
+    train, real, indep = bodies["train"], bodies["real"], bodies["indep"]
+    check = memorization_from(indep, train, real)
+    assert len(check.synthetic) == 30
+    assert int(check.synthetic["flagged"].sum()) <= 1
+    # same population: the median distances are alike
+    assert check.synthetic["distance"].median() == pytest.approx(check.real["distance"].median(), rel=0.25)
+
+
+def test_real_cases_found_in_training_leave_the_reference(bodies):
+    train = bodies["train"][:5]
+    real = train[:2] + bodies["indep"][:5]  # indep's case ids repeat train's: only the images tell
+    check = memorization_from(train[:3], train, real)
+    assert check.left_out == (train[0].case_id, train[1].case_id)
+    assert len(check.real) == 5
+    assert check.synthetic["flagged"].all()  # exact copies: distance 0
+
+
+def test_nearest_matches_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    q, r = rng.normal(size=(7, 50)), rng.normal(size=(11, 50))
+    idx, dist = nearest(q, r, chunk=3)
+    full = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).mean(-1))
+    np.testing.assert_array_equal(idx, full.argmin(1))
+    np.testing.assert_allclose(dist, full.min(1), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------- FID, MMD
+def test_frechet_distance_equals_monai_fid():
+    from monai.metrics import FIDMetric
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(0.3, 1.2, size=(300, 16)) @ rng.normal(size=(16, 16))
+    expected = float(FIDMetric()(torch.from_numpy(b), torch.from_numpy(a)))
+    assert fid(a, b) == pytest.approx(expected, rel=1e-6)
+    assert fid(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_moment_stats_weights_equal_repeated_cases():
+    rng = np.random.default_rng(2)
+    cases = [rng.normal(size=(n, 5)) for n in (3, 6, 4)]
+    stats = MomentStats.from_cases(cases)
+    mean, cov = stats.gaussian()
+    rows = np.concatenate(cases)
+    np.testing.assert_allclose(mean, rows.mean(0))
+    np.testing.assert_allclose(cov, np.cov(rows, rowvar=False))
+    mean_w, cov_w = stats.gaussian(np.array([2.0, 0.0, 1.0]))
+    rows_w = np.concatenate([cases[0], cases[0], cases[2]])
+    np.testing.assert_allclose(mean_w, rows_w.mean(0))
+    np.testing.assert_allclose(cov_w, np.cov(rows_w, rowvar=False))
+
+
+def test_mmd_with_a_linear_kernel_equals_monai():
+    from monai.metrics import MMDMetric
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(12, 6)), rng.normal(0.5, 1.0, size=(12, 6))
+    expected = float(MMDMetric()(torch.from_numpy(x), torch.from_numpy(y)))
+    assert mmd2(x, y, kernel="linear", standardize=False) == pytest.approx(expected, rel=1e-9)
+    # the Gaussian-kernel estimate is ~0 for samples of one distribution and clearly positive for shifted ones
+    same = mmd2(rng.normal(size=(60, 6)), rng.normal(size=(60, 6)))
+    shifted = mmd2(rng.normal(size=(60, 6)), rng.normal(1.0, 1.0, size=(60, 6)))
+    assert abs(same) < 0.05 < shifted
+
+
+def _blurred(cohort, extractor, sigma_voxels: float) -> list[CaseImages]:
+    out = []
+    for case in cohort:
+        ct, pet, affine = _read(case)
+        out.append(arrays_images(case.case_id, ndimage.gaussian_filter(ct, sigma_voxels),
+                                 ndimage.gaussian_filter(pet, sigma_voxels), affine, extractor))
+    return out
+
+
+@pytest.mark.slow  # 60 cases through the encoder: ~15 s, more on a busy machine
+def test_fid_ranks_a_blurred_copy_further_than_an_independent_draw(phantoms, bundled):
+    real = cohort_images(phantoms["real"][:20], bundled)
+    indep = cohort_images(phantoms["indep"][:20], bundled)
+    blurred = _blurred(phantoms["real"][:20], bundled, 1.0)  # 8 mm Gaussian sigma
+    far = image_metrics_from(real, blurred, n_boot=0, reference=False).set_index(["metric", "modality"])["value"]
+    near = image_metrics_from(real, indep, n_boot=0, reference=False).set_index(["metric", "modality"])["value"]
+    for modality in ("ct", "pet"):
+        assert far[("fid_2.5d", modality)] > 1.5 * near[("fid_2.5d", modality)], modality
+    itself = image_metrics_from(real, real, n_boot=0, reference=False).set_index(["metric", "modality"])["value"]
+    for modality in ("ct", "pet"):
+        assert itself[("fid_2.5d", modality)] == pytest.approx(0.0, abs=1e-7 * near[("fid_2.5d", modality)] + 1e-12)
+
+
+def test_image_metrics_table_with_twins_and_reference(phantoms, bundled):
+    real = cohort_images(phantoms["real"][:8], bundled)
+    synth = [CaseImages(f"s{k}", c.body, c.features) for k, c in enumerate(real[:4])] + \
+        cohort_images(phantoms["indep"][:4], bundled)
+    twins = {f"s{k}": real[k].case_id for k in range(4)}
+    table = image_metrics_from(real, synth, "bundled", twins=twins, n_boot=20, seed=1)
+    assert list(table.columns) == ["metric", "modality", "value", "ci_low", "ci_high", "features"]
+    rows = table.set_index(["metric", "modality"])
+    for modality in ("ct", "pet"):
+        for metric in ("fid_2.5d", "fid_axial", "fid_coronal", "fid_sagittal", "mmd_3d", "fid_2.5d_real_halves",
+                       "mmd_3d_real_halves", "fid_2.5d_synth_half", "ms_ssim_real_pairs"):
+            assert (metric, modality) in rows.index
+        # identical twins: MS-SSIM 1 exactly
+        assert rows.loc[("ms_ssim_twins", modality), "value"] == pytest.approx(1.0, abs=1e-5)
+        plane_mean = np.mean([rows.loc[(f"fid_{p}", modality), "value"] for p in ("axial", "coronal", "sagittal")])
+        assert rows.loc[("fid_2.5d", modality), "value"] == pytest.approx(plane_mean)
+        fid_row = rows.loc[("fid_2.5d_real_halves", modality)]
+        assert 0 <= fid_row["ci_low"] <= fid_row["ci_high"]
+    assert rows.loc[("fid_2.5d", "ct"), "features"] == "bundled"
+
+
+# --------------------------------------------------------------------------------- MS-SSIM, grids
+def test_ms_ssim_is_one_for_identical_volumes_and_falls_with_noise():
+    rng = np.random.default_rng(5)
+    base = ndimage.gaussian_filter(rng.uniform(size=(2, 32, 24, 96)), (0, 2, 2, 2)).astype(np.float32)
+    base = (base - base.min()) / np.ptp(base)
+    values = [ms_ssim(base, np.clip(base + rng.normal(0, s, base.shape), 0, 1)) for s in (0.0, 0.02, 0.1)]
+    np.testing.assert_allclose(values[0], 1.0, atol=1e-5)
+    assert np.all(values[0] > values[1]) and np.all(values[1] > values[2])
+
+
+def test_body_box_and_ras_grid():
+    affine = np.diag([4.0, 4.0, 5.0, 1.0])
+    affine[:3, 3] = (-40.0, -30.0, -100.0)
+    ct = np.full((20, 16, 40), -1000.0, np.float32)
+    ct[5:15, 4:12, 10:30] = 40.0
+    grid = Grid(ct.shape, affine)
+    lower, upper = body_box(ct, grid, trim=0.0)
+    np.testing.assert_allclose(lower, [-40 + 5 * 4 - 2, -30 + 4 * 4 - 2, -100 + 10 * 5 - 2.5])
+    np.testing.assert_allclose(upper, [-40 + 14 * 4 + 2, -30 + 11 * 4 + 2, -100 + 29 * 5 + 2.5])
+    # a grid whose x axis runs the other way gives the same RAS+ volume
+    flipped = affine.copy()
+    flipped[0, 0], flipped[0, 3] = -4.0, -40.0 + 19 * 4.0
+    ct_r, _, g = to_ras(ct[::-1].copy(), np.zeros_like(ct), Grid(ct.shape, flipped), (4.0, 4.0, 5.0))
+    np.testing.assert_allclose(g.affine, affine)
+    np.testing.assert_allclose(ct_r, ct, atol=1e-4)
+    assert ras_grid(grid, (8.0, 8.0, 10.0)).shape == (10, 8, 20)
+    assert box_grid(np.zeros(3), np.array([32.0, 24.0, 96.0]), (32, 24, 96)).spacing_mm == (1.0, 1.0, 1.0)
+
+
+def test_preview_is_the_coronal_mip_and_a_centre_slice():
+    affine = np.diag([8.0, 8.0, 8.0, 1.0])
+    ct = np.full((10, 12, 20), -1000.0, np.float32)
+    ct[2:8, 3:9, 2:18] = 40.0
+    pet = np.zeros(ct.shape, np.float32)
+    pet[4, 7, 10] = 9.0
+    prev = preview_arrays("c", ct, pet, affine)
+    assert prev.pet_mip.shape == (10, 20) and prev.pet_mip[4, 10] == 9.0
+    np.testing.assert_array_equal(prev.ct_slice, ct[:, 6, :])  # body spans y 3..8: centre voxel 6 (5.5 rounded)
+    assert prev.spacing_mm == (8.0, 8.0)
+
+
+# --------------------------------------------------------------------------------------- extractors
+def test_bundled_extractor_gives_bottleneck_features(phantoms, bundled):
+    ct, pet, affine = _read(phantoms["real"][0])
+    feats = volume_features(bundled, ct, "ct")
+    assert feats.vector.shape == (128,)
+    assert {p: v.shape for p, v in feats.planes.items()} == {"axial": (18, 128), "coronal": (5, 128),
+                                                             "sagittal": (7, 128)}
+    np.testing.assert_allclose(feats.planes["axial"].mean(0), feats.vector, rtol=1e-5, atol=1e-7)
+    assert "phantoms" in bundled.description
+
+
+class _Slices(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+class _Volume(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 6, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_extractors_2d_and_3d(tmp_path):
+    torch.manual_seed(0)
+    volume = np.random.default_rng(6).uniform(-1000, 1000, size=(12, 10, 16)).astype(np.float32)
+    path2, path3 = tmp_path / "slices.pt", tmp_path / "volume.pt"
+    torch.jit.script(_Slices()).save(str(path2))
+    torch.jit.script(_Volume()).save(str(path3))
+    two = load_extractor(f"model:{path2}")
+    assert (two.spatial_dims, two.in_channels) == (2, 3)
+    feats = volume_features(two, volume, "ct")
+    assert {p: v.shape for p, v in feats.planes.items()} == {"axial": (16, 4), "coronal": (10, 4),
+                                                             "sagittal": (12, 4)}
+    assert feats.vector.shape == (12,)
+    three = load_extractor(f"model:{path3}")
+    assert (three.spatial_dims, three.in_channels) == (3, 1)
+    feats = volume_features(three, volume, "pet")
+    assert feats.planes["axial"].shape == (8, 6) and feats.planes["sagittal"].shape == (6, 6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_bad_feature_specs_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="--features"):
+        load_extractor("resnet")
+    with pytest.raises(InputError, match="not found"):
+        load_extractor(f"model:{tmp_path / 'absent.pt'}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(InputError, match="TorchScript"):
+        load_extractor(f"model:{junk}")
