@@ -24,7 +24,7 @@ from totalgen_eval.errors import InputError, check_number, describe_os_error, pr
 from totalgen_eval.provenance import LOCK, MARKER, claim_folder, folder_lock, read_marker
 from totalgen_eval.volumes import MAX_VOXELS_ENV, read_grid, read_volume
 
-from conftest import require_bundled_generator, write_ours
+from conftest import SHAPE, fixture_affine, require_bundled_generator, write_ours
 
 EXE = Path(sys.executable).with_name("totalgen-eval")
 
@@ -62,6 +62,17 @@ def test_outputs_that_are_cohort_inputs_are_refused(tmp_path):
         assert "is an input of the cohort" in line
     assert _digest(tmp_path / "c") == before
     assert len(load_cohort(tmp_path / "c")) == 3
+
+
+def test_a_lesion_mask_is_an_input_too(tmp_path):
+    """cohort.csv's ``lesions`` column is Case.lesions, not an extra column: its files are protected as well."""
+    from totalgen_eval.volumes import write_volume
+
+    write_ours(tmp_path / "c", extra={"lesions": "cases/lesions.nii.gz"})
+    mask = write_volume(np.zeros(SHAPE, np.uint8), fixture_affine(), tmp_path / "c" / "cases" / "lesions.nii.gz")
+    before = _digest(tmp_path / "c")
+    line = _one_error_line(_run("metrics", tmp_path / "c", "--out", mask, "--no-progress"))
+    assert "is an input of the cohort" in line and _digest(tmp_path / "c") == before
 
 
 def test_generate_force_never_replaces_a_cohort_it_did_not_make(tmp_path):

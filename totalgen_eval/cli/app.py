@@ -19,7 +19,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 from .. import __version__
 from ..errors import InputError, describe_os_error, printable
 from ..volumes import DEFAULT_MAX_VOXELS, set_max_voxels  # noqa: F401  (re-exported for the commands)
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 out = Console(markup=False, emoji=False, highlight=False)
@@ -234,7 +237,7 @@ def output_folder(folder: Path, command: str) -> Iterator[Path]:
         yield folder
 
 
-def cohort_inputs(cohort: Any) -> list[Path]:
+def cohort_inputs(cohort: Cohort) -> list[Path]:
     """Every file a loaded cohort reads: its index (cohort.csv or the metadata CSV), the records beside it, and
     each case's CT, PET, labels and lesions."""
     from ..cohort.autopet import find_metadata
@@ -244,11 +247,11 @@ def cohort_inputs(cohort: Any) -> list[Path]:
     meta = find_metadata(root) if cohort.layout != "ours" else None
     paths += [meta] if meta is not None else []
     for case in cohort.cases:
-        paths += [Path(p) for p in (case.ct, case.pet, case.labels, case.extra.get("lesions")) if p]
+        paths += [Path(p) for p in (case.ct, case.pet, case.labels, case.lesions) if p]
     return paths
 
 
-def protect(outputs: Iterable[Path], *cohorts: Any) -> None:
+def protect(outputs: Iterable[Path], *cohorts: Cohort) -> None:
     """InputError when an output path is a file one of ``cohorts`` reads (inputs are never written)."""
     from ..provenance import refuse_inputs
 

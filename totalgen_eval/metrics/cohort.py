@@ -8,7 +8,7 @@ import functools
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Mapped, Schedu
                         write_excluded)
 from ..volumes import Grid, read_volume
 from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, PEAK_RADIUS_MM, case_metrics
+
+if TYPE_CHECKING:
+    from ..cohort import Case, Cohort
 
 CASE_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "age", "sex", "height_m", "weight_kg", "age_group")
 TABLE_COLUMNS: tuple[str, ...] = CASE_COLUMNS + METRIC_COLUMNS
@@ -44,7 +47,7 @@ class MetricsJob:
     lesions: str = "exclude"  # "exclude" | "include": lesion voxels in the organ statistics
 
 
-def case_key(case: Any, job: MetricsJob) -> str:
+def case_key(case: Case, job: MetricsJob) -> str:
     """Key of a case's cached rows: its input files by identity (path, size, mtime, ctime; see cache.py),
     the segmenter and its settings, the organs, the lesion mask and option, and METRICS_VERSION."""
     if job.segmenter == "labels":
@@ -52,10 +55,10 @@ def case_key(case: Any, job: MetricsJob) -> str:
     else:
         seg = [job.segmenter, job.segmenter_settings, job.device]
     return cache_key(METRICS_VERSION, file_identity(case.pet), file_identity(case.ct), seg, list(job.organs),
-                     file_identity(getattr(case, "lesions", None)), job.lesions)
+                     file_identity(case.lesions), job.lesions)
 
 
-def compute_case(case: Any, segmenter: str = "labels", organs: Sequence[str] = ORGAN_NAMES,
+def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = ORGAN_NAMES,
                  cache_dir: Path | None = None, device: str = "cpu", lesions: str = "exclude") -> pd.DataFrame:
     """The METRIC_COLUMNS + LESION_COLUMNS rows of one cohort case (the per-case lesion figures repeated on
     every row): labels from ``segmenter``, arrays read from disk, the case's lesion mask (if any) excluded
@@ -73,7 +76,7 @@ def compute_case(case: Any, segmenter: str = "labels", organs: Sequence[str] = O
     ct, ct_affine = read_volume(case.ct, dtype=np.float32)
     check_ct(ct, case.ct)
     labels, labels_affine = case_labels(case, segmenter, cache_dir, device=device)
-    lesion_mask = case.read_lesions() if getattr(case, "lesions", None) is not None else None
+    lesion_mask = case.read_lesions()  # None without a lesion mask
     try:
         rows = case_metrics(pet, ct, labels, grid, organs, labels_grid=Grid(tuple(labels.shape), labels_affine),
                             ct_grid=Grid(tuple(ct.shape), ct_affine), lesion_mask=lesion_mask, lesions=lesions)
@@ -97,7 +100,7 @@ def check_case_uptake(rows: pd.DataFrame, pet: np.ndarray, ct: np.ndarray, path:
         raise InputError(problems[0], path)
 
 
-def measure_case(job: MetricsJob, case: Any) -> tuple[pd.DataFrame, bool]:
+def measure_case(job: MetricsJob, case: Case) -> tuple[pd.DataFrame, bool]:
     """(rows, computed?) of one case: read from ``cache_dir/metrics/<case_id>_<key>.csv`` when present and
     ``job.resume`` (a corrupt cache file is recomputed with a warning), else computed and cached."""
     from ..provenance import write_table
@@ -114,7 +117,7 @@ def measure_case(job: MetricsJob, case: Any) -> tuple[pd.DataFrame, bool]:
     return rows, True
 
 
-def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 1,
+def organ_metrics(cohort: Cohort | Sequence[Case], segmenter: str | None = "labels", workers: int = 1,
                   organs: Sequence[str] = ORGAN_NAMES, cache_dir: str | Path | None = None,
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
@@ -123,6 +126,7 @@ def organ_metrics(cohort: Any, segmenter: str | None = "labels", workers: int = 
     """The organ_metrics table of a cohort: one row per case x organ, columns TABLE_COLUMNS (ARCHITECTURE.md).
 
     Args:
+        cohort: a :class:`Cohort`, or a plain sequence of its cases (then named ``cohort_name`` or "cohort").
         segmenter: "labels" | "totalsegmentator" | "model:PATH" | "model:bundled" (see segment); None
             picks :func:`segment.default_segmenter`.
         workers: processes of the in-process pool (the default ``scheduler``); ``scheduler``: any spec of
@@ -191,7 +195,7 @@ def excluded_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(frame.attrs.get("excluded", []), columns=list(EXCLUDED_COLUMNS))
 
 
-def assemble_table(cases: Iterable[Any], results: dict[str, pd.DataFrame], cohort_name: str,
+def assemble_table(cases: Iterable[Case], results: dict[str, pd.DataFrame], cohort_name: str,
                    age_bins: Sequence[float] = DEFAULT_AGE_BINS) -> pd.DataFrame:
     """Per-case metric rows joined with each case's demographics, in cohort order (TABLE_COLUMNS)."""
     parts = []
@@ -209,7 +213,7 @@ def assemble_table(cases: Iterable[Any], results: dict[str, pd.DataFrame], cohor
     return frame[list(TABLE_COLUMNS)]
 
 
-def write_metrics(cohort: Any, out_csv: str | Path, segmenter: str | None = None, workers: int = 1,
+def write_metrics(cohort: Cohort | Sequence[Case], out_csv: str | Path, segmenter: str | None = None, workers: int = 1,
                   organs: Sequence[str] = ORGAN_NAMES, cache_dir: str | Path | None = None,
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,

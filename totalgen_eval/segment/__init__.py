@@ -20,7 +20,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,12 @@ from ..cache import cache_file, cache_key, file_identity
 from ..errors import InputError
 from ..organs import ORGAN_NAMES
 from ..parallel import Excluded, Scheduler, excluded_frame, map_cases, write_excluded
-from ..volumes import Grid, read_grid, read_volume, write_volume
+from ..volumes import Grid, read_volume, write_volume
 from .formats import read_labels_any, write_label_table
 from .totalseg import totalsegmentator_weights
+
+if TYPE_CHECKING:
+    from ..cohort import Case, Cohort
 
 __all__ = ["make_segmenter", "case_labels", "cached_labels", "segment_cohort", "default_segmenter",
            "totalsegmentator_weights", "LabelsBackend", "TotalSegmentatorBackend", "ModelBackend", "Segmented"]
@@ -77,10 +80,10 @@ class TotalSegmentatorBackend:
         return {"backend": "totalsegmentator", "fast": self.fast, "organs": list(self.organs),
                 "version": package_versions(("totalsegmentator",)).get("totalsegmentator")}
 
-    def inputs(self, case: Any) -> list[Path]:
+    def inputs(self, case: Case) -> list[Path]:
         return [Path(case.ct)]
 
-    def segment(self, case: Any, target_grid: Grid, out_path: Path) -> Path:
+    def segment(self, case: Case, target_grid: Grid, out_path: Path) -> Path:
         from .totalseg import run_totalsegmentator
         return run_totalsegmentator(Path(case.ct), out_path, fast=self.fast, device=self.device,
                                     organs=self.organs)
@@ -103,12 +106,12 @@ class ModelBackend:
         return {"backend": "model", "config": json.loads(cfg.read_text()),
                 "weights": _weights_digest(str(weights), tuple(file_identity(weights)))}
 
-    def inputs(self, case: Any) -> list[Path]:
+    def inputs(self, case: Case) -> list[Path]:
         from .model import ModelConfig, resolve_model_path
         config = ModelConfig.from_json(resolve_model_path(self.path)[0])
         return [Path(case.ct)] + ([Path(case.pet)] if "pet" in config.inputs else [])
 
-    def segment(self, case: Any, target_grid: Grid, out_path: Path) -> Path:
+    def segment(self, case: Case, target_grid: Grid, out_path: Path) -> Path:
         from .model import predict_labels
         network, config = _load_cached(str(self.path), self.device)
         ct, affine = read_volume(case.ct, dtype=np.float32)
@@ -164,11 +167,7 @@ def make_segmenter(spec: str | Backend | None, device: str = "cpu", fast: bool =
                      "--segmenter")
 
 
-def _grid_of(case: Any) -> Grid:
-    return case.grid() if hasattr(case, "grid") else read_grid(case.pet)
-
-
-def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str | Path | None = None,
+def cached_labels(case: Case, segmenter: str | Backend = "labels", cache_dir: str | Path | None = None,
                   device: str = "cpu", fast: bool = True) -> Path:
     """Path of a label map in TotalSegmentator "total" ids for ``case``, computing and caching it if needed.
 
@@ -196,13 +195,13 @@ def cached_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str
     out = cache_file(Path(cache_dir) / "labels", case.case_id, key, ".nii.gz")
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        backend.segment(case, _grid_of(case), out)
+        backend.segment(case, case.grid(), out)
         write_label_table(out)
     return out
 
 
-def _own_labels(case: Any) -> Path:
-    if getattr(case, "labels", None) is None:
+def _own_labels(case: Case) -> Path:
+    if case.labels is None:
         raise InputError("this case has no labels; use --segmenter totalsegmentator or model:bundled",
                          f"case {case.case_id}")
     return Path(case.labels)
@@ -216,7 +215,7 @@ def _has_label_table(path: Path) -> bool:
     return _label_table_xml(img) is not None
 
 
-def case_labels(case: Any, segmenter: str | Backend = "labels", cache_dir: str | Path | None = None,
+def case_labels(case: Case, segmenter: str | Backend = "labels", cache_dir: str | Path | None = None,
                 device: str = "cpu", fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(label array of "total" ids (i, j, k), its affine) for ``case``; ``labels`` formats read in memory."""
     backend = make_segmenter(segmenter, device=device, fast=fast)
@@ -239,16 +238,17 @@ class Segmented:
     excluded: pd.DataFrame
 
 
-def _segment_one(spec: str, cache_dir: Path, device: str, fast: bool, case: Any) -> Path:
+def _segment_one(spec: str, cache_dir: Path, device: str, fast: bool, case: Case) -> Path:
     return cached_labels(case, spec, cache_dir, device, fast)
 
 
-def segment_cohort(cohort: Any, segmenter: str | None = None, cache_dir: str | Path = "segmentations",
+def segment_cohort(cohort: Cohort | Sequence[Case], segmenter: str | None = None, cache_dir: str | Path = "segmentations",
                    device: str = "cpu", fast: bool = True, workers: int = 1, progress: bool = True,
                    skip_bad: bool = False, scheduler: str | Scheduler | None = None) -> Segmented:
     """Labels for every case of a cohort, cached under ``cache_dir/labels`` (see :func:`cached_labels`).
 
-    ``scheduler``/``workers``: as in :func:`parallel.map_cases`. ``skip_bad``: cases that fail are left out;
+    ``cohort``: a :class:`Cohort` or a plain sequence of its cases. ``scheduler``/``workers``: as in
+    :func:`parallel.map_cases`. ``skip_bad``: cases that fail are left out;
     they and the cohort's cases left out at load time are listed in ``cache_dir/excluded.csv``.
     """
     spec = segmenter or default_segmenter(cohort)
@@ -264,15 +264,15 @@ def segment_cohort(cohort: Any, segmenter: str | None = None, cache_dir: str | P
     return Segmented({case.case_id: path for case, path in mapped.values}, excluded)
 
 
-def default_segmenter(cohort: Any, fast: bool = True) -> str:
+def default_segmenter(cohort: Cohort | Sequence[Case], fast: bool = True) -> str:
     """``labels`` when every case has labels, else ``totalsegmentator`` when its weights exist, else InputError."""
     cases = list(cohort)
-    if cases and all(getattr(c, "labels", None) is not None for c in cases):
+    if cases and all(c.labels is not None for c in cases):
         return "labels"
     found, searched = totalsegmentator_weights(fast)
     if found:
         return "totalsegmentator"
-    n_missing = sum(getattr(c, "labels", None) is None for c in cases)
+    n_missing = sum(c.labels is None for c in cases)
     raise InputError(f"{n_missing} of {len(cases)} cases have no organ labels and TotalSegmentator's weights are "
                      f"absent (looked in {searched[0].parent}); choose --segmenter model:bundled (phantom-trained "
                      "stand-in), model:PATH, or get the weights with `totalseg_download_weights -t total_fast`",
