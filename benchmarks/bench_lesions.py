@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_lesions               # 40 phantoms at 8 mm, seed 11
     python -m benchmarks.bench_lesions --n 100 --json lesions.json
+    python -m benchmarks.bench_lesions --margin 8      # exclusion grown by 8 mm (--lesion-margin)
 
 Two cohorts from one seed: every case with 1-3 hot spheres (``phantoms --lesions``), and the same cases
 without them (the lesion stream is separate, so anatomy, blur and noise draws are identical). For each organ
@@ -41,7 +42,8 @@ def bias_table(merged: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(n: int = 40, seed: int = 11, voxel_mm: float = 8.0, work: Path | None = None, workers: int = 2) -> dict:
+def run(n: int = 40, seed: int = 11, voxel_mm: float = 8.0, work: Path | None = None, workers: int = 2,
+        margin_mm: float = 0.0) -> dict:
     """Make both cohorts in ``work`` (a temporary folder by default), measure, return the figures."""
     from totalgen_eval import metrics, phantom
     from totalgen_eval.cohort import load_cohort
@@ -53,19 +55,20 @@ def run(n: int = 40, seed: int = 11, voxel_mm: float = 8.0, work: Path | None = 
                                                  workers=workers, progress=False))
         free = load_cohort(phantom.make_cohort(root / "free", n=n, seed=seed, config=config, workers=workers,
                                                progress=False))
-        excluded = metrics.organ_metrics(with_l, workers=workers, progress=False)
+        excluded = metrics.organ_metrics(with_l, workers=workers, progress=False, lesion_margin_mm=margin_mm)
         included = metrics.organ_metrics(with_l, workers=workers, progress=False, lesions="include")
         reference = metrics.organ_metrics(free, workers=workers, progress=False)
         truth = pd.read_csv(root / "with" / "truth.csv")
     lesion_truth = truth[truth.organ.str.startswith("lesion_")]
-    organ_truth = truth[~truth.organ.str.startswith("lesion_")][KEY + ["suv_mean"]].rename(columns={"suv_mean": "truth"})
+    organ_truth = truth[~truth.organ.str.startswith("lesion_")][KEY + ["suv_mean"]]
+    organ_truth = organ_truth.rename(columns={"suv_mean": "truth"})
     merged = (excluded.merge(included[KEY + SUV], on=KEY, suffixes=("", "_inc"))
               .merge(reference[KEY + SUV], on=KEY, suffixes=("", "_free")).merge(organ_truth, on=KEY))
     per_case = metrics.lesion_table(excluded).set_index("case_id").join(
         lesion_truth.groupby("case_id").agg(truth_ml=("volume_ml", "sum"), truth_count=("organ", "size")))
     untouched = merged[merged.lesion_ml == 0]
     return {
-        "n": n, "seed": seed, "voxel_mm": voxel_mm, "n_lesions": len(lesion_truth),
+        "n": n, "seed": seed, "voxel_mm": voxel_mm, "margin_mm": margin_mm, "n_lesions": len(lesion_truth),
         "hosts": {str(k): int(v) for k, v in lesion_truth.host.value_counts().items()},
         "per_organ": bias_table(merged).to_dict("records"),
         "organs_without_lesion_voxels_suv_mean_pct": _mean_se(100 * (untouched.suv_mean / untouched.suv_mean_free - 1)),
@@ -79,9 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--voxel-mm", type=float, default=8.0)
+    parser.add_argument("--margin", type=float, default=0.0, help="lesion margin (mm) of the exclusion")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    result = run(args.n, args.seed, args.voxel_mm)
+    result = run(args.n, args.seed, args.voxel_mm, margin_mm=args.margin)
     table = pd.DataFrame(result["per_organ"]).set_index("organ").T
     print(table.map(lambda v: f"{v[0]:+.2f} +- {v[1]:.2f}" if isinstance(v, (tuple, list)) else v).to_string())
     print({k: v for k, v in result.items() if k != "per_organ"})

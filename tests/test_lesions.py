@@ -229,3 +229,42 @@ def test_compare_diagnosis_and_lesions_csv(tmp_path):
     bad = CliRunner().invoke(app, ["compare", str(real), str(synth), "--out", str(tmp_path / "r2"),
                                    "--diagnosis", "melanoma", "--no-progress"])
     assert bad.exit_code != 0 and "no case has it" in " ".join(bad.output.split())
+
+
+def test_lesion_margin_leaves_the_spill_out():
+    """A hot lesion voxel (SUV 20) whose six face neighbours carry spilled uptake (SUV 5) inside a liver of SUV 2:
+    without a margin the spill is the liver's maximum; a 10 mm margin (10 mm voxels) leaves it out too."""
+    pet = np.zeros((10, 10, 10), np.float32)
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:8, 2:8, 2:8], pet[2:8, 2:8, 2:8] = 5, 2.0
+    lesion = np.zeros((10, 10, 10), bool)
+    lesion[5, 5, 5] = True
+    pet[5, 5, 5] = 20.0
+    for axis in range(3):
+        for step in (-1, 1):
+            idx = [5, 5, 5]
+            idx[axis] += step
+            pet[tuple(idx)] = 5.0
+    grid = Grid(pet.shape, np.diag([10.0, 10.0, 10.0, 1.0]))
+    plain = metrics.case_metrics(pet, None, labels, grid, ["liver"], lesion_mask=lesion).iloc[0]
+    margin = metrics.case_metrics(pet, None, labels, grid, ["liver"], lesion_mask=lesion, lesion_margin_mm=10.0).iloc[0]
+    assert plain.suv_max == 5.0 and plain.suv_mean == pytest.approx((209 * 2 + 6 * 5) / 215)
+    assert margin.suv_max == 2.0 and margin.suv_mean == 2.0
+    assert plain.lesion_ml == pytest.approx(1.0) and margin.lesion_ml == pytest.approx(1.0)
+    assert plain.n_voxels == margin.n_voxels == 216
+    with pytest.raises(InputError, match="--lesion-margin"):
+        metrics.case_metrics(pet, None, labels, grid, ["liver"], lesion_mask=lesion, lesion_margin_mm=-1.0)
+
+
+def test_grow_mask_against_brute_force():
+    from totalgen_eval.metrics.case import grow_mask
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((14, 12, 9)) > 0.985
+    spacing, margin = (2.0, 3.0, 4.5), 6.5
+    got = grow_mask(mask, spacing, margin)
+    pts = np.argwhere(mask) * np.array(spacing)
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(mask.shape, spacing)], indexing="ij"), -1)
+    dist = np.min(np.linalg.norm(grid[..., None, :] - pts, axis=-1), axis=-1)
+    np.testing.assert_array_equal(got, dist <= margin)
+    assert grow_mask(mask, spacing, 0.0) is mask

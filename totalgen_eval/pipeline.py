@@ -43,6 +43,7 @@ class CompareConfig:
     skip_bad: bool = False  # leave bad cases out (excluded.csv) instead of stopping at the first
     scheduler: str | None = None  # parallel.make_scheduler spec: None (pool of workers), local:N, tcp://...
     lesions: str = "exclude"  # "exclude" | "include": lesion voxels (cases' lesion masks) in organ statistics
+    lesion_margin_mm: float = 0.0  # with "exclude": also the voxels within this distance (mm) of a lesion
     diagnosis: str | None = None  # keep only the real cases with this diagnosis (e.g. NEGATIVE), case-insensitive
 
     @property
@@ -171,7 +172,8 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
             tables.append(organ_metrics(cohort, segmenter=seg, workers=cfg.workers, organs=cfg.organs,
                                         cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
                                         age_bins=cfg.age_bins, progress=progress, skip_bad=cfg.skip_bad,
-                                        scheduler=scheduler, lesions=cfg.lesions))
+                                        scheduler=scheduler, lesions=cfg.lesions,
+                                        lesion_margin_mm=cfg.lesion_margin_mm))
     lesions = pd.concat([lesion_table(t) for t in tables if t.attrs.get("lesions")], ignore_index=True) \
         if any(t.attrs.get("lesions") for t in tables) else None
     if lesions is not None:  # lesions.csv: case_id, cohort, mtv_ml, tlg, lesion_count

@@ -206,6 +206,8 @@ def metrics(
     max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
     lesions: Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
                                          "lesion mask leave the organ SUV/HU statistics; include: keep them.")] = "exclude",
+    lesion_margin: Annotated[float, typer.Option("--lesion-margin", metavar="MM", help="With --lesions exclude, also "
+                                                 "leave out organ voxels within MM of a lesion (PET blur spill).")] = 0.0,
     output_old: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Deprecated: --out.")] = None,
 ) -> None:
     """Per-case organ table: volume (mL), SUV mean/median/SD/max/peak, HU mean, lesion volume inside the organ,
@@ -219,6 +221,7 @@ def metrics(
     bins = _parse(parse_age_bins, age_bins, "--age-bins")
     if lesions not in LESION_MODES:
         raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
+    check_number(lesion_margin, "--lesion-margin", 0.0, 1000.0)
     make_scheduler(scheduler, workers)  # a bad --scheduler fails before any work
     if output_old is not None:
         output = _one_out(None, output_old)
@@ -226,7 +229,8 @@ def metrics(
     c = load_checked(cohort, skip_bad)
     protect([output, output.with_name(output.name + ".json"), lesions_path(output)], c)
     table = write_metrics(c, output, segmenter=segmenter, workers=workers, device=device, progress=progress,
-                          organs=organ_names, age_bins=bins, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions)
+                          organs=organ_names, age_bins=bins, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
+                          lesion_margin_mm=lesion_margin)
     out.print(f"{table['case_id'].nunique()} cases x {table['organ'].nunique()} organs written to {output}",
               highlight=False, markup=False)
     n_excluded = len(excluded_table(table))

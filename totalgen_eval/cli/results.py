@@ -63,6 +63,8 @@ def compare(
     max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
     lesions: Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
                                          "lesion mask leave the organ SUV/HU statistics; include: keep them.")] = "exclude",
+    lesion_margin: Annotated[float, typer.Option("--lesion-margin", metavar="MM", help="With --lesions exclude, also "
+                                                 "leave out organ voxels within MM of a lesion (PET blur spill).")] = 0.0,
     diagnosis: Annotated[Optional[str], typer.Option("--diagnosis", metavar="VALUE", help="Keep only the real cases "
                                                      "with this diagnosis (e.g. NEGATIVE; any value of the cohort's "
                                                      "diagnosis column, case-insensitive).")] = None,
@@ -75,7 +77,7 @@ def compare(
                                      organs=organs, metrics=metric, age_bins=age_bins, margin=margin, alpha=alpha,
                                      min_n=min_n, robust=robust, workers=workers, device=device, seed=seed,
                                      force=force, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
-                                     diagnosis=diagnosis)
+                                     lesion_margin_mm=lesion_margin, diagnosis=diagnosis)
     set_max_voxels(max_voxels)
     with output_folder(out_dir, "compare"):
         result = run_compare(cfg, progress=progress)

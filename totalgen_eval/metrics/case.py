@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..errors import InputError
+from ..errors import InputError, check_number
 from ..organs import N_TOTAL_CLASSES, ORGAN_NAMES, organ
 from ..volumes import Grid, resample_to_grid
 
@@ -256,12 +256,13 @@ def _organ_peak(parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, kernel: np
 
 def _organ_row(name: str, parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, ct: np.ndarray | None,
                kernel: np.ndarray, voxel_ml: float, order: str = "C", lesion: np.ndarray | None = None,
-               exclude_lesions: bool = True) -> tuple[dict[str, Any], int]:
+               exclude: np.ndarray | None = None) -> tuple[dict[str, Any], int]:
     """The metrics of one organ from the voxel indices of its classes, and its number of NaN PET voxels.
 
     ``parts``: (i, j, k) index arrays of each class of the organ that is present; ``order``: the memory order
-    the indices are sorted in ("C" or "F"). ``lesion``: a bool lesion mask on the PET grid (or None); with
-    ``exclude_lesions`` its voxels leave the SUV and HU statistics (not the volume).
+    the indices are sorted in ("C" or "F"). ``lesion``: a bool lesion mask on the PET grid (or None), measured
+    as ``lesion_ml``; ``exclude``: the bool mask of voxels left out of the SUV and HU statistics and of the peak
+    spheres (the lesions, maybe grown by a margin; None: nothing left out). The volume keeps every voxel.
     """
     row: dict[str, Any] = {"organ": name, "n_voxels": 0, "volume_ml": 0.0, "suv_mean": math.nan,
                            "suv_median": math.nan, "suv_std": math.nan, "suv_max": math.nan,
@@ -275,14 +276,12 @@ def _organ_row(name: str, parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, 
     row["volume_ml"] = n * voxel_ml
     row["touches_border"] = bool(any(c.min() == 0 or c.max() == dim - 1 for c, dim in zip(where, pet.shape)))
     if lesion is not None:
-        inside = lesion[where]
-        n_lesion = int(np.count_nonzero(inside))
-        row["lesion_ml"] = n_lesion * voxel_ml
-        if not exclude_lesions:
-            lesion = None  # kept everywhere, the peak spheres included
-        elif n_lesion:
+        row["lesion_ml"] = int(np.count_nonzero(lesion[where])) * voxel_ml
+    if exclude is not None:
+        inside = exclude[where]
+        if inside.any():
             where = tuple(c[~inside] for c in where)
-            parts = [tuple(c[keep] for c in part) for part, keep in ((q, ~lesion[q]) for q in parts)]
+            parts = [tuple(c[keep] for c in part) for part, keep in ((q, ~exclude[q]) for q in parts)]
     suv = pet[where]
     finite = ~np.isnan(suv)
     n_nan = int(suv.size - np.count_nonzero(finite))
@@ -292,7 +291,7 @@ def _organ_row(name: str, parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, 
         mean = float(suv.mean(dtype=np.float64))
         row.update(suv_mean=mean, suv_median=float(np.median(suv)),
                    suv_std=float(np.sqrt(np.mean((suv.astype(np.float64) - mean) ** 2))),
-                   suv_max=float(suv.max()), suv_peak=_organ_peak(parts, pet, kernel, order, lesion))
+                   suv_max=float(suv.max()), suv_peak=_organ_peak(parts, pet, kernel, order, exclude))
     if ct is not None and len(where[0]):
         row["hu_mean"] = float(ct[where].mean(dtype=np.float64))
     return row, n_nan
@@ -325,23 +324,28 @@ def _on_pet_grid(pet: np.ndarray, grid: Grid, ct, labels, lesion_mask, ct_grid, 
 def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, grid: Grid,
                  organs: Sequence[str] = ORGAN_NAMES, labels_grid: Grid | None = None,
                  ct_grid: Grid | None = None, lesion_mask: np.ndarray | None = None, lesions: str = "exclude",
-                 lesion_grid: Grid | None = None) -> pd.DataFrame:
+                 lesion_grid: Grid | None = None, lesion_margin_mm: float = 0.0) -> pd.DataFrame:
     """Organ metrics of one case: one row per organ in ``organs`` order (columns METRIC_COLUMNS).
 
     ``pet`` (SUV) defines ``grid`` (shape (i, j, k), affine); ``ct`` (HU, may be None: hu_mean NaN),
     ``labels`` (TotalSegmentator class ids) and ``lesion_mask`` (non-zero = lesion; None: no lesion mask) are
     resampled onto it when their own grids (``ct_grid``, ``labels_grid``, ``lesion_grid``) differ: CT linearly,
     the others nearest-neighbour. ``lesions``: "exclude" (default) leaves lesion voxels out of the SUV and HU
-    statistics, "include" keeps them. Class ids outside 0..117 raise InputError, as do complex or boolean PET
-    or CT arrays; valid ids of classes outside ``organs`` are ignored. An absent organ gives n_voxels 0 and NaN
-    statistics. Volumes in mL, SUV in g/mL, HU. The per-case lesion figures (:func:`lesion_summary`) are in
-    ``frame.attrs["lesions"]`` (a dict; NaN values without a lesion mask).
+    statistics, "include" keeps them; ``lesion_margin_mm`` > 0 also leaves out the voxels within that distance
+    of a lesion (where PET blur spills lesion uptake; ``lesion_ml`` still counts lesion voxels only). Class ids
+    outside 0..117 raise InputError, as do complex or boolean PET or CT arrays; valid ids of classes outside
+    ``organs`` are ignored. An absent organ gives n_voxels 0 and NaN statistics. Volumes in mL, SUV in g/mL,
+    HU. The per-case lesion figures (:func:`lesion_summary`) are in ``frame.attrs["lesions"]`` (a dict; NaN
+    values without a lesion mask).
     """
     if lesions not in LESION_MODES:
         raise InputError(f"lesions={lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
+    check_number(lesion_margin_mm, "--lesion-margin", 0.0, 1000.0)
     organs = tuple(organs)
     pet = _as_image(pet, "PET")
     ct, labels, lesion_mask = _on_pet_grid(pet, grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid)
+    exclude = None if lesion_mask is None or lesions == "include" else grow_mask(lesion_mask, grid.spacing_mm,
+                                                                                  lesion_margin_mm)
     used = {name: organ(name).classes for name in organs}
     voxels = class_voxels(labels, [c for cs in used.values() for c in cs])
     order = "F" if labels.flags.f_contiguous and not labels.flags.c_contiguous else "C"
@@ -349,8 +353,7 @@ def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, gri
     rows, n_nan = [], 0
     for name in organs:
         parts = [voxels[c] for c in used[name] if c in voxels]
-        row, nan_here = _organ_row(name, parts, pet, ct, kernel, grid.voxel_ml, order, lesion_mask,
-                                   exclude_lesions=lesions == "exclude")
+        row, nan_here = _organ_row(name, parts, pet, ct, kernel, grid.voxel_ml, order, lesion_mask, exclude)
         rows.append(row)
         n_nan += nan_here
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
@@ -361,6 +364,20 @@ def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, gri
     if n_nan:
         log.warning("%d NaN PET voxels inside the organs were left out of the SUV statistics", n_nan)
     return frame
+
+
+def grow_mask(mask: np.ndarray, spacing_mm: Sequence[float], margin_mm: float) -> np.ndarray:
+    """``mask`` (bool, (i, j, k)) plus every voxel whose centre lies within ``margin_mm`` of a mask voxel's centre
+    (a Euclidean distance transform in mm over the mask's bounding box widened by the margin); ``mask`` itself
+    when the margin is 0 or the mask empty."""
+    if margin_mm <= 0 or not mask.any():
+        return mask
+    box = ndimage.find_objects(mask.view(np.uint8))[0]
+    pad = [int(math.ceil(margin_mm / s)) for s in spacing_mm]
+    wide = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(box, pad, mask.shape))
+    grown = mask.copy()
+    grown[wide] = ndimage.distance_transform_edt(~mask[wide], sampling=tuple(spacing_mm)) <= margin_mm + 1e-6
+    return grown
 
 
 def lesion_summary(pet: np.ndarray, lesion_mask: np.ndarray | None, voxel_ml: float) -> dict[str, float]:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..cache import cache_file, cache_key, file_identity, read_cached_table
 from ..demographics import DEFAULT_AGE_BINS, age_group
-from ..errors import InputError
+from ..errors import InputError, check_number
 from ..organs import ORGAN_NAMES
 from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Mapped, Scheduler, excluded_frame, map_cases,
                         write_excluded)
@@ -45,6 +45,7 @@ class MetricsJob:
     resume: bool = True
     segmenter_settings: Any = None
     lesions: str = "exclude"  # "exclude" | "include": lesion voxels in the organ statistics
+    lesion_margin_mm: float = 0.0  # with "exclude": also the voxels within this distance of a lesion
 
 
 def case_key(case: Case, job: MetricsJob) -> str:
@@ -55,15 +56,16 @@ def case_key(case: Case, job: MetricsJob) -> str:
     else:
         seg = [job.segmenter, job.segmenter_settings, job.device]
     return cache_key(METRICS_VERSION, file_identity(case.pet), file_identity(case.ct), seg, list(job.organs),
-                     file_identity(case.lesions), job.lesions)
+                     file_identity(case.lesions), job.lesions, job.lesion_margin_mm)
 
 
 def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = ORGAN_NAMES,
-                 cache_dir: Path | None = None, device: str = "cpu", lesions: str = "exclude") -> pd.DataFrame:
+                 cache_dir: Path | None = None, device: str = "cpu", lesions: str = "exclude",
+                 lesion_margin_mm: float = 0.0) -> pd.DataFrame:
     """The METRIC_COLUMNS + LESION_COLUMNS rows of one cohort case (the per-case lesion figures repeated on
     every row): labels from ``segmenter``, arrays read from disk, the case's lesion mask (if any) excluded
-    or included per ``lesions``. The data's plausibility is checked first (``cohort.plausibility``: PET
-    when read, CT in HU, organ uptake within FDG ranges).
+    (with ``lesion_margin_mm`` around it) or included per ``lesions``. The data's plausibility is checked
+    first (``cohort.plausibility``: PET when read, CT in HU, organ uptake within FDG ranges).
 
     With ``cache_dir`` the labels of computing backends are cached under ``cache_dir/labels``.
     """
@@ -79,7 +81,8 @@ def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = 
     lesion_mask = case.read_lesions()  # None without a lesion mask
     try:
         rows = case_metrics(pet, ct, labels, grid, organs, labels_grid=Grid(tuple(labels.shape), labels_affine),
-                            ct_grid=Grid(tuple(ct.shape), ct_affine), lesion_mask=lesion_mask, lesions=lesions)
+                            ct_grid=Grid(tuple(ct.shape), ct_affine), lesion_mask=lesion_mask, lesions=lesions,
+                            lesion_margin_mm=lesion_margin_mm)
     except InputError as exc:
         raise InputError(str(exc), f"case {case.case_id}") from None
     check_case_uptake(rows, pet, ct, case.pet)
@@ -111,7 +114,8 @@ def measure_case(job: MetricsJob, case: Case) -> tuple[pd.DataFrame, bool]:
         cached = read_cached_table(path, METRIC_COLUMNS + LESION_COLUMNS, len(job.organs)) if job.resume else None
         if cached is not None:
             return cached, False
-    rows = compute_case(case, job.segmenter, job.organs, job.cache_dir, job.device, job.lesions)
+    rows = compute_case(case, job.segmenter, job.organs, job.cache_dir, job.device, job.lesions,
+                        job.lesion_margin_mm)
     if path is not None:
         write_table(rows, path)
     return rows, True
@@ -122,7 +126,8 @@ def organ_metrics(cohort: Cohort | Sequence[Case], segmenter: str | None = "labe
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
                   resume: bool = True, skip_bad: bool = False,
-                  scheduler: str | Scheduler | None = None, lesions: str = "exclude") -> pd.DataFrame:
+                  scheduler: str | Scheduler | None = None, lesions: str = "exclude",
+                  lesion_margin_mm: float = 0.0) -> pd.DataFrame:
     """The organ_metrics table of a cohort: one row per case x organ, columns TABLE_COLUMNS (ARCHITECTURE.md).
 
     Args:
@@ -138,6 +143,8 @@ def organ_metrics(cohort: Cohort | Sequence[Case], segmenter: str | None = "labe
             without it the first such case stops the run with one line.
         lesions: "exclude" (default): lesion voxels of a case's lesion mask are left out of the SUV and HU
             statistics; "include" keeps them. ``lesion_ml`` is the lesion volume inside each organ.
+        lesion_margin_mm: with "exclude", also leave out the voxels within this distance (mm) of a lesion,
+            where the PET blur spills lesion uptake (0: the lesion voxels only).
 
     ``frame.attrs``: "n_computed" (cases computed, not read from the cache) and "excluded" (records
     case_id, cohort, reason: the cohort's cases left out at load time, then those left out here; see
@@ -146,13 +153,14 @@ def organ_metrics(cohort: Cohort | Sequence[Case], segmenter: str | None = "labe
     """
     if lesions not in LESION_MODES:
         raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
+    lesion_margin_mm = check_number(lesion_margin_mm, "--lesion-margin", 0.0, 1000.0)
     from ..segment import default_segmenter, make_segmenter
 
     segmenter = (segmenter or default_segmenter(cohort)).strip()
     name = cohort_name if cohort_name is not None else getattr(cohort, "name", None) or "cohort"
     settings = None if segmenter == "labels" else make_segmenter(segmenter, device=device).settings()
     with _run_cache(cache_dir, segmenter, resume) as (cache, resume_here):
-        job = MetricsJob(segmenter, tuple(organs), cache, device, resume_here, settings, lesions)
+        job = MetricsJob(segmenter, tuple(organs), cache, device, resume_here, settings, lesions, lesion_margin_mm)
         mapped = map_cases(functools.partial(measure_case, job), list(cohort), scheduler=scheduler,
                            workers=workers, skip_bad=skip_bad, progress=progress,
                            description=f"metrics ({segmenter})")
@@ -218,7 +226,8 @@ def write_metrics(cohort: Cohort | Sequence[Case], out_csv: str | Path, segmente
                   device: str = "cpu", cohort_name: str | None = None,
                   age_bins: Sequence[float] = DEFAULT_AGE_BINS, progress: bool = True,
                   resume: bool = True, skip_bad: bool = False,
-                  scheduler: str | Scheduler | None = None, lesions: str = "exclude") -> pd.DataFrame:
+                  scheduler: str | Scheduler | None = None, lesions: str = "exclude",
+                  lesion_margin_mm: float = 0.0) -> pd.DataFrame:
     """Compute :func:`organ_metrics` and write it to ``out_csv`` atomically, with ``<out_csv>.json`` beside it.
 
     When cases have lesion masks, their per-case lesion figures go to :func:`lesions_path` (``lesions.csv``
@@ -238,7 +247,8 @@ def write_metrics(cohort: Cohort | Sequence[Case], out_csv: str | Path, segmente
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(out_csv)
     frame = organ_metrics(cohort, segmenter=segmenter, workers=workers, organs=organs, cache_dir=cache,
                           device=device, cohort_name=cohort_name, age_bins=age_bins, progress=progress,
-                          resume=resume, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions)
+                          resume=resume, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
+                          lesion_margin_mm=lesion_margin_mm)
     write_table(frame, out_csv)
     if frame.attrs.get("lesions"):
         write_table(lesion_table(frame), lesions_path(out_csv))
@@ -250,7 +260,7 @@ def write_metrics(cohort: Cohort | Sequence[Case], out_csv: str | Path, segmente
               "organs": list(organs), "device": device, "age_bins": list(age_bins), "cache_dir": str(cache),
               "metrics_version": METRICS_VERSION, "peak_radius_mm": PEAK_RADIUS_MM, "suv_std_ddof": 0,
               "n_computed": frame.attrs.get("n_computed"), "n_excluded": len(excluded), "skip_bad": skip_bad,
-              "lesions": lesions}
+              "lesions": lesions, "lesion_margin_mm": lesion_margin_mm}
     write_json(stamp(params), out_csv.with_name(out_csv.name + ".json"))
     return frame
 
