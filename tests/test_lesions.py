@@ -163,6 +163,27 @@ def test_metrics_command_writes_lesions_csv(lesion_cohort, tmp_path):
     assert (lesions["lesion_count"] >= 1).all()
     bad = CliRunner().invoke(app, ["metrics", str(lesion_cohort.root), "-o", str(out), "--lesions", "drop"])
     assert bad.exit_code != 0 and "--lesions" in bad.output
+    grown_csv = tmp_path / "g" / "organ_metrics.csv"
+    margin = CliRunner().invoke(app, ["metrics", str(lesion_cohort.root), "-o", str(grown_csv), "--lesion-margin", "8",
+                                      "--no-progress"])
+    assert margin.exit_code == 0, margin.output
+    grown = pd.read_csv(grown_csv).set_index(["case_id", "organ"])
+    plain = metrics.organ_metrics(lesion_cohort, progress=False).set_index(["case_id", "organ"])
+    liver = grown.xs("liver", level="organ")
+    assert (liver["suv_max"] <= plain.xs("liver", level="organ")["suv_max"]).all()
+    assert (liver["lesion_ml"] == plain.xs("liver", level="organ")["lesion_ml"]).all()
+    negative = CliRunner().invoke(app, ["metrics", str(lesion_cohort.root), "-o", str(out), "--lesion-margin", "-1"])
+    assert negative.exit_code != 0 and "--lesion-margin" in negative.output
+
+
+def test_tcia_layout_phantoms_carry_lesions_in_seg(tmp_path):
+    root = phantom.make_cohort(tmp_path / "tcia", n=2, seed=4, lesions=1.0, layout="tcia", progress=False)
+    cohort = load_cohort(root)
+    truth = pd.read_csv(root / "truth.csv")
+    for case in cohort:
+        assert case.lesions.name == "SEG.nii.gz" and case.extra["diagnosis"] == "LYMPHOMA"
+        rows = truth[(truth.case_id == case.case_id) & truth.organ.str.startswith("lesion_")]
+        assert case.read_lesions().sum() * 0.512 == pytest.approx(rows["volume_ml"].sum())
 
 
 def test_diagnosis_filter(tmp_path):
