@@ -32,6 +32,7 @@ def cohorts(tmp_path_factory):
     synth = root / "synth"
     shutil.copytree(real, synth)
     frame = pd.read_csv(synth / "cohort.csv")
+    frame.assign(twin_of=frame["case_id"]).to_csv(synth / "cohort.csv", index=False)  # each copy is its twin
     for row in frame.itertuples():
         if row.sex != "F":
             continue
@@ -86,6 +87,11 @@ def test_compare_flags_the_shifted_cells(cohorts, tmp_path):
     assert (flagged.family == "primary").all() and (conc.loc[conc.family == "descriptive", "verdict"] == "not tested").all()
     women = conc[(conc.organ == "liver") & (conc.metric == "suv_mean") & (conc.sex == "F") & (conc.age_group == "all")]
     assert women.p_adjusted.iloc[0] < 0.05 and women.deviation_ci_low.iloc[0] > 0
+    # the twins' paired analysis: every pair's log difference is log(SHIFT) in women's liver SUV and 0 elsewhere
+    primary = conc[conc.family == "primary"].set_index(["organ", "metric", "sex"])
+    assert primary.loc[("liver", "suv_mean", "F"), "paired_deviation_pct"] == pytest.approx(100 * (SHIFT - 1), rel=1e-4)
+    assert primary.loc[("liver", "suv_mean", "M"), "paired_deviation_pct"] == pytest.approx(0.0, abs=1e-4)
+    assert (primary["paired_n"] == primary["n_synth"]).all()
 
     # every output file, the config, the report referencing every figure
     for name in ("organ_metrics.csv", "concordance.csv", "trends.csv", "summary.json", "config.json",
@@ -122,6 +128,21 @@ def test_compare_flags_the_shifted_cells(cohorts, tmp_path):
     redraw = _run("plot", out)
     assert redraw.exit_code == 0, redraw.output
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == pngs
+
+
+def test_one_segmenter_for_both_sides_unless_chosen(cohorts, tmp_path):
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.pipeline import CompareConfig, choose_segmenters
+
+    real, synth, _ = cohorts
+    r, s = load_cohort(real), load_cohort(synth)
+    both_labelled = CompareConfig.from_options(real=real, synth=synth, out=tmp_path)
+    assert choose_segmenters(both_labelled, r, s) == ("labels", "labels")
+    one = CompareConfig.from_options(real=real, synth=synth, out=tmp_path, synth_segmenter="model:bundled")
+    assert choose_segmenters(one, r, s) == ("model:bundled", "model:bundled")
+    two = CompareConfig.from_options(real=real, synth=synth, out=tmp_path, real_segmenter="labels",
+                                     synth_segmenter="model:bundled")
+    assert choose_segmenters(two, r, s) == ("labels", "model:bundled")  # the user's choice; the report warns
 
 
 def test_compare_bad_input_is_one_line(cohorts, tmp_path):
