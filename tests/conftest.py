@@ -173,3 +173,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_cli(*args, env: dict | None = None):
+    """``totalgen-eval ARGS`` in this process (typer's CliRunner); paths and numbers are made text."""
+    from typer.testing import CliRunner
+
+    from totalgen_eval.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def output_lines(result) -> list[str]:
+    """The non-blank lines a command printed."""
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+def one_error_line(result, status: int = 2) -> str:
+    """The single output line of a failed command (asserting there is exactly one and no traceback)."""
+    assert result.exit_code == status, result.output
+    lines = output_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def bundled_generator_copy(tmp_path: Path) -> Path:
+    """A copy of the bundled generator weights folder under ``tmp_path`` (skips when they are absent)."""
+    import shutil
+
+    from generator.checkpoints import bundled_folder
+
+    require_bundled_generator()
+    folder = tmp_path / "cascade"
+    shutil.copytree(bundled_folder(), folder)
+    return folder
