@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-suite = pytest.importorskip("benchmarks.suite", reason="the benchmarks folder is part of the source checkout")
+from benchmarks import suite  # a package of the source checkout (pyproject: pytest's pythonpath)
 
 
 @pytest.mark.parametrize("name", sorted(suite.PROVIDERS))

@@ -358,9 +358,8 @@ def test_source_column_marks_phantoms(tmp_path):
 
 
 def test_phantom_cohorts_load_in_both_layouts(tmp_path):
-    phantom = pytest.importorskip("totalgen_eval.phantom", reason="phantom.py (helper 'phantom') not written yet")
-    if not hasattr(phantom, "make_cohort"):
-        pytest.skip("totalgen_eval.phantom has no make_cohort yet")
+    from totalgen_eval import phantom
+
     config = phantom.PhantomConfig(voxel_mm=16.0)
     ours = load_cohort(phantom.make_cohort(tmp_path / "ours", n=3, seed=1, config=config, layout="ours",
                                            progress=False))

@@ -423,8 +423,9 @@ def test_make_cohort_tcia_layout(tmp_path):
     # same seed, other layout: the same subjects
     ours = pd.read_csv(make_cohort(tmp_path / "o", n=3, seed=0, progress=False) / "truth.csv")
     np.testing.assert_allclose(truth.volume_ml, ours.volume_ml)
-    cohort_mod = pytest.importorskip("totalgen_eval.cohort", reason="cohort reader not available")
-    loaded = cohort_mod.load_cohort(root)
+    from totalgen_eval.cohort import load_cohort
+
+    loaded = load_cohort(root)
     assert loaded.layout == "tcia" and len(loaded) == 3
     assert set(loaded.to_frame().case_id) == set(truth.case_id)
 
