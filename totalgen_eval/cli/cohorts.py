@@ -215,6 +215,7 @@ def metrics(
     from ..demographics import parse_age_bins
     from ..metrics import LESION_MODES, excluded_table, lesions_path, write_metrics
     from ..organs import parse_organs
+    from ..metrics.cohort import default_cache_dir
     from ..parallel import load_checked, make_scheduler
 
     organ_names = _parse(parse_organs, organs, "--organs")
@@ -227,12 +228,13 @@ def metrics(
         output = _one_out(None, output_old)
     set_max_voxels(max_voxels)
     c = load_checked(cohort, skip_bad)
-    protect([output, output.with_name(output.name + ".json"), lesions_path(output)], c)
+    protect([output, output.with_name(output.name + ".json"), lesions_path(output),
+             output.parent / "excluded.csv"], c)
     table = write_metrics(c, output, segmenter=segmenter, workers=workers, device=device, progress=progress,
                           organs=organ_names, age_bins=bins, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
                           lesion_margin_mm=lesion_margin)
-    out.print(f"{table['case_id'].nunique()} cases x {table['organ'].nunique()} organs written to {output}",
-              highlight=False, markup=False)
+    out.print(f"{table['case_id'].nunique()} cases x {table['organ'].nunique()} organs written to {output} "
+              f"(per-case cache: {default_cache_dir(output)})", highlight=False, markup=False)
     n_excluded = len(excluded_table(table))
     if n_excluded:
         out.print(f"{n_excluded} cases left out: {output.parent / 'excluded.csv'}", highlight=False, markup=False)
