@@ -26,11 +26,14 @@ import zlib
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import pandas as pd
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 EXCLUDED_CSV = "excluded.csv"
 EXCLUDED_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "reason")
@@ -70,7 +73,7 @@ class Mapped:
 
 # ---------------------------------------------------------------------------------------------- progress
 
-def progress_bar(enabled: bool = True, transient: bool = False):
+def progress_bar(enabled: bool = True, transient: bool = False) -> "Progress":
     """The project's one rich progress bar: description, bar, done/total, elapsed and remaining time.
 
     Use as ``with progress_bar(show) as bar: task = bar.add_task("metrics", total=n)``; disabled, it
