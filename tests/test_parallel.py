@@ -144,7 +144,7 @@ def _check_excluded(folder, cohort_name):
 
 def test_metrics_skip_bad_gives_the_good_cases_and_names_the_bad(bad_cohort, tmp_path):
     out = tmp_path / "res" / "organ_metrics.csv"
-    done = _cli("metrics", bad_cohort, "-o", out, "--skip-bad", "--no-progress")
+    done = _cli("metrics", bad_cohort, "-o", out, "--skip-bad", "--no-progress", "--scheduler", "threads", "-j", "2")
     assert done.exit_code == 0, done.output
     table = pd.read_csv(out)
     assert sorted(table["case_id"].unique()) == ["phantom-0000", "phantom-0004", "phantom-0005"]
