@@ -56,7 +56,7 @@ def error_line(message: object, label: str = "error") -> None:
 _METAVARS = {"<path>": "PATH", "<str>": "TEXT", "<int>": "INT", "<float>": "NUMBER"}
 
 
-def _no_bool_metavar(params: list, ctx: Any = None) -> list:
+def _readable_metavars(params: list, ctx: Any = None) -> list:
     """Readable metavars: flags show none (``--force``, not ``--force <bool>``), others PATH, TEXT, INT, NUMBER."""
     for param in params:
         if param.param_type_name != "option" or param.metavar is not None:
@@ -73,7 +73,7 @@ class _Command(TyperCommand):
     """A command whose help reads well: flags show no ``<bool>``, the usage line shows ``COHORT``, not ``{cohort}``."""
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        return _no_bool_metavar(super().get_params(ctx), ctx)
+        return _readable_metavars(super().get_params(ctx), ctx)
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -91,7 +91,7 @@ class _Group(TyperGroup):
     """The app: usage errors (a bad option value, a missing argument) are one line, status 2."""
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        return _no_bool_metavar(super().get_params(ctx), ctx)
+        return _readable_metavars(super().get_params(ctx), ctx)
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -116,6 +116,7 @@ class _Group(TyperGroup):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
     name="totalgen-eval",
