@@ -208,3 +208,17 @@ def bundled_generator_copy(tmp_path: Path) -> Path:
     folder = tmp_path / "cascade"
     shutil.copytree(bundled_folder(), folder)
     return folder
+
+
+def fitted_population(n: int = 200, seed: int = 0):
+    """A generator ``PopulationModel`` fitted to ``n`` made-up adults (heights and weights rising with sex, falling
+    or rising with age as adults' do), reproducible from ``seed``."""
+    from generator import PopulationModel
+
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["F", "M"], n)
+    age = rng.uniform(20, 85, n)
+    height = np.where(sex == "M", 1.78, 1.65) - 0.001 * (age - 50) + rng.normal(0, 0.06, n)
+    weight = 25 * height ** 2 + 0.1 * (age - 50) + rng.normal(0, 8, n)
+    return PopulationModel.fit({"age": age, "sex": sex, "height_m": height, "weight_kg": weight})
+

@@ -1,5 +1,6 @@
 """The generator library: preconditioning, schedules, samplers on an analytic case, network, training,
-checkpoints (safetensors only), cascade shapes/affines/seeding, population model."""
+checkpoints (safetensors only), cascade shapes/affines/seeding. The population model:
+test_generator_population.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator import (CheckpointError, PopulationModel, karras_sigmas, load_cascade, load_stage,
+from generator import (CheckpointError, karras_sigmas, load_cascade, load_stage,
                        precond_coefficients, random_cascade, sample_dpmpp_2m, sample_euler, sample_heun,
                        save_stage, tiny_lowres, tiny_sr)
 from generator import checkpoints
@@ -22,17 +23,10 @@ from generator.sampling import chunked, guided, z_chunk_weights
 from generator.stages import canvas_affine, downsample, position_channels, sr_training_pair, upsample
 from generator.training import read_loss_log, train_stage
 
+from conftest import fitted_population
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def population(n: int = 200, seed: int = 0) -> PopulationModel:
-    rng = np.random.default_rng(seed)
-    sex = rng.choice(["F", "M"], n)
-    age = rng.uniform(20, 85, n)
-    height = np.where(sex == "M", 1.78, 1.65) - 0.001 * (age - 50) + rng.normal(0, 0.06, n)
-    weight = 25 * height ** 2 + 0.1 * (age - 50) + rng.normal(0, 8, n)
-    return PopulationModel.fit({"age": age, "sex": sex, "height_m": height, "weight_kg": weight})
 
 
 # preconditioning and schedules ------------------------------------------------------------------------
@@ -283,7 +277,7 @@ def test_cascade_folder_checks(tmp_path, monkeypatch):
     lo, sr = tiny_lowres(), tiny_sr()
     save_stage(build_denoiser(lo), lo, tmp_path)
     save_stage(build_denoiser(sr), sr, tmp_path)
-    population().save(tmp_path / "population.json")
+    fitted_population().save(tmp_path / "population.json")
     cascade = load_cascade(tmp_path)
     assert cascade.shape == sr.shape and len(cascade.checkpoint_id) == 12
     bad_sr = tiny_sr((8, 8, 8))
@@ -336,7 +330,7 @@ def test_bf16_sampling_stays_close_to_fp32(tiny_cascade):
 # cascade ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_cascade():
-    return random_cascade(tiny_lowres(), tiny_sr(), population(), seed=3)
+    return random_cascade(tiny_lowres(), tiny_sr(), fitted_population(), seed=3)
 
 
 DEMO = {"age": [30.0, 55.0, 70.0], "sex": ["F", "M", "F"], "height_m": [1.6, 1.8, 1.7], "weight_kg": [60.0, 85.0, 70.0]}
@@ -382,50 +376,3 @@ def test_guidance_and_chunked_sr_run(tiny_cascade):
     assert np.abs(plain[0][1] - chunk[0][1]).max() < 5  # same stage 1; SR differs only near chunk borders
     guided_out = tiny_cascade.generate(DEMO, seed=1, guidance=2.0)
     assert not np.allclose(plain[0][1], guided_out[0][1])
-
-
-# population model ----------------------------------------------------------------------------------------
-def test_population_fit_sample_and_fill():
-    rng = np.random.default_rng(1)
-    n = 4000
-    age = rng.uniform(20, 80, n)
-    sex = rng.choice(["F", "M"], n, p=[0.4, 0.6])
-    height = np.where(sex == "M", 1.80, 1.66) - 0.002 * (age - 50) + rng.normal(0, 0.05, n)
-    weight = 60 + 10 * (sex == "M") + 0.2 * age + rng.normal(0, 5, n)
-    pop = PopulationModel.fit({"age": age, "sex": sex, "height_m": height, "weight_kg": weight})
-    m = pop.model("M")
-    assert abs(pop.sexes["M"].share - 0.6) < 0.03
-    assert abs(m.slope[0] + 0.002) < 3e-4 and abs(m.slope[1] - 0.2) < 0.02
-    assert abs(math.sqrt(m.cov[1][1]) - 5) < 0.3
-    s = pop.sample(500, np.random.default_rng(0), sex="F", age=(40, 50), weight=(60, 70))
-    assert set(s["sex"]) == {"F"} and s["age"].min() >= 40 and s["age"].max() <= 50
-    assert s["weight_kg"].min() >= 60 and s["weight_kg"].max() <= 70
-    # filled weight given height follows the conditional mean of the fitted Gaussian
-    filled = pop.fill_missing({"age": [50.0] * 2000, "sex": ["M"] * 2000, "height_m": [1.9] * 2000,
-                               "weight_kg": [np.nan] * 2000}, np.random.default_rng(3))
-    mu = m.mean_hw(np.array([50.0]))[0]
-    expect = mu[1] + m.cov[1][0] / m.cov[0][0] * (1.9 - mu[0])
-    assert abs(filled["weight_kg"].mean() - expect) < 0.5 and np.all(filled["height_m"] == 1.9)
-    again = PopulationModel.from_dict(json.loads(json.dumps(pop.to_dict())))
-    assert again == pop
-    with pytest.raises(ValueError, match="unknown sex"):
-        pop.sample(2, np.random.default_rng(0), sex="X")
-
-
-def test_population_draws_depend_only_on_seed_and_case_index():
-    pop = population(400, seed=2)
-    six, two = pop.sample_cases(5, range(6)), pop.sample_cases(5, range(2))
-    for col in ("age", "sex", "height_m", "weight_kg"):
-        np.testing.assert_array_equal(two[col], six[col][:2])
-        np.testing.assert_array_equal(pop.sample_cases(5, [4])[col], six[col][4:5])
-    assert not np.array_equal(pop.sample_cases(6, range(6))["age"], six["age"])
-    many = pop.sample_cases(0, range(3000), age=(40, 60))  # still the population's distribution
-    assert abs(np.mean(many["sex"] == "M") - pop.sexes["M"].share) < 0.03
-    assert many["age"].min() >= 40 and many["age"].max() <= 60
-    # a filled-in height depends on its own case only, not on which earlier rows were missing too
-    demo = {"age": [50.0, 60.0, 70.0], "sex": ["M", "F", "M"], "height_m": [np.nan, 1.6, np.nan],
-            "weight_kg": [80.0, np.nan, 75.0]}
-    full = pop.fill_missing_cases(demo, seed=1)
-    alone = pop.fill_missing_cases({k: v[2:] for k, v in demo.items()}, seed=1, indices=[2])
-    assert full["height_m"][2] == alone["height_m"][0] and full["height_m"][1] == 1.6
-    assert np.isfinite(full["weight_kg"]).all() and full["weight_kg"][0] == 80.0
