@@ -110,11 +110,12 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_sigkill_of_generate_leaves_a_folder_every_loader_calls_incomplete(tmp_path):
     require_bundled_generator()
     out = tmp_path / "synth"
-    proc = subprocess.Popen([str(EXE), "generate", "--n", "40", "--out", str(out), "--batch-size", "2",
-                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(EXE), "generate", "--n", "40", "--out", str(out), "--batch-size", "2", "--steps", "2",
+                             "--sr-steps", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not list((out / "cases").glob("synth-*_pet.nii.gz")):
