@@ -222,3 +222,32 @@ def fitted_population(n: int = 200, seed: int = 0):
     weight = 25 * height ** 2 + 0.1 * (age - 50) + rng.normal(0, 8, n)
     return PopulationModel.fit({"age": age, "sex": sex, "height_m": height, "weight_kg": weight})
 
+
+TOY_SPACING = (2.0, 2.5, 3.0)  # mm, of toy_affine
+
+
+def toy_affine(spacing=TOY_SPACING, origin=(-20.0, 10.0, -50.0)):
+    """Diagonal affine with voxel ``spacing`` (mm) and voxel (0, 0, 0) at ``origin`` (mm)."""
+    a = np.diag([*spacing, 1.0])
+    a[:3, 3] = origin
+    return a
+
+
+def toy_volumes(seed=0, shape=(40, 36, 44)):
+    """Labels with boxes of organ classes (kidneys and lungs split over two classes, one non-organ class 7),
+    integer-valued PET (SUV 0..11) and CT (HU, with air in the outer x layers)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    boxes = {90: (slice(2, 12), slice(3, 15), slice(30, 42)), 10: (slice(15, 22), slice(5, 20), slice(25, 35)),
+             12: (slice(22, 30), slice(5, 20), slice(25, 35)), 51: (slice(18, 26), slice(20, 28), slice(20, 26)),
+             52: (slice(26, 28), slice(20, 30), slice(12, 26)), 5: (slice(5, 16), slice(10, 22), slice(12, 20)),
+             1: (slice(30, 36), slice(10, 18), slice(14, 19)), 2: (slice(8, 12), slice(24, 30), slice(8, 12)),
+             3: (slice(28, 32), slice(24, 30), slice(8, 12)), 21: (slice(17, 23), slice(8, 14), slice(0, 4)),
+             80: (slice(2, 10), slice(28, 36), slice(2, 6)), 88: (slice(12, 15), slice(26, 30), slice(3, 9)),
+             7: (slice(33, 39), slice(2, 8), slice(2, 8))}
+    for cid, box in boxes.items():
+        labels[box] = cid
+    pet = rng.integers(0, 12, size=shape).astype(np.float32)
+    ct = rng.integers(-200, 200, size=shape).astype(np.float32)
+    ct[[0, -1]] = -1000.0  # air in the first and last x layers, as a CT in HU has
+    return pet, ct, labels

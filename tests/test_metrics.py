@@ -12,36 +12,9 @@ from scipy import ndimage
 from totalgen_eval import metrics
 from totalgen_eval.errors import InputError
 from totalgen_eval.organs import ORGAN_NAMES, organ
-from totalgen_eval.volumes import Grid, write_volume
+from totalgen_eval.volumes import Grid
 
-SPACING = (2.0, 2.5, 3.0)
-
-
-def _affine(spacing=SPACING, origin=(-20.0, 10.0, -50.0)):
-    a = np.diag([*spacing, 1.0])
-    a[:3, 3] = origin
-    return a
-
-
-def toy_volumes(seed=0, shape=(40, 36, 44)):
-    """Labels with boxes of organ classes (kidneys and lungs split over two classes, one non-organ class 7),
-    integer-valued PET (SUV 0..11) and CT (HU, with air in the outer x layers)."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, np.uint8)
-    boxes = {90: (slice(2, 12), slice(3, 15), slice(30, 42)), 10: (slice(15, 22), slice(5, 20), slice(25, 35)),
-             12: (slice(22, 30), slice(5, 20), slice(25, 35)), 51: (slice(18, 26), slice(20, 28), slice(20, 26)),
-             52: (slice(26, 28), slice(20, 30), slice(12, 26)), 5: (slice(5, 16), slice(10, 22), slice(12, 20)),
-             1: (slice(30, 36), slice(10, 18), slice(14, 19)), 2: (slice(8, 12), slice(24, 30), slice(8, 12)),
-             3: (slice(28, 32), slice(24, 30), slice(8, 12)), 21: (slice(17, 23), slice(8, 14), slice(0, 4)),
-             80: (slice(2, 10), slice(28, 36), slice(2, 6)), 88: (slice(12, 15), slice(26, 30), slice(3, 9)),
-             7: (slice(33, 39), slice(2, 8), slice(2, 8))}
-    for cid, box in boxes.items():
-        labels[box] = cid
-    pet = rng.integers(0, 12, size=shape).astype(np.float32)
-    ct = rng.integers(-200, 200, size=shape).astype(np.float32)
-    ct[[0, -1]] = -1000.0  # air in the first and last x layers, as a CT in HU has
-    return pet, ct, labels
-
+from conftest import TOY_SPACING, toy_affine, toy_volumes
 
 def masks_by_organ(labels):
     return {name: np.isin(labels, organ(name).classes) for name in ORGAN_NAMES}
@@ -49,7 +22,7 @@ def masks_by_organ(labels):
 
 def test_values_against_a_mask_per_organ():
     pet, ct, labels = toy_volumes()
-    grid = Grid(labels.shape, _affine())
+    grid = Grid(labels.shape, toy_affine())
     table = metrics.case_metrics(pet, ct, labels, grid).set_index("organ")
     assert list(table.reset_index().columns) == list(metrics.METRIC_COLUMNS)
     assert list(table.index) == list(ORGAN_NAMES)
@@ -89,7 +62,7 @@ def test_suv_peak_against_brute_force():
     pet[6, 6, 6] = np.nan
     labels = np.zeros(shape, np.uint8)
     labels[0:7, 3:9, 2:8] = 5
-    grid = Grid(shape, _affine((2.0, 2.5, 3.0)))
+    grid = Grid(shape, toy_affine((2.0, 2.5, 3.0)))
     row = metrics.case_metrics(pet, None, labels, grid, organs=("liver",)).iloc[0]
     assert metrics.sphere_kernel((2.0, 2.5, 3.0)).sum() > 20  # a real sphere, not one voxel
     expected = brute_force_peak(pet, labels == 5, (2.0, 2.5, 3.0), metrics.PEAK_RADIUS_MM)
@@ -137,7 +110,7 @@ def test_suv_peak_search_equals_the_brute_force_on_random_cases(seed):
         lo = rng.integers(margin, np.asarray(shape) - margin - 2)
         hi = np.minimum(lo + rng.integers(2, 9, 3), np.asarray(shape) - margin)
         labels[tuple(slice(a, b) for a, b in zip(lo, hi))] = cid
-    grid = Grid(shape, _affine(spacing))
+    grid = Grid(shape, toy_affine(spacing))
     for order in ("C", "F"):
         table = metrics.case_metrics(np.asarray(pet, order=order), None, np.asarray(labels, order=order), grid,
                                      organs=("liver", "kidneys")).set_index("organ")
@@ -172,7 +145,7 @@ def test_peak_radius_is_one_millilitre():
 def test_absent_organ_gives_zero_voxels_and_nan():
     pet, ct, labels = toy_volumes()
     labels[labels == 1] = 0
-    table = metrics.case_metrics(pet, ct, labels, Grid(labels.shape, _affine())).set_index("organ")
+    table = metrics.case_metrics(pet, ct, labels, Grid(labels.shape, toy_affine())).set_index("organ")
     row = table.loc["spleen"]
     assert row.n_voxels == 0 and row.volume_ml == 0.0 and not row.touches_border
     for col in ("suv_mean", "suv_median", "suv_std", "suv_max", "suv_peak", "hu_mean"):
@@ -185,7 +158,7 @@ def test_invalid_label_id_names_the_ids():
     labels[0, 0, 0] = 200
     labels[1, 0, 0] = 118
     with pytest.raises(InputError, match="118, 200"):
-        metrics.case_metrics(pet, ct, labels, Grid(labels.shape, _affine()))
+        metrics.case_metrics(pet, ct, labels, Grid(labels.shape, toy_affine()))
 
 
 def test_nan_pet_is_counted_and_left_out(caplog):
@@ -195,7 +168,7 @@ def test_nan_pet_is_counted_and_left_out(caplog):
     pet[tuple(where.T)] = np.nan
     pet[0, 0, 0] = np.nan  # outside every organ: not counted
     with caplog.at_level("WARNING"):
-        table = metrics.case_metrics(pet, ct, labels, Grid(labels.shape, _affine()))
+        table = metrics.case_metrics(pet, ct, labels, Grid(labels.shape, toy_affine()))
     assert table.attrs["n_nan_pet"] == 7
     assert "7 NaN PET voxels" in caplog.text
     row = table.set_index("organ").loc["liver"]
@@ -212,9 +185,9 @@ def test_labels_on_a_coarser_grid_are_resampled_nearest():
     coarse[[0, -1]] = 0
     coarse[:, [0, -1]] = 0
     coarse[:, :, [0, -1]] = 0
-    fine_aff = _affine()
-    coarse_aff = _affine(tuple(2 * s for s in SPACING))
-    coarse_aff[:3, 3] = fine_aff[:3, 3] + 0.5 * np.asarray(SPACING)  # its voxel (0,0,0) covers fine 0..1
+    fine_aff = toy_affine()
+    coarse_aff = toy_affine(tuple(2 * s for s in TOY_SPACING))
+    coarse_aff[:3, 3] = fine_aff[:3, 3] + 0.5 * np.asarray(TOY_SPACING)  # its voxel (0,0,0) covers fine 0..1
     expected_labels = np.repeat(np.repeat(np.repeat(coarse, 2, 0), 2, 1), 2, 2)
     grid = Grid(pet.shape, fine_aff)
     got = metrics.case_metrics(pet, ct, coarse, grid, labels_grid=Grid(coarse.shape, coarse_aff))
@@ -227,9 +200,9 @@ def test_labels_on_the_same_extent_other_spacing_exact():
     """A label grid with an exact 2x refinement of the PET grid: nearest neighbour picks known voxels."""
     pet, ct, labels = toy_volumes(shape=(20, 18, 22))
     fine = np.repeat(np.repeat(np.repeat(labels, 2, 0), 2, 1), 2, 2)
-    aff = _affine()
-    fine_aff = _affine(tuple(s / 2 for s in SPACING))
-    fine_aff[:3, 3] = aff[:3, 3] - 0.25 * np.asarray(SPACING)  # fine voxel 2i+1 centre is 0.25 s beyond i
+    aff = toy_affine()
+    fine_aff = toy_affine(tuple(s / 2 for s in TOY_SPACING))
+    fine_aff[:3, 3] = aff[:3, 3] - 0.25 * np.asarray(TOY_SPACING)  # fine voxel 2i+1 centre is 0.25 s beyond i
     grid = Grid(pet.shape, aff)
     got = metrics.case_metrics(pet, ct, fine, grid, labels_grid=Grid(fine.shape, fine_aff))
     want = metrics.case_metrics(pet, ct, labels, grid)
@@ -240,16 +213,16 @@ def test_ct_on_another_grid_is_resampled_linearly():
     pet, ct, labels = toy_volumes(shape=(20, 18, 22))
     ct = np.full(labels.shape, 40.0, np.float32)
     ct_big = np.full((30, 30, 30), 40.0, np.float32)  # covers the PET box: linear resampling keeps 40
-    aff = _affine()
+    aff = toy_affine()
     grid = Grid(pet.shape, aff)
-    table = metrics.case_metrics(pet, ct_big, labels, grid, ct_grid=Grid(ct_big.shape, _affine(origin=(-25.0, 5.0, -55.0))))
+    table = metrics.case_metrics(pet, ct_big, labels, grid, ct_grid=Grid(ct_big.shape, toy_affine(origin=(-25.0, 5.0, -55.0))))
     assert np.allclose(table["hu_mean"].dropna(), 40.0)
 
 
 def test_no_overlap_is_an_input_error():
     pet, ct, labels = toy_volumes(shape=(20, 18, 22))
-    grid = Grid(pet.shape, _affine())
-    far = _affine(origin=(5000.0, 0.0, 0.0))
+    grid = Grid(pet.shape, toy_affine())
+    far = toy_affine(origin=(5000.0, 0.0, 0.0))
     with pytest.raises(InputError, match="does not overlap"):
         metrics.case_metrics(pet, ct, labels, grid, labels_grid=Grid(labels.shape, far))
 
@@ -257,7 +230,7 @@ def test_no_overlap_is_an_input_error():
 def test_agrees_with_totalsegmentator_statistics():
     stats_mod = pytest.importorskip("totalsegmentator.statistics", reason="totalsegmentator is not installed")
     pet, ct, labels = toy_volumes()
-    aff = _affine()
+    aff = toy_affine()
     grid = Grid(labels.shape, aff)
     ours = metrics.case_metrics(pet, ct, labels, grid).set_index("organ")
     for image, col in ((pet, "suv_mean"), (ct, "hu_mean")):
@@ -277,142 +250,4 @@ def test_float_labels_with_fractions_are_rejected():
     bad = labels.astype(np.float32)
     bad[0, 0, 0] = 2.5
     with pytest.raises(InputError, match="non-integer"):
-        metrics.case_metrics(pet, ct, bad, Grid(bad.shape, _affine()))
-
-
-# --- a cohort: the table, resume, workers -------------------------------------------------------------
-
-def _write_cases(tmp_path, n=3):
-    from totalgen_eval.cohort.case import Case
-
-    cases = []
-    for i in range(n):
-        pet, ct, labels = toy_volumes(seed=i, shape=(24, 20, 22))
-        aff = _affine()
-        d = tmp_path / "cases"
-        write_volume(pet, aff, d / f"c{i}_pet.nii.gz")
-        write_volume(ct.astype(np.int16), aff, d / f"c{i}_ct.nii.gz")
-        write_volume(labels, aff, d / f"c{i}_labels.nii.gz")
-        cases.append(Case(f"c{i}", 30.0 + 20 * i, "FM"[i % 2], 1.7, 70.0, d / f"c{i}_ct.nii.gz",
-                          d / f"c{i}_pet.nii.gz", d / f"c{i}_labels.nii.gz"))
-    return cases
-
-
-def test_organ_metrics_table_and_resume(tmp_path):
-    cases = _write_cases(tmp_path)
-    cache = tmp_path / "cache"
-    first = metrics.organ_metrics(cases[:2], cache_dir=cache, progress=False, cohort_name="toy")
-    assert first.attrs["n_computed"] == 2
-    full = metrics.organ_metrics(cases, cache_dir=cache, progress=False, cohort_name="toy")
-    assert full.attrs["n_computed"] == 1  # the two finished cases were read back, only the third computed
-    assert list(full.columns) == list(metrics.TABLE_COLUMNS)
-    assert len(full) == 3 * len(ORGAN_NAMES)
-    assert list(full["age_group"].unique()) == ["18-40", "40-60", "60-80"]
-    fresh = metrics.organ_metrics(cases, progress=False, cohort_name="toy")
-    pd.testing.assert_frame_equal(full, fresh, check_exact=False, rtol=1e-12)
-    # a per-case file from an interrupted write is never half-written: only finished cases are on disk
-    assert len(list((cache / "metrics").glob("*.csv"))) == 3
-    assert not list((cache / "metrics").glob(".*tmp"))
-
-
-def test_changed_input_is_recomputed(tmp_path):
-    cases = _write_cases(tmp_path, n=1)
-    cache = tmp_path / "cache"
-    metrics.organ_metrics(cases, cache_dir=cache, progress=False)
-    from totalgen_eval.volumes import read_volume
-    pet, aff = read_volume(cases[0].pet)
-    write_volume(pet * 1.5, aff, cases[0].pet)
-    again = metrics.organ_metrics(cases, cache_dir=cache, progress=False)
-    assert again.attrs["n_computed"] == 1
-
-
-def test_workers_and_write_metrics(tmp_path):
-    cases = _write_cases(tmp_path)
-    one = metrics.organ_metrics(cases, progress=False, cohort_name="toy")
-    out = tmp_path / "out" / "organ_metrics.csv"
-    two = metrics.write_metrics(cases, out, segmenter="labels", workers=2, progress=False, cohort_name="toy")
-    pd.testing.assert_frame_equal(one, two)
-    back = metrics.read_metrics(out)
-    pd.testing.assert_frame_equal(back, two, check_dtype=False)
-    assert (out.parent / "organ_metrics.csv.json").is_file()
-
-
-# --- phantoms: agreement with the phantom's own truth -------------------------------------------------
-
-def _phantom_table(tmp_path, n, seed, **config):
-    from totalgen_eval import phantom
-    from totalgen_eval.cohort import load_cohort
-
-    root = phantom.make_cohort(tmp_path / "ph", n=n, seed=seed, config=phantom.PhantomConfig(**config),
-                               progress=False)
-    cohort = load_cohort(root)
-    table = metrics.organ_metrics(cohort, progress=False)
-    truth = pd.read_csv(root / "truth.csv")[["case_id", "organ", "volume_ml", "suv_mean"]]
-    return cohort, table.merge(truth, on=["case_id", "organ"], suffixes=("", "_true"))
-
-
-def boundary_faces(mask):
-    """Number of voxel faces between the mask and its outside (the voxelised surface, in faces)."""
-    padded = np.pad(mask, 1)
-    return int(sum(np.count_nonzero(np.diff(padded.astype(np.int8), axis=a)) for a in range(3)))
-
-
-def test_noise_free_phantom_matches_its_truth(tmp_path):
-    """Without blur and noise every organ voxel carries exactly the subject's SUV: suv_mean equals the truth.
-    Voxel-centre sampling misplaces at most the voxels the surface cuts: |volume error| <= surface x voxel / 2,
-    with the surface taken as the voxelised one (faces x voxel^2, an overestimate of the smooth surface)."""
-    cohort, m = _phantom_table(tmp_path, 3, 5, voxel_mm=4.0, pet_fwhm_mm=0.0, pet_noise_cv=0.0, ct_noise_hu=0.0)
-    np.testing.assert_allclose(m["suv_mean"], m["suv_mean_true"], rtol=1e-5)
-    np.testing.assert_allclose(m["suv_median"], m["suv_mean_true"], rtol=1e-5)
-    for case in cohort:
-        labels, _ = case.read_labels()
-        for name in ORGAN_NAMES:
-            row = m[(m.case_id == case.case_id) & (m.organ == name)].iloc[0]
-            bound_ml = boundary_faces(np.isin(labels, organ(name).classes)) * 4.0 ** 3 / 2 / 1000
-            assert abs(row.volume_ml - row.volume_ml_true) <= bound_ml, (case.case_id, name)
-    big = m[m.organ.isin(["brain", "lungs", "liver", "muscle", "heart"])]
-    assert (100 * (big.volume_ml / big.volume_ml_true - 1)).abs().mean() < 1.0  # large organs: < 1 % on average
-
-
-def test_default_phantom_suv_means_within_blur(tmp_path):
-    """At 8 mm with 7 mm FWHM blur and 10 % noise: noise is zero-mean (multiplicative), so the SUVmean error is
-    the blur's spill across organ borders, ~ (share of border voxels) x (contrast) x (spilled fraction); for
-    the nine organs on the phantom grid it stays within 6 % (worst: thin aorta and small hot bladder)."""
-    _, m = _phantom_table(tmp_path, 4, 11)
-    err = (100 * (m["suv_mean"] / m["suv_mean_true"] - 1)).abs()
-    assert err.max() < 6.0, m.assign(err=err).sort_values("err").tail(3)
-    assert (m["n_voxels"] > 0).all() and not m["touches_border"].any()
-    assert (m["suv_max"] >= m["suv_peak"]).all() and (m["suv_peak"] >= m["suv_mean"]).all()
-
-
-def test_metrics_command_resumes_after_a_kill(tmp_path):
-    """SIGKILL `totalgen-eval metrics` once some cases are cached; the re-run computes only the rest and its
-    table equals an uninterrupted run's."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from totalgen_eval.cohort import load_cohort
-    from totalgen_eval.phantom import make_cohort
-
-    cohort = make_cohort(tmp_path / "p", n=30, seed=4, progress=False)
-    out = tmp_path / "m" / "organ_metrics.csv"
-    cached = tmp_path / "m" / "organ_metrics-cache" / "metrics"
-    proc = subprocess.Popen([sys.executable, "-m", "totalgen_eval", "metrics", str(cohort), "-o", str(out),
-                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and len(list(cached.glob("*.csv"))) < 3:
-        time.sleep(0.005)
-    if proc.poll() is not None:
-        pytest.fail("the metrics run finished before it could be killed; use more cases")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list(cached.glob("*.csv")))
-    assert 3 <= done < 30 and not out.exists()
-    again = metrics.write_metrics(load_cohort(cohort), out, segmenter="labels", progress=False)
-    assert again.attrs["n_computed"] == 30 - done
-    fresh = metrics.organ_metrics(load_cohort(cohort), segmenter="labels", progress=False)
-    pd.testing.assert_frame_equal(again.reset_index(drop=True), fresh.reset_index(drop=True), check_exact=False,
-                                  rtol=1e-12, check_dtype=False)
+        metrics.case_metrics(pet, ct, bad, Grid(bad.shape, toy_affine()))

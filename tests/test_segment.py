@@ -17,12 +17,12 @@ from totalgen_eval.segment import model as seg_model
 from totalgen_eval.segment import totalseg
 from totalgen_eval.volumes import Grid, read_volume, write_volume
 
-from test_metrics import _affine, toy_volumes
+from conftest import toy_affine, toy_volumes
 
 
 def _case(tmp_path, labels_path, name="c0", shape=(24, 20, 22)):
     pet, ct, _ = toy_volumes(shape=shape)
-    aff = _affine()
+    aff = toy_affine()
     write_volume(pet, aff, tmp_path / f"{name}_pet.nii.gz")
     write_volume(ct.astype(np.int16), aff, tmp_path / f"{name}_ct.nii.gz")
     return Case(name, 50.0, "F", 1.7, 70.0, tmp_path / f"{name}_ct.nii.gz", tmp_path / f"{name}_pet.nii.gz",
@@ -35,7 +35,7 @@ def test_three_label_formats_give_the_same_table(tmp_path):
     from totalsegmentator.nnunet import save_segmentation_nifti
 
     _, _, labels = toy_volumes(shape=(24, 20, 22))
-    aff = _affine()
+    aff = toy_affine()
     ours = write_volume(labels, aff, tmp_path / "ours.nii.gz")
     # TotalSegmentator multilabel file: its writer with a list of names -> running ids 1..n (not "total" ids)
     present = [int(c) for c in np.unique(labels) if c]
@@ -186,7 +186,7 @@ def test_model_backend_resamples_to_its_voxel_and_back(tmp_path):
     import torch
     net, cfg = _tiny_model(tmp_path)
     ct = np.random.default_rng(0).normal(0, 100, size=(24, 20, 28)).astype(np.float32)
-    ct_grid = Grid(ct.shape, _affine((2.0, 2.0, 2.0)))
+    ct_grid = Grid(ct.shape, toy_affine((2.0, 2.0, 2.0)))
     labels = seg_model.predict_labels(net.eval(), cfg, ct, ct_grid)
     assert labels.shape == ct.shape and labels.dtype == np.uint8
     assert set(np.unique(labels)) <= {0, 5, 90}
@@ -220,7 +220,7 @@ def test_model_backend_through_the_cache(tmp_path):
 
 def test_default_segmenter_prefers_labels(tmp_path):
     _, _, labels = toy_volumes(shape=(24, 20, 22))
-    path = write_volume(labels, _affine(), tmp_path / "l.nii.gz")
+    path = write_volume(labels, toy_affine(), tmp_path / "l.nii.gz")
     assert segment.default_segmenter([_case(tmp_path, path)]) == "labels"
 
 
