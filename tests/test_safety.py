@@ -248,3 +248,14 @@ def test_a_volume_above_the_voxel_cap_is_refused_from_its_header(tmp_path, monke
     assert "exceeds the cap" in line and "--max-voxels" in line
     monkeypatch.setenv(MAX_VOXELS_ENV, str(2**31))
     assert read_grid(bomb).shape == (1024, 1024, 1024)  # raised cap: the header is accepted
+
+
+def test_warnings_of_worker_processes_are_one_line_too():
+    code = ("import warnings\n"
+            "from totalgen_eval.parallel import make_scheduler\n"
+            "if __name__ == '__main__':\n"
+            "    with make_scheduler('pool', 2) as pool:\n"
+            "        list(pool.run(warnings.warn, ['first\\nworker warning', 'second']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stderr.splitlines()) == ["warning: first\\nworker warning", "warning: second"]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import errno
 import math
+import sys
 import unicodedata
+import warnings
 from pathlib import Path
 
 
@@ -77,3 +79,13 @@ def check_number(value: float, option: str, low: float | None = None, high: floa
         span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
         raise InputError(f"{number:g} is outside the allowed range {span}", option)
     return number
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {printable(message)}", file=file or sys.stderr)
+
+
+def one_line_warnings() -> None:
+    """Show Python warnings in this process as one line ``warning: <message>`` on stderr, without the source
+    line (the CLI's worker processes call it at start)."""
+    warnings.showwarning = _one_line

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, S
 
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, one_line_warnings
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -164,7 +164,8 @@ class PoolScheduler(_Stateless):
         if self.workers <= 1 or len(items) <= 1:
             yield from SerialScheduler().run(fn, items)
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=pool_context())
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=pool_context(),
+                                   initializer=one_line_warnings)  # warnings of workers: one line each
         try:
             yield from _as_completed(pool, fn, items)
         finally:
