@@ -251,3 +251,12 @@ def toy_volumes(seed=0, shape=(40, 36, 44)):
     ct = rng.integers(-200, 200, size=shape).astype(np.float32)
     ct[[0, -1]] = -1000.0  # air in the first and last x layers, as a CT in HU has
     return pet, ct, labels
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    """A tiny cascade with random weights (seed 1) and :func:`fitted_population`: fast, and exercises every step
+    of generation without the bundled weights."""
+    from generator import random_cascade, tiny_lowres, tiny_sr
+
+    return random_cascade(tiny_lowres(), tiny_sr(), fitted_population(100, seed=0), seed=1)

@@ -21,7 +21,6 @@ from totalgen_eval.errors import InputError
 from totalgen_eval.phantom import make_cohort
 from totalgen_eval.volumes import read_volume, write_volume
 
-from test_synthesis import cascade  # noqa: F401  (the tiny random-weight cascade fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = {"phantom-0001": "truncated", "phantom-0002": "differ in shape", "phantom-0003": "age"}
@@ -181,7 +180,7 @@ def test_compare_skip_bad_lists_the_bad_real_cases(bad_cohort, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*clamped to it")
-def test_generate_match_skip_bad_makes_twins_of_the_good_cases(bad_cohort, tmp_path, cascade):  # noqa: F811
+def test_generate_match_skip_bad_makes_twins_of_the_good_cases(bad_cohort, tmp_path, cascade):
     from totalgen_eval.synthesis import generate_cohort
 
     out = generate_cohort(tmp_path / "twins", match=bad_cohort, cascade=cascade, skip_bad=True, progress=False)

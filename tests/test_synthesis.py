@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from generator import PopulationModel, random_cascade, tiny_lowres, tiny_sr
 from totalgen_eval.cohort import load_cohort, write_cohort_csv
 from totalgen_eval.errors import InputError
 from totalgen_eval.synthesis import generate_cohort, parse_range
@@ -17,18 +16,6 @@ from totalgen_eval.volumes import Grid, write_volume
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def cascade():
-    rng = np.random.default_rng(0)
-    n = 100
-    sex = rng.choice(["F", "M"], n)
-    age = rng.uniform(20, 80, n)
-    height = np.where(sex == "M", 1.78, 1.65) + rng.normal(0, 0.06, n)
-    weight = 24 * height ** 2 + rng.normal(0, 8, n)
-    pop = PopulationModel.fit({"age": age, "sex": sex, "height_m": height, "weight_kg": weight})
-    return random_cascade(tiny_lowres(), tiny_sr(), pop, seed=1)
 
 
 def test_generate_writes_a_cohort_with_correct_affines(tmp_path, cascade):
