@@ -45,6 +45,9 @@ class CompareConfig:
     lesions: str = "exclude"  # "exclude" | "include": lesion voxels (cases' lesion masks) in organ statistics
     lesion_margin_mm: float = 0.0  # with "exclude": also the voxels within this distance (mm) of a lesion
     diagnosis: str | None = None  # keep only the real cases with this diagnosis (e.g. NEGATIVE), case-insensitive
+    images: bool = True  # image-level metrics (FID, MMD, MS-SSIM): image_metrics.csv
+    features: str = "bundled"  # their feature extractor: bundled or model:PATH
+    train: Path | None = None  # the generator's training cohort: the memorization check (memorization.csv)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -162,6 +165,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     started = time.perf_counter()
     real, synth = load_checked(cfg.real, cfg.skip_bad), load_checked(cfg.synth, cfg.skip_bad)
     real = real.with_diagnosis(cfg.diagnosis) if cfg.diagnosis else real
+    train, extractor = _image_inputs(cfg)
     for cohort in (real, synth):
         if len(cohort) == 0:
             raise InputError("holds no usable case", cohort.root)
@@ -183,13 +187,16 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     real_t, synth_t = tables
     _check_overlap(real_t, synth_t, cfg)
     comparison = compare_tables(real_t, synth_t, cfg.stats, twins=twin_map(synth.to_frame()))
+    comparison.summary["images"] = _compare_images(cfg, real, synth, train, extractor, progress)
     config = {
         "tool": "totalgen-eval compare", "version": __version__,
         "options": to_jsonable(cfg),
         "segmenters": {"real": seg_real, "synth": seg_synth},
         "segmenters_differ": seg_real != seg_synth,
         "cohorts": {"real": {"path": str(cfg.real), "layout": real.layout, "cases": len(real)},
-                    "synth": {"path": str(cfg.synth), "layout": synth.layout, "cases": len(synth)}},
+                    "synth": {"path": str(cfg.synth), "layout": synth.layout, "cases": len(synth)},
+                    **({"train": {"path": str(cfg.train), "layout": train.layout, "cases": len(train)}}
+                       if train is not None else {})},
         "real_is_phantom": bool(real.is_phantom), "synth_is_phantom": bool(synth.is_phantom),
         "synth_has_demographics": _has_demographics(synth_t),
         "n_excluded": {"real": int((excluded["cohort"] == "real").sum()),
@@ -199,6 +206,38 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     }
     paths = write_results(cfg.out, pd.concat(tables, ignore_index=True), comparison, config)
     return CompareResult(pd.concat(tables, ignore_index=True), comparison, Path(paths["report.html"]), config)
+
+
+def _image_inputs(cfg: CompareConfig) -> tuple[Any, Any]:
+    """(training Cohort or None, feature extractor or None): loaded before the long work, so a bad
+    --train or --features fails at once."""
+    from .images import load_extractor
+    from .parallel import load_checked
+
+    if cfg.train is not None and not cfg.images:
+        raise InputError("the memorization check reads the images; drop --no-images", "--train")
+    train = load_checked(cfg.train, cfg.skip_bad) if cfg.train is not None else None
+    return train, (load_extractor(cfg.features, device=cfg.device) if cfg.images else None)
+
+
+def _compare_images(cfg: CompareConfig, real: Any, synth: Any, train: Any, extractor: Any,
+                    progress: bool) -> dict | None:
+    """Image metrics (and memorization with --train) written to image_metrics.csv (memorization.csv,
+    memorization_real.csv); returns their headline figures for summary.json (None with --no-images)."""
+    from .images.compare import compare_images
+    from .provenance import write_table
+
+    for stale in ("image_metrics.csv", "memorization.csv", "memorization_real.csv"):  # from an earlier run
+        (cfg.out / stale).unlink(missing_ok=True)
+    if extractor is None:
+        return None
+    result = compare_images(real, synth, train, extractor, seed=cfg.seed, workers=cfg.workers, device=cfg.device,
+                            progress=progress)
+    write_table(result.table, cfg.out / "image_metrics.csv")
+    if result.memorization is not None:
+        write_table(result.memorization.synthetic, cfg.out / "memorization.csv")
+        write_table(result.memorization.real, cfg.out / "memorization_real.csv")
+    return result.summary()
 
 
 def run_stats(real_csv: Path, synth_csv: Path, out_dir: Path, params: StatsParams) -> Comparison:

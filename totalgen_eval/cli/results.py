@@ -68,6 +68,14 @@ def compare(
     diagnosis: Annotated[Optional[str], typer.Option("--diagnosis", metavar="VALUE", help="Keep only the real cases "
                                                      "with this diagnosis (e.g. NEGATIVE; any value of the cohort's "
                                                      "diagnosis column, case-insensitive).")] = None,
+    images: Annotated[bool, typer.Option("--images/--no-images", help="Image-level metrics (FID on 2.5D features, "
+                                         "MMD, MS-SSIM between twins): image_metrics.csv.")] = True,
+    features: Annotated[str, typer.Option("--features", metavar="SPEC", help="Feature extractor for FID/MMD: bundled "
+                                          "(the phantom segmenter's encoder, trained on phantoms only) or model:PATH "
+                                          "(a TorchScript file or a MONAI .json + .safetensors you have).")] = "bundled",
+    train: Annotated[Optional[Path], typer.Option("--train", metavar="DIR", help="The generator's training cohort: "
+                                                  "flag synthetic cases closer to a training case than real cases "
+                                                  "are (memorization.csv).")] = None,
 ) -> None:
     """Segment, measure and compare two cohorts; write tables, figures and report.html."""
     from ..pipeline import CompareConfig, run_compare
@@ -77,12 +85,29 @@ def compare(
                                      organs=organs, metrics=metric, age_bins=age_bins, margin=margin, alpha=alpha,
                                      min_n=min_n, robust=robust, workers=workers, device=device, seed=seed,
                                      force=force, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
-                                     lesion_margin_mm=lesion_margin, diagnosis=diagnosis)
+                                     lesion_margin_mm=lesion_margin, diagnosis=diagnosis, images=images,
+                                     features=features, train=train)
     set_max_voxels(max_voxels)
     with output_folder(out_dir, "compare"):
         result = run_compare(cfg, progress=progress)
     _print_headline(result.comparison.summary)
+    _print_images(result.comparison.summary.get("images"))
     say(f"report: {result.report}")
+
+
+def _print_images(images: dict | None) -> None:
+    """One line per image-level headline: FID (2.5D) per modality with the real-halves reference, memorization."""
+    if not images:
+        return
+    for modality in ("ct", "pet"):
+        fid = images.get(f"fid_2.5d_{modality}") or {}
+        if fid.get("value") is not None:
+            half, ref = (f"{v:.4g}" if v is not None else "n/a" for v in (fid.get("synth_half"), fid.get("real_halves")))
+            say(f"FID 2.5D {modality.upper()}: {fid['value']:.4g} (synthetic half {half}; real half vs half {ref})")
+    memo = images.get("memorization")
+    if memo:
+        say(f"memorization: {memo['n_flagged']} of {memo['n_synthetic']} synthetic cases closer to a training case "
+            f"than the real cases' 1st percentile ({memo['threshold']:.4g})")
 
 
 @_command()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .cases import cohort_images
-from .features import load_extractor
+from .features import FeatureExtractor, load_extractor
 from .memorization import Memorization, memorization_from
 from .metrics import DEFAULT_N_BOOT, REFERENCE_SUFFIX, SYNTH_HALF_SUFFIX, image_metrics_from, twins_from_frame
 
@@ -48,13 +48,15 @@ def _num(x: Any) -> float | None:
     return None if not np.isfinite(x) else round(x, 6)
 
 
-def compare_images(real, synth, train=None, features: str = "bundled", n_boot: int = DEFAULT_N_BOOT,
-                   seed: int = 0, workers: int = 1, device: str = "cpu", progress: bool = False) -> ImageResults:
-    """Image metrics of two Cohorts and, with a training Cohort, the memorization check."""
+def compare_images(real, synth, train=None, features: str | FeatureExtractor = "bundled",
+                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0, workers: int = 1, device: str = "cpu",
+                   progress: bool = False) -> ImageResults:
+    """Image metrics of two Cohorts and, with a training Cohort, the memorization check. ``features``:
+    ``bundled``, ``model:PATH`` or an extractor already loaded."""
     import time
 
     started = time.perf_counter()
-    extractor = load_extractor(features, device=device)
+    extractor = features if isinstance(features, FeatureExtractor) else load_extractor(features, device=device)
     real_i = cohort_images(real, extractor, workers, progress, "images (real)")
     synth_i = cohort_images(synth, extractor, workers, progress, "images (synthetic)")
     table = image_metrics_from(real_i, synth_i, extractor.name, twins_from_frame(synth.to_frame()), n_boot, seed)

@@ -20,6 +20,7 @@ over the two in-plane axes (a slice of the map per vector); a 2D network runs on
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -103,6 +104,7 @@ def truncated(network, layer) -> Callable:
     import torch
 
     device = next(network.parameters()).device
+    lock = threading.Lock()  # one pass at a time: a hook on a shared layer would fire for every thread's pass
 
     def run(x):
         x = x.to(device)
@@ -112,14 +114,15 @@ def truncated(network, layer) -> Callable:
             store["out"] = output
             raise _Reached
 
-        handle = layer.register_forward_hook(hook)
-        try:
-            with torch.inference_mode():
-                network(x)
-        except _Reached:
-            pass
-        finally:
-            handle.remove()
+        with lock:
+            handle = layer.register_forward_hook(hook)
+            try:
+                with torch.inference_mode():
+                    network(x)
+            except _Reached:
+                pass
+            finally:
+                handle.remove()
         return store["out"]
 
     return run

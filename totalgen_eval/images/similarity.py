@@ -1,16 +1,17 @@
 """MS-SSIM between paired volumes (a synthetic twin and its real case) on the body box grid.
 
-MONAI's ``compute_ms_ssim`` (the function behind ``MultiScaleSSIMMetric``) with 3 scales, a 5-voxel Gaussian
-window (sigma 1 voxel) and the first three of Wang et al.'s scale weights renormalised: the body box grid
-(32 x 24 x 96) is too small for the default 5 scales of an 11-voxel window (MONAI needs every side //
-(scales - 1)^2 > window - 1).
+MONAI's ``compute_ms_ssim`` (the function behind ``MultiScaleSSIMMetric``) with 3 scales, a 3-voxel Gaussian
+window (sigma 1 voxel, about 1.5 cm on the body box grid) and the first three of Wang et al.'s scale weights
+renormalised: the body box grid (32 x 24 x 96) is too small for the default 5 scales of an 11-voxel window
+(MONAI needs every side // (scales - 1)^2 > window - 1), and MONAI filters with a full 3D convolution, so a
+5-voxel window costs 4.6 times as much (about 0.2 s of CPU per pair and modality).
 """
 from __future__ import annotations
 
 import numpy as np
 
 MS_SSIM_WEIGHTS: tuple[float, ...] = tuple(w / (0.0448 + 0.2856 + 0.3001) for w in (0.0448, 0.2856, 0.3001))
-MS_SSIM_KERNEL = 5
+MS_SSIM_KERNEL = 3
 MS_SSIM_SIGMA = 1.0
 
 

@@ -22,6 +22,7 @@ from ..plots.style import truthy
 from ..provenance import atomic_path, write_json, write_table
 from ..stats import Comparison, StatsParams
 from .content import PHANTOM_NOTICE, report_blocks
+from .images import image_sections
 from .render import FigureRef, render_html, render_markdown
 
 __all__ = ["write_results", "write_report", "redraw", "write_tables", "read_results", "make_figures",
@@ -112,6 +113,7 @@ def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: C
         if _FIGURE_FILE.match(stale.name) and f"figures/{stale.name}" not in written:
             stale.unlink()
     blocks = report_blocks(comparison, config, [ref for ref, _ in made], notes)
+    blocks = image_sections(out_dir, blocks, images, written, organ_metrics, config, comparison.summary, _save_figure)
     for name, text in (("report.html", render_html(TITLE, blocks, images)), ("report.md", render_markdown(TITLE, blocks))):
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
