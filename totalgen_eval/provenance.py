@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -36,13 +37,19 @@ PACKAGES = ("totalgen-eval", "torch", "monai", "numpy", "scipy", "pandas", "stat
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     """Installed version of each distribution (None when absent), plus Python's."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    return dict(_versions(tuple(names)))
+
+
+@functools.lru_cache(maxsize=8)
+def _versions(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    """Looked up once per process (about 0.1 s a package: the metadata scan is slow)."""
+    out: list[tuple[str, str | None]] = [("python", platform.python_version())]
     for name in names:
         try:
-            out[name] = metadata.version(name)
+            out.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+            out.append((name, None))
+    return tuple(out)
 
 
 def to_jsonable(obj: Any) -> Any:

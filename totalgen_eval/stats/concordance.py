@@ -102,12 +102,15 @@ def describe(real: np.ndarray, synth: np.ndarray) -> dict[str, float]:
     return row
 
 
-def pooled(real: pd.DataFrame, synth: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per case of both sides: ``y`` = log(metric), ``synth`` 0/1, sex and the covariates."""
-    cols = [c for c in ("case_id", "sex", *models.COVARIATES) if c in real.columns and c in synth.columns]
-    parts = [t.loc[:, cols].assign(y=np.log(t[metric].to_numpy(float)), synth=flag)
-             for flag, t in ((0.0, real), (1.0, synth))]
-    return pd.concat(parts, ignore_index=True)
+def pooled(real: pd.DataFrame, synth: pd.DataFrame, metric: str) -> models.Columns:
+    """One entry per case of both sides, as arrays: ``y`` = log(metric), ``synth`` 0/1, ``sex`` and the covariates."""
+    out: models.Columns = {"y": np.log(np.concatenate([t[metric].to_numpy(float) for t in (real, synth)])),
+                           "synth": np.repeat([0.0, 1.0], [len(real), len(synth)]),
+                           "sex": np.concatenate([t["sex"].to_numpy(object) for t in (real, synth)])}
+    for c in models.COVARIATES:
+        if c in real.columns and c in synth.columns:
+            out[c] = np.concatenate([t[c].to_numpy(float) for t in (real, synth)])
+    return out
 
 
 def organ_metric_cells(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,

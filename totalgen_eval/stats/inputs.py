@@ -32,15 +32,15 @@ def prepare(table: pd.DataFrame, metrics: Sequence[str], age_bins: Sequence[floa
     """
     cols = [c for c in (*KEY_COLUMNS, *OPTIONAL_COLUMNS, *metrics) if c in table.columns]
     out = table.loc[:, list(dict.fromkeys(cols))].copy()
-    out["case_id"] = out["case_id"].astype(str)
-    out["organ"] = out["organ"].astype(str)
+    out["case_id"] = out["case_id"].astype(str).astype(object)  # plain Python strings: the cell loop indexes them
+    out["organ"] = out["organ"].astype(str).astype(object)
     for c in ("age", *OPTIONAL_COLUMNS, *metrics):
         if c in out.columns:
             out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
     sex = out["sex"].astype("string").str.strip().str.upper()
     out["sex"] = sex.where(sex.isin(["M", "F"])).astype(object)
     out.loc[out["sex"].isna(), "sex"] = np.nan
-    out["age_group"] = age_group(out["age"], age_bins).to_numpy()
+    out["age_group"] = age_group(out["age"], age_bins).to_numpy(object)
     if organs is not None:
         out = out[out["organ"].isin(list(organs))]
     return out.reset_index(drop=True)

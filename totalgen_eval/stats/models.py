@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
-import scipy.stats
+import scipy.special
 
 COVARIATES: tuple[str, ...] = ("age", "height_m", "weight_kg")
 MIN_KNOWN_SHARE = 0.5  # a covariate known for fewer cases than this on either side is left out of the model
@@ -66,7 +65,7 @@ def interval(effect: Effect, level: float) -> tuple[float, float]:
     """The two-sided ``level`` confidence interval of ``d`` (log scale)."""
     if not effect.usable:
         return math.nan, math.nan
-    half = float(scipy.stats.t.ppf(0.5 + level / 2, effect.df)) * effect.se
+    half = float(scipy.special.stdtrit(effect.df, 0.5 + level / 2)) * effect.se  # Student t quantile
     return effect.d - half, effect.d + half
 
 
@@ -74,7 +73,7 @@ def p_value(effect: Effect) -> float:
     """Two-sided p of ``d = 0``."""
     if not effect.usable:
         return math.nan
-    return float(2 * scipy.stats.t.sf(abs(effect.d / effect.se), effect.df))
+    return float(2 * scipy.special.stdtr(effect.df, -abs(effect.d / effect.se)))  # two-sided Student t
 
 
 def to_pct(d: float | np.ndarray) -> float | np.ndarray:
@@ -117,22 +116,15 @@ def _contrast(fit: tuple[np.ndarray, np.ndarray, int], weights: np.ndarray, n_re
                   n_real, n_synth)
 
 
-def columns_of(frame: pd.DataFrame) -> Columns:
-    """The pooled frame as arrays: ``y``, ``synth`` and covariates as float, ``sex`` as object."""
-    out = {c: frame[c].to_numpy(float) for c in ("y", "synth", *COVARIATES) if c in frame.columns}
-    out["sex"] = frame["sex"].to_numpy(object)
-    return out
-
-
-def adjusted_effects(frame: pd.DataFrame, min_n: int, robust: bool = False) -> tuple[dict[str, Effect], int, list[str]]:
+def adjusted_effects(data: Columns, min_n: int, robust: bool = False) -> tuple[dict[str, Effect], int, list[str]]:
     """Source effects ``{"all": ..., "F": ..., "M": ...}`` from the covariate-adjusted models.
 
-    ``frame``: one row per case with ``y`` (log metric), ``synth`` (0/1), ``sex`` (``"M"``/``"F"``/NaN) and the
-    covariates. Cases without a needed demographic are left out of the model; returns the effects, the
+    ``data``: arrays with one entry per case: ``y`` (log metric), ``synth`` (0/1), ``sex`` (``"M"``/``"F"``/NaN)
+    and the covariates (NaN when unknown). Cases without a needed demographic are left out of the model; returns the effects, the
     number of cases left out, and the covariates used. A sex without ``min_n`` cases on both sides gets no
     per-sex effect; when only one sex has them, its effect comes from the model fitted within that sex.
     """
-    data = columns_of(frame)
+    data = dict(data)
     covariates = model_covariates(data)
     synth = data["synth"] == 1.0
     sex = data["sex"]

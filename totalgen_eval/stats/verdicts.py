@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.stats
+import scipy.special
 from statsmodels.stats.multitest import multipletests
 
 PRIMARY_METRICS: tuple[str, ...] = ("volume_ml", "suv_mean")
@@ -93,11 +93,11 @@ def n_to_decide(d: float, se: float, n_real: int, n_synth: int, margin: float, a
         return math.nan
     sd = se / math.sqrt(1 / n_real + 1 / n_synth)
     bound = equivalence_bound(margin)
-    z_power = scipy.stats.norm.ppf(POWER)
+    z_power = scipy.special.ndtri(POWER)  # standard normal quantiles
     if abs(d) >= bound:
-        distance, z_alpha = abs(d), scipy.stats.norm.ppf(1 - alpha / 2)
+        distance, z_alpha = abs(d), scipy.special.ndtri(1 - alpha / 2)
     else:
-        distance, z_alpha = bound - abs(d), scipy.stats.norm.ppf(1 - alpha)
+        distance, z_alpha = bound - abs(d), scipy.special.ndtri(1 - alpha)
     if distance == 0:
         return math.inf
     return float(math.ceil(2 * (sd * (z_alpha + z_power) / distance) ** 2))
