@@ -194,7 +194,7 @@ class Cascade:
             lo_cond = dict(cond, image=lowres_condition(x) if plan.lowres_positions else None)
             with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
                 x_lo = plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, lo_cond).float()
-            up, image = sr_condition(x_lo)
+            up, image = sr_condition(x_lo, self.sr_config.sr_factor)
             r = torch.stack([z[1] for z in noises]).to(self.device) * plan.sr_sigmas[0]
             with autocast(self.precision, self.device):
                 residual = plan.sr_sampler(plan.sr_model, r, plan.sr_sigmas, dict(cond, image=image)).float()
@@ -227,9 +227,10 @@ def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -
     if not isinstance(lowres.mirror_x, bool) or lowres.mirror_x != sr.mirror_x:
         raise CheckpointError(f"{source}: the stages disagree on mirror_x (lowres {lowres.mirror_x!r}, sr "
                               f"{sr.mirror_x!r}); both must be true or both false")
-    if tuple(2 * s for s in lowres.shape) != tuple(sr.shape) or tuple(lowres.fov_mm) != tuple(sr.fov_mm):
+    f = sr.sr_factor
+    if tuple(f * s for s in lowres.shape) != tuple(sr.shape) or tuple(lowres.fov_mm) != tuple(sr.fov_mm):
         raise CheckpointError(f"{source}: stages do not fit together (lowres {lowres.shape} on {lowres.fov_mm} mm, "
-                              f"sr {sr.shape} on {sr.fov_mm} mm; sr must be twice lowres on the same canvas)")
+                              f"sr {sr.shape} on {sr.fov_mm} mm; sr must be {f} times lowres on the same canvas)")
     if lowres.network.in_channels not in (lowres.network.out_channels, lowres.network.out_channels + 3):
         raise CheckpointError(f"{source}: lowres network takes {lowres.network.in_channels} channels, expected "
                               f"{lowres.network.out_channels} or {lowres.network.out_channels + 3} (with positions)")

@@ -25,7 +25,9 @@ class NetworkConfig:
 
     in_channels counts the noisy image plus any conditioning channels (stage 2: upsampled low-res and
     3 position channels); out_channels the denoised image channels. ``cond_center``/``cond_scale``
-    normalise (age years, sex 0/1, height m, weight kg) before the embedding MLP.
+    normalise (age years, sex 0/1, height m, weight kg) before the embedding MLP. ``field_nulls``: a
+    learned normalised value per field stands in for a missing (NaN) field (False: 0, the field's centre;
+    the bundled weights predate it).
     """
 
     in_channels: int = 2
@@ -36,6 +38,7 @@ class NetworkConfig:
     cond_dim: int = 4
     cond_center: tuple[float, ...] = (50.0, 0.5, 1.72, 78.0)
     cond_scale: tuple[float, ...] = (20.0, 0.5, 0.10, 16.0)
+    field_nulls: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class StageConfig:
     mirror_x: the weights were trained on anatomy mirrored along x (the patient's right at -x); sampling
     flips the generated volumes along x, which is exactly the network trained on unmirrored data. False for
     every new training; both stages of a cascade agree.
+    patch_size: stage 2 trains on random 3D patches (X, Y, Z) voxels of its grid (the paper: 56 x 56 x 96);
+    it wins over patch_slices. sr_factor: stage 2's grid is this many times finer than stage 1's on each axis.
+    field_dropout: probability, per case and demographic field, of training with that field missing (NaN).
     """
 
     kind: str = "lowres"
@@ -89,6 +95,9 @@ class StageConfig:
     grad_clip: float = 1.0
     patch_slices: int | None = None
     mirror_x: bool = False
+    patch_size: tuple[int, int, int] | None = None
+    sr_factor: int = 2
+    field_dropout: float = 0.0
 
 
 def default_lowres() -> StageConfig:
@@ -214,6 +223,8 @@ def check_network(network: NetworkConfig) -> None:
     _whole(network.blocks_per_level, "network.blocks_per_level", 1, LIMITS["blocks_per_level"])
     _whole(network.emb_dim, "network.emb_dim", 1, LIMITS["emb_dim"])
     _whole(network.cond_dim, "network.cond_dim", len(COND_NAMES), len(COND_NAMES))
+    if not isinstance(network.field_nulls, bool):
+        raise ValueError(f"network.field_nulls = {network.field_nulls!r}: true or false expected")
     for name in ("cond_center", "cond_scale"):
         values = getattr(network, name)
         if not isinstance(values, tuple) or len(values) != network.cond_dim:
@@ -274,6 +285,7 @@ def check_stage(config: StageConfig) -> None:
         _number(f, f"fov_mm[{i}]", 0, 1e5, low_open=True)
     for name, low, high, low_open in (("sigma_data", 0, 1e3, True), ("p_mean", -20, 20, False),
                                       ("p_std", 0, 20, True), ("cond_dropout", 0, 1, False), ("lr", 0, 10, True),
+                                      ("field_dropout", 0, 1, False),
                                       ("weight_decay", 0, 10, False), ("ema_decay", 0, 1, False),
                                       ("grad_clip", 0, 1e6, True)):
         _number(getattr(config, name), name, low, high, low_open)
@@ -281,4 +293,12 @@ def check_stage(config: StageConfig) -> None:
     _whole(config.steps, "steps", 0, 10**9)
     if config.patch_slices is not None:
         _whole(config.patch_slices, "patch_slices", 1, LIMITS["canvas_edge"])
+    _whole(config.sr_factor, "sr_factor", 1, 8)
+    if config.patch_size is not None:
+        if not isinstance(config.patch_size, tuple) or len(config.patch_size) != 3:
+            raise ValueError(f"patch_size = {config.patch_size!r}: three voxel counts (X, Y, Z) expected")
+        for i, (p, s) in enumerate(zip(config.patch_size, config.shape)):
+            _whole(p, f"patch_size[{i}]", 1, s)
+            if p % multiple:
+                raise ValueError(f"patch_size = {config.patch_size}: every axis must be divisible by {multiple}")
     check_schedule(config.schedule)

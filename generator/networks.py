@@ -3,7 +3,10 @@
 Tensors are (B, C, X, Y, Z). The embedding is the sum of a Fourier embedding of the noise level and an
 MLP of the normalised demographics (age, sex, height, weight); a learned null embedding replaces the
 demographic one where ``keep`` is False (condition dropout in training, the unconditional branch of
-classifier-free guidance in sampling). Every residual block modulates its second GroupNorm by a
+classifier-free guidance in sampling). A single missing field (NaN, e.g. AutoPET's height and weight) has its
+normalised value replaced by a per-field null value: learned when ``NetworkConfig.field_nulls`` (trained with
+per-field dropout, ``StageConfig.field_dropout``), else 0 (the field's ``cond_center``); with every field
+given the embedding is exactly the one of a network without this (the bundled weights load unchanged). Every residual block modulates its second GroupNorm by a
 per-channel scale and shift computed from that embedding (FiLM / adaptive GroupNorm).
 """
 from __future__ import annotations
@@ -85,6 +88,10 @@ class UNet3D(nn.Module):
         self.noise_emb = nn.Sequential(FourierEmbedding(e), nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond_emb = nn.Sequential(nn.Linear(config.cond_dim, e), nn.SiLU(), nn.Linear(e, e))
         self.null_emb = nn.Parameter(torch.zeros(e))
+        if config.field_nulls:  # learned normalised value of a missing field; 0 = the field's cond_center
+            self.field_null = nn.Parameter(torch.zeros(config.cond_dim))
+        else:
+            self.register_buffer("field_null", torch.zeros(config.cond_dim), persistent=False)
         self.register_buffer("cond_center", torch.tensor(config.cond_center, dtype=torch.float32), persistent=False)
         self.register_buffer("cond_scale", torch.tensor(config.cond_scale, dtype=torch.float32), persistent=False)
         self.stem = nn.Conv3d(config.in_channels, ch[0], 3, padding=1)
@@ -113,13 +120,18 @@ class UNet3D(nn.Module):
         """Spatial sizes must be divisible by this."""
         return 2 ** (len(self.config.channels) - 1)
 
+    def normalised_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, cond_dim) (cond - center) / scale, each missing (non-finite) field replaced by its null value."""
+        z = (cond.float() - self.cond_center) / self.cond_scale
+        return torch.where(torch.isfinite(z), z, self.field_null.to(z.dtype).expand_as(z))
+
     def embedding(self, c_noise: torch.Tensor, cond: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
         """(B, emb_dim): noise-level embedding plus demographic (or null) embedding, through SiLU."""
         emb = self.noise_emb(c_noise)
         if cond is None:
             demo = self.null_emb.expand_as(emb)
         else:
-            demo = self.cond_emb((cond.float() - self.cond_center) / self.cond_scale)
+            demo = self.cond_emb(self.normalised_condition(cond))
             if keep is not None:
                 demo = torch.where(keep[:, None], demo, self.null_emb.expand_as(demo))
         return F.silu(emb + demo)

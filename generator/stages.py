@@ -28,14 +28,15 @@ def _normalised(y: torch.Tensor) -> torch.Tensor:
     return to_unit(y[:, 0], y[:, 1])
 
 
-def downsample(x_hi: torch.Tensor) -> torch.Tensor:
-    """2x2x2 average in HU and SUV, normalised: (B, 2, 2X, 2Y, 2Z) -> (B, 2, X, Y, Z)."""
-    return _normalised(F.avg_pool3d(_physical(x_hi), 2))
+def downsample(x_hi: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """f x f x f average in HU and SUV, normalised: (B, 2, fX, fY, fZ) -> (B, 2, X, Y, Z) (f = ``factor``)."""
+    return _normalised(F.avg_pool3d(_physical(x_hi), factor))
 
 
-def upsample(x_lo: torch.Tensor) -> torch.Tensor:
-    """Trilinear x2 upsampling in HU and SUV, normalised: (B, 2, X, Y, Z) -> (B, 2, 2X, 2Y, 2Z)."""
-    return _normalised(F.interpolate(_physical(x_lo), scale_factor=2.0, mode="trilinear", align_corners=False))
+def upsample(x_lo: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Trilinear x f upsampling in HU and SUV, normalised: (B, 2, X, Y, Z) -> (B, 2, fX, fY, fZ)."""
+    return _normalised(F.interpolate(_physical(x_lo), scale_factor=float(factor), mode="trilinear",
+                                     align_corners=False))
 
 
 def position_channels(shape: tuple[int, int, int], batch: int = 1, device: torch.device | str = "cpu",
@@ -54,16 +55,16 @@ def lowres_condition(x_lo: torch.Tensor) -> torch.Tensor | None:
     return position_channels(tuple(x_lo.shape[2:]), x_lo.shape[0], x_lo.device, torch.float32)
 
 
-def sr_condition(x_lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sr_condition(x_lo: torch.Tensor, factor: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """(upsampled low-res (B, 2, ...), conditioning image (B, 5, ...) = upsampled + 3 positions)."""
-    up = upsample(x_lo)
+    up = upsample(x_lo, factor)
     pos = position_channels(tuple(up.shape[2:]), up.shape[0], up.device, up.dtype)
     return up, torch.cat([up, pos], dim=1)
 
 
-def sr_training_pair(x_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sr_training_pair(x_hi: torch.Tensor, factor: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual target, conditioning image) for stage 2 from a high-res batch."""
-    up, image = sr_condition(downsample(x_hi))
+    up, image = sr_condition(downsample(x_hi, factor), factor)
     return x_hi - up, image
 
 
