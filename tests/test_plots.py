@@ -8,75 +8,8 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from totalgen_eval import plots
-from totalgen_eval.demographics import age_group
 
-ORGANS4 = ("brain", "liver", "spleen", "kidneys")
-BASE = {"brain": (1300.0, 7.5), "liver": (1500.0, 2.1), "spleen": (200.0, 1.8), "kidneys": (320.0, 2.5)}
-
-
-def make_organ_metrics(n: int = 30, seed: int = 0, organs=ORGANS4, synth_demographics: bool = True,
-                       liver_suv_shift: float = 1.0) -> pd.DataFrame:
-    """A hand-made organ_metrics table: 2 cohorts x n cases x organs, seeded, with an age and sex effect."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for cohort in ("real", "synth"):
-        for k in range(n):
-            age, sex = rng.uniform(25, 90), "MF"[k % 2]
-            height, weight = 1.6 + 0.15 * (sex == "M") + rng.normal(0, 0.06), rng.normal(75, 12)
-            for o in organs:
-                vol, suv = BASE[o]
-                vol *= (1.15 if sex == "M" else 1.0) * rng.lognormal(0, 0.1)
-                suv *= (1 - 0.004 * (age - 50)) * rng.lognormal(0, 0.08)
-                if cohort == "synth" and o == "liver":
-                    suv *= liver_suv_shift
-                keep = cohort == "real" or synth_demographics
-                rows.append(dict(case_id=f"{cohort}-{k:03d}", cohort=cohort, age=age if keep else np.nan,
-                                 sex=sex if keep else np.nan, height_m=height if keep else np.nan,
-                                 weight_kg=weight if keep else np.nan, organ=o, n_voxels=int(vol / 0.512),
-                                 volume_ml=vol, suv_mean=suv, suv_median=suv, suv_std=0.2 * suv, suv_max=2 * suv,
-                                 suv_peak=1.5 * suv, hu_mean=40.0, touches_border=False))
-    table = pd.DataFrame(rows)
-    table.insert(6, "age_group", age_group(table["age"], (60, 80)))
-    return table
-
-
-def _cell(organ, sex, age, dev, n_real=20, n_synth=20, metric="suv_mean", p_value=0.01, equivalent=False,
-          verdict=None):
-    """A concordance row with every column of the contract (intervals +-3 points around ``dev``)."""
-    family = "descriptive" if age != "all" else ("primary" if metric in ("volume_ml", "suv_mean") else "secondary")
-    untested = not np.isfinite(p_value) or family == "descriptive"
-    if verdict is None:
-        verdict = "not tested" if untested else ("equivalent" if equivalent else "differs" if p_value < 0.05
-                                                 else "inconclusive")
-    small = n_real < 5 or n_synth < 5
-    return dict(organ=organ, metric=metric, sex=sex, age_group=age, family=family, n_real=n_real, n_synth=n_synth,
-                n_left_out=0, deviation_pct=dev, deviation_ci_low=np.nan if small else dev - 3,
-                deviation_ci_high=np.nan if small else dev + 3, ci_level=0.95,
-                equivalence_ci_low=np.nan if small else dev - 2, equivalence_ci_high=np.nan if small else dev + 2,
-                p_value=np.nan if untested else p_value, p_adjusted=np.nan if untested else p_value,
-                equivalent=None if untested else equivalent, verdict=verdict, n_to_decide=np.nan,
-                real_mean=2.0, synth_mean=2.0 * (1 + dev / 100) if dev == dev else np.nan, real_sd=0.3, synth_sd=0.3,
-                mean_ratio_pct=dev, wasserstein=0.1, paired_n=0, paired_deviation_pct=np.nan, paired_ci_low=np.nan,
-                paired_ci_high=np.nan, paired_p=np.nan, paired_p_adjusted=np.nan)
-
-
-def make_concordance() -> pd.DataFrame:
-    """Hand-made concordance cells: 3 organs x (all, F, M, 60-80, 80+, F 60-80); a NaN cell; an untested cell."""
-    devs = {
-        "liver": [10.0, 12.5, 7.6, -2.0, 4.9, 20.0],
-        "brain": [-1.0, -6.0, 5.0, np.nan, 0.5, -5.2],
-        "heart": [0.0, 3.0, -4.9, 6.1, -7.0, 1.0],
-    }
-    groups = [("all", "all"), ("F", "all"), ("M", "all"), ("all", "60-80"), ("all", "80+"), ("F", "60-80")]
-    rows = []
-    for organ, values in devs.items():  # rows deliberately not in canonical order
-        for (s, a), dev in zip(groups, values):
-            untested = organ == "heart" and (s, a) == ("F", "60-80")
-            rows.append(_cell(organ, s, a, dev, n_real=3 if untested else 20,
-                              p_value=np.nan if untested else 0.01, equivalent=organ == "heart" and s == "all"))
-    rows.append(_cell("liver", "all", "all", 99.0, metric="volume_ml"))  # another metric: must not leak in
-    return pd.DataFrame(rows)
-
+from conftest import ORGANS4, concordance_cell, make_concordance, make_organ_metrics
 
 def _texts(fig: Figure, prefix: str) -> dict[str, str]:
     return {t.get_gid().split(":", 1)[1]: t.get_text() for ax in fig.axes for t in ax.texts
@@ -218,8 +151,8 @@ def test_figures_render_headless_without_pyplot_state():
 
 
 def test_subgroups_without_synthetic_cases_are_left_out():
-    rows = [_cell(o, "all", "all", 2.0) for o in ("liver", "spleen")]
-    rows += [_cell(o, s, a, np.nan, n_synth=0, p_value=np.nan) for o in ("liver", "spleen")
+    rows = [concordance_cell(o, "all", "all", 2.0) for o in ("liver", "spleen")]
+    rows += [concordance_cell(o, s, a, np.nan, n_synth=0, p_value=np.nan) for o in ("liver", "spleen")
              for s, a in (("F", "all"), ("M", "all"), ("all", "60-80"))]
     conc = pd.DataFrame(rows)
     heat = plots.deviation_heatmap(conc, "suv_mean", 0.05)

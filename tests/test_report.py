@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_plots import _cell, make_concordance, make_organ_metrics
 from totalgen_eval import plots, report
 from totalgen_eval.errors import InputError
 from totalgen_eval.stats import TRENDS_COLUMNS, Comparison, StatsParams, compare_tables
 from totalgen_eval.stats.summary import summarize
+
+from conftest import concordance_cell, make_organ_metrics
 
 KINDS = ("heatmap", "forest", "distributions", "trends")
 HOSTILE = "<script>alert('x')</script> & | *"
@@ -53,7 +54,7 @@ def parse(path: Path) -> _Page:
 def _comparison(table: pd.DataFrame, liver_dev: float = 12.0, params: StatsParams = StatsParams()) -> Comparison:
     """A hand-made comparison of one metric (suv_mean) over the organs in ``table``: the liver differs."""
     groups = [("all", "all"), ("F", "all"), ("M", "all"), ("all", "<60"), ("all", "60-80"), ("all", "80+")]
-    rows = [_cell(o, s, a, liver_dev if o == "liver" else 1.0, p_value=0.001 if o == "liver" else 0.5,
+    rows = [concordance_cell(o, s, a, liver_dev if o == "liver" else 1.0, p_value=0.001 if o == "liver" else 0.5,
                   equivalent=o != "liver") for o in table["organ"].unique() for s, a in groups]
     concordance = pd.DataFrame(rows)
     trends = pd.DataFrame(columns=list(TRENDS_COLUMNS))
@@ -167,7 +168,7 @@ def test_redraw_refuses_a_folder_without_tables(tmp_path):
 
 def test_synthetic_without_demographics_is_overall_only(tmp_path):
     table = make_organ_metrics(n=10, organs=("liver",), synth_demographics=False)
-    concordance = pd.DataFrame([_cell("liver", "all", "all", 3.0)])
+    concordance = pd.DataFrame([concordance_cell("liver", "all", "all", 3.0)])
     trends = pd.DataFrame(columns=list(TRENDS_COLUMNS))
     comparison = Comparison(concordance, trends, summarize(concordance, trends), StatsParams())
     paths = report.write_report(tmp_path, table, comparison, _config(synth_has_demographics=False))
