@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -19,6 +19,10 @@ from .errors import InputError
 from .organs import ORGAN_NAMES, parse_organs
 from .provenance import package_versions, to_jsonable
 from .stats import DEFAULT_METRICS, Comparison, StatsParams
+
+if TYPE_CHECKING:
+    from .cohort import Cohort
+    from .images import FeatureExtractor
 
 METRIC_COLUMNS: tuple[str, ...] = ("volume_ml", "suv_mean", "suv_median", "suv_std", "suv_max", "suv_peak", "hu_mean")
 # the options that make a comparison "the same one" (statistics options may change between runs)
@@ -124,7 +128,7 @@ def _check_overlap(real: pd.DataFrame, synth: pd.DataFrame, cfg: CompareConfig) 
                          f"synthetic: {sorted(present(synth)) or 'none'})", cfg.synth)
 
 
-def choose_segmenters(cfg: CompareConfig, real: Any, synth: Any) -> tuple[str, str]:
+def choose_segmenters(cfg: CompareConfig, real: Cohort, synth: Cohort) -> tuple[str, str]:
     """The segmenter of each side: as given, else one for both (``labels`` when both sides have labels,
     else TotalSegmentator where its weights exist), so that organ differences are not segmenter differences."""
     from .segment import default_segmenter
@@ -208,7 +212,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     return CompareResult(pd.concat(tables, ignore_index=True), comparison, Path(paths["report.html"]), config)
 
 
-def _image_inputs(cfg: CompareConfig) -> tuple[Any, Any]:
+def _image_inputs(cfg: CompareConfig) -> tuple[Cohort | None, FeatureExtractor | None]:
     """(training Cohort or None, feature extractor or None): loaded before the long work, so a bad
     --train or --features fails at once."""
     from .images import load_extractor
@@ -220,8 +224,8 @@ def _image_inputs(cfg: CompareConfig) -> tuple[Any, Any]:
     return train, (load_extractor(cfg.features, device=cfg.device) if cfg.images else None)
 
 
-def _compare_images(cfg: CompareConfig, real: Any, synth: Any, train: Any, extractor: Any,
-                    progress: bool) -> dict | None:
+def _compare_images(cfg: CompareConfig, real: Cohort, synth: Cohort, train: Cohort | None,
+                    extractor: FeatureExtractor | None, progress: bool) -> dict | None:
     """Image metrics (and memorization with --train) written to image_metrics.csv (memorization.csv,
     memorization_real.csv); returns their headline figures for summary.json (None with --no-images)."""
     from .images.compare import compare_images

@@ -17,12 +17,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .organs import ORGAN_NAMES, organ, organ_label_map
 from .segment.model import ModelConfig, build_network, load_model, network_input, predict_labels, save_model
+
+if TYPE_CHECKING:
+    from .cohort import Case
 
 REPRESENTATIVE_IDS = tuple(organ(name).classes[0] for name in ORGAN_NAMES)  # 90, 10, 51, 52, 5, 1, 2, 21, 80
 
@@ -60,7 +64,7 @@ def phantom_cohort(path: Path, n: int, seed: int):
     return load_cohort(path)
 
 
-def load_arrays(cohort, inputs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_arrays(cohort: Sequence[Case], inputs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(CT HU float32 (N, X, Y, Z), PET SUV float32 (N, X, Y, Z), organ index uint8 (N, X, Y, Z))."""
     cts, pets, targets = [], [], []
     for case in cohort:
@@ -171,7 +175,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / denom) if denom else float("nan")
 
 
-def evaluate(model_path: str | Path, cohort, device: str = "cpu") -> pd.DataFrame:
+def evaluate(model_path: str | Path, cohort: Sequence[Case], device: str = "cpu") -> pd.DataFrame:
     """Per case x organ: Dice, and volume / SUVmean from predicted vs true labels (relative difference, %)."""
     from .metrics import case_metrics
     from .volumes import Grid

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..volumes import Grid
 from .features import MODALITIES, CaseFeatures, FeatureExtractor, volume_features
 from .grids import BODY_SHAPE, body_arrays, to_ras
+
+if TYPE_CHECKING:
+    from ..cohort import Case
 
 DEFAULT_VOXEL_MM = (8.0, 8.0, 8.0)
 
@@ -35,7 +38,7 @@ def arrays_images(case_id: str, ct: np.ndarray, pet: np.ndarray, affine: np.ndar
     return CaseImages(case_id, body_arrays(ct_r, pet_r, grid, body_shape), features)
 
 
-def case_images(case, extractor: FeatureExtractor | None = None,
+def case_images(case: Case, extractor: FeatureExtractor | None = None,
                 body_shape: tuple[int, int, int] = BODY_SHAPE) -> CaseImages:
     """:class:`CaseImages` of one cohort Case (CT read onto the PET grid)."""
     pet, affine = case.read_pet()
@@ -43,7 +46,7 @@ def case_images(case, extractor: FeatureExtractor | None = None,
     return arrays_images(case.case_id, ct, pet, affine, extractor, body_shape)
 
 
-def cohort_images(cohort: Sequence, extractor: FeatureExtractor | None = None, workers: int = 1,
+def cohort_images(cohort: Sequence[Case], extractor: FeatureExtractor | None = None, workers: int = 1,
                   progress: bool = False, label: str = "images",
                   body_shape: tuple[int, int, int] = BODY_SHAPE) -> list[CaseImages]:
     """:func:`case_images` of every case, in cohort order (``workers`` threads)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,9 @@ from .cases import cohort_images
 from .features import FeatureExtractor, load_extractor
 from .memorization import Memorization, memorization_from
 from .metrics import DEFAULT_N_BOOT, REFERENCE_SUFFIX, SYNTH_HALF_SUFFIX, image_metrics_from, twins_from_frame
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def _num(x: Any) -> float | None:
     return None if not np.isfinite(x) else round(x, 6)
 
 
-def compare_images(real, synth, train=None, features: str | FeatureExtractor = "bundled",
+def compare_images(real: Cohort, synth: Cohort, train: Cohort | None = None, features: str | FeatureExtractor = "bundled",
                    n_boot: int = DEFAULT_N_BOOT, seed: int = 0, workers: int = 1, device: str = "cpu",
                    progress: bool = False) -> ImageResults:
     """Image metrics of two Cohorts and, with a training Cohort, the memorization check. ``features``:

@@ -11,12 +11,15 @@ distance). An independent draw from the real population is flagged about 1 % of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .cases import CaseImages
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 PERCENTILE = 1.0
 DUPLICATE_DISTANCE = 1e-6  # a real case this close to a training case is that case (left out of the reference)
@@ -87,7 +90,7 @@ def memorization_from(synth: Sequence[CaseImages], train: Sequence[CaseImages], 
     return Memorization(table[list(COLUMNS)], real_table, threshold, percentile, tuple(left_out))
 
 
-def memorization_check(synth, train, real, workers: int = 1, progress: bool = False,
+def memorization_check(synth: Cohort, train: Cohort, real: Cohort, workers: int = 1, progress: bool = False,
                        percentile: float = PERCENTILE) -> Memorization:
     """The check on three Cohorts: synthetic, the generator's training cohort, and real held-out cases."""
     from .cases import cohort_images

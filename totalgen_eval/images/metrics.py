@@ -20,7 +20,7 @@ repeated-case pairs out of its sums and MS-SSIM is a mean, so theirs are plain p
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from .distances import MomentStats, case_weights, frechet_distance, kernel_matri
 from .features import MODALITIES
 from .grids import BODY_SHAPE, PLANES
 from .similarity import ms_ssim
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 COLUMNS: tuple[str, ...] = ("metric", "modality", "value", "ci_low", "ci_high", "features")
 REFERENCE_SUFFIX = "_real_halves"
@@ -164,7 +167,7 @@ def twins_from_frame(synth_frame: pd.DataFrame) -> dict[str, str]:
     return {str(c): str(t) for c, t in zip(pairs["case_id"], pairs["twin_of"]) if str(t).strip()}
 
 
-def image_metrics(real, synth, features: str = "bundled", n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+def image_metrics(real: Cohort, synth: Cohort, features: str = "bundled", n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                   workers: int = 1, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
     """The image_metrics table of two Cohorts (twins from the synthetic cohort's ``twin_of``)."""
     from .cases import cohort_images

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..volumes import Grid
 from .grids import BODY_HU, body_box, to_ras
+
+if TYPE_CHECKING:
+    from ..cohort import Case
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ def preview_arrays(case_id: str, ct: np.ndarray, pet: np.ndarray, affine: np.nda
     return Preview(case_id, pet_r.max(axis=1), ct_r[:, j, :], (ras.spacing_mm[0], ras.spacing_mm[2]))
 
 
-def case_preview(case, min_voxel_mm: float = 2.0) -> Preview:
+def case_preview(case: Case, min_voxel_mm: float = 2.0) -> Preview:
     """A :class:`Preview` of one cohort Case."""
     pet, affine = case.read_pet()
     ct, _ = case.read_ct()
