@@ -113,16 +113,10 @@ def pooled(real: pd.DataFrame, synth: pd.DataFrame, metric: str) -> models.Colum
     return out
 
 
-def organ_metric_cells(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,
-                       groups: Sequence[tuple[str, str]], settings: CellSettings,
-                       twins: Mapping[str, str] | None) -> tuple[list[dict], list[str]]:
-    """The cells of one organ x metric (before multiplicity) and notes on what was left out."""
+def model_effects(r: pd.DataFrame, s: pd.DataFrame, metric: str,
+                  settings: CellSettings) -> tuple[dict[str, models.Effect], list[str]]:
+    """The adjusted source effects of one organ x metric (``{}`` when there is nothing to model) and notes."""
     notes = []
-    r_all, s_all = real[real["organ"] == organ], synth[synth["organ"] == organ]
-    r, s = positive_rows(r_all, metric), positive_rows(s_all, metric)
-    dropped = sum(int((usable(t, metric) & (t[metric] <= 0)).sum()) for t in (r_all, s_all))
-    if dropped:
-        notes.append(f"{dropped} value(s) <= 0 left out: the ratio of geometric means needs positive values")
     effects, left_out, covariates = models.adjusted_effects(pooled(r, s, metric), settings.min_n, settings.robust)
     if len(r) and len(s) and np.ptp(r[metric].to_numpy(float)) == 0 and np.ptp(s[metric].to_numpy(float)) == 0:
         effects = {}
@@ -130,30 +124,50 @@ def organ_metric_cells(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metr
     if left_out:
         notes.append(f"{left_out} case(s) without a demographic the model needs ({', '.join(['sex', *covariates])}) "
                      "left out of the adjusted model")
-    seen: set[tuple[bytes, bytes]] = set()
-    rows = []
+    return effects, notes
+
+
+def cell_row(r_val: np.ndarray, s_val: np.ndarray, fam: str, effect: models.Effect | None,
+             min_n: int) -> dict:
+    """One cell's estimate (the model's ``effect`` when it can be tested, else the unadjusted one, with no
+    interval below ``min_n`` cases a side), its p-value and descriptive columns."""
+    enough = min(r_val.size, s_val.size) >= min_n
+    tested = effect is not None and enough and effect.usable
+    if not tested:
+        effect = models.unadjusted_effect(np.log(r_val), np.log(s_val))
+        if not enough:
+            effect = models.Effect(effect.d, math.nan, math.nan, effect.n_real, effect.n_synth)
+    return dict(family=fam, n_real=r_val.size, n_synth=s_val.size,
+                n_left_out=(r_val.size + s_val.size - effect.n_real - effect.n_synth) if tested else 0,
+                _effect=effect, _tested=tested, p_value=models.p_value(effect) if tested else math.nan,
+                **describe(r_val, s_val))
+
+
+def organ_metric_cells(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,
+                       groups: Sequence[tuple[str, str]], settings: CellSettings,
+                       twins: Mapping[str, str] | None) -> tuple[list[dict], list[str]]:
+    """The cells of one organ x metric (before multiplicity) and notes on what was left out."""
+    r_all, s_all = real[real["organ"] == organ], synth[synth["organ"] == organ]
+    r, s = positive_rows(r_all, metric), positive_rows(s_all, metric)
+    dropped = sum(int((usable(t, metric) & (t[metric] <= 0)).sum()) for t in (r_all, s_all))
+    effects, notes = model_effects(r, s, metric, settings)
+    if dropped:
+        notes.insert(0, f"{dropped} value(s) <= 0 left out: the ratio of geometric means needs positive values")
     arrays = [(t["case_id"].to_numpy(object), t["sex"].to_numpy(object), t["age_group"].to_numpy(object),
                t[metric].to_numpy(float)) for t in (r, s)]
     twin_values = twin_lookup(r, s, metric, twins) if twins else None
+    seen: set[tuple[bytes, bytes]] = set()
+    rows = []
     for sex, age in groups:
         (r_ids, r_val), (s_ids, s_val) = [(ids[m], v[m]) for ids, sx, ag, v in arrays
                                           for m in [in_subgroup(sx, ag, sex, age)]]
         key = (np.sort(r_ids.astype(str)).tobytes(), np.sort(s_ids.astype(str)).tobytes())
-        if key in seen:
+        if key in seen:  # the same cases as an earlier cell: no duplicate cells
             continue
         seen.add(key)
         fam = family(metric, sex, age)
-        enough = min(r_val.size, s_val.size) >= settings.min_n
-        effect = effects.get(sex) if fam != "descriptive" else None
-        tested = effect is not None and enough and effect.usable
-        if not tested:
-            effect = models.unadjusted_effect(np.log(r_val), np.log(s_val))
-            if not enough:  # an estimate, but no interval below min_n cases a side
-                effect = models.Effect(effect.d, math.nan, math.nan, effect.n_real, effect.n_synth)
-        row = dict(organ=organ, metric=metric, sex=sex, age_group=age, family=fam, n_real=r_val.size,
-                   n_synth=s_val.size, n_left_out=(r_val.size + s_val.size - effect.n_real - effect.n_synth)
-                   if tested else 0, _effect=effect, _tested=tested, **describe(r_val, s_val))
-        row["p_value"] = models.p_value(effect) if tested else math.nan
+        row = dict(organ=organ, metric=metric, sex=sex, age_group=age,
+                   **cell_row(r_val, s_val, fam, effects.get(sex) if fam != "descriptive" else None, settings.min_n))
         if twin_values is not None and age == ALL:
             row["_paired"] = models.paired_effect(twin_values(r_ids, s_ids))
         rows.append(row)
