@@ -1,8 +1,9 @@
 """Training of one cascade stage: EDM loss, AdamW, EMA, periodic checkpoints, a loss log, resume, DDP.
 
-Data come as tensors already on the canvas and normalised (``generator.intensity``):
-``volumes`` (N, 2, X, Y, Z) at the 8 mm canvas (stage 1 trains on their 2x2x2 average, stage 2 on the
-residual), ``demographics`` (N, 4) raw (age years, sex F=0/M=1, height m, weight kg).
+Data come as a volume source (``generator.data``: an in-memory tensor, or cases streamed from an .npy cache
+on disk through a DataLoader), normalised (``generator.intensity``) on the data grid (stage 1 trains on its
+f x f x f average, stage 2 on the residual, on random 3D patches when configured), and demographics (N, 4)
+raw (age years, sex F=0/M=1, height m, weight kg; NaN where unknown).
 
 Randomness is keyed, not streamed: the cases of step ``s`` come from (seed, s) and everything drawn for item
 ``i`` of its batch (z-window, condition dropout, noise level, noise) from (seed, s, i). A run therefore
@@ -20,6 +21,7 @@ canvases; about a third more compute). Neither is exercised on a GPU by the test
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .checkpoints import build_denoiser, load_training_state, save_stage, save_training_state
@@ -37,9 +38,10 @@ from .diffusion import Denoiser, edm_loss_at, sample_training_sigmas
 from .distributed import World, barrier, join_world, parameter_spread, world_mean
 from .networks import set_gradient_checkpointing
 from .precision import autocast, resolve_precision
-from .stages import downsample, lowres_condition, sr_training_pair
+from .data import CanvasCases, TensorVolumes, collate, keyed_generator, split_cases, step_keys, step_loader
+from .previews import coronal_image, sample_preview, write_png
+from .train_config import TrainConfig, learning_rate
 
-WARMUP_STEPS = 100
 RECENT_STEPS = 50
 
 
@@ -75,38 +77,9 @@ class Trainee:
     seconds: float
 
 
-def stage_batch(config: StageConfig, volumes: torch.Tensor, starts: list[int | None] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(training target x0, conditioning image or None) of a stage for a batch of 8 mm canvas volumes.
-
-    ``starts``: one z-window start per case (``patch_start``), cut from the target and the conditioning image
-    after they were computed on the whole volume; None (or None entries) keeps the whole volume.
-    """
-    if config.kind == "lowres":
-        x_lo = downsample(volumes)
-        return x_lo, (lowres_condition(x_lo) if config.network.in_channels > config.network.out_channels else None)
-    if config.kind != "sr":
-        raise ValueError(f"unknown stage kind {config.kind!r} (lowres or sr)")
-    x0, image = sr_training_pair(volumes)
-    if starts is None or any(s is None for s in starts):
-        return x0, image
-    size = config.patch_slices
-    x0 = torch.stack([x[..., s:s + size] for x, s in zip(x0, starts)])
-    image = torch.stack([c[..., s:s + size] for c, s in zip(image, starts)])
-    return x0, image
-
-
-def patch_start(config: StageConfig, length: int, generator: torch.Generator) -> int | None:
-    """A random z-window start (a multiple of 4 slices) for stage 2 with ``patch_slices``, else None."""
-    size = config.patch_slices
-    if config.kind != "sr" or not size or size >= length:
-        return None
-    return int(torch.randint(0, (length - size) // 4 + 1, (1,), generator=generator)) * 4
-
-
-def target_std(config: StageConfig, volumes: torch.Tensor, n: int = 64) -> float:
+def target_std(dataset: CanvasCases, n: int = 64) -> float:
     """Standard deviation of a stage's training target over the first ``n`` cases (for sigma_data)."""
-    x0, _ = stage_batch(config, volumes[:n].float())
+    x0 = torch.stack([dataset[(i, 0, i)]["x0"] for i in range(min(n, len(dataset)))])
     return float(x0.std())
 
 
@@ -122,15 +95,23 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def learning_rate_at(step: int, lr: float) -> float:
-    """Linear warm-up over the first WARMUP_STEPS steps, then ``lr``."""
-    return lr * min(1.0, step / WARMUP_STEPS)
-
-
-def keyed_generator(*key: int) -> torch.Generator:
-    """A CPU generator seeded from the integers ``key`` (e.g. seed, step, item)."""
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+def noise_batch(config: StageConfig, items: dict, item_ids: list[int], step: int, seed: int,
+                device: torch.device) -> Batch:
+    """A Batch from loaded items: each item's condition dropout, noise level, noise and (with
+    ``config.field_dropout``) missing demographic fields come from (seed, step, item)."""
+    gens = [keyed_generator(seed, step, item) for item in item_ids]
+    x0 = items["x0"].to(device).float()
+    keep = torch.cat([torch.rand(1, generator=g) >= config.cond_dropout for g in gens])
+    sigma = torch.cat([sample_training_sigmas(1, config.p_mean, config.p_std, g) for g in gens])
+    noise = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens])
+    demo = items["demographics"].float().clone()
+    if config.field_dropout > 0:
+        drop = torch.stack([torch.rand(demo.shape[1], generator=g) < config.field_dropout for g in gens])
+        demo[drop] = float("nan")
+    image = items.get("image")
+    cond = {"demographics": demo.to(device), "image": None if image is None else image.to(device).float(),
+            "keep": keep.to(device)}
+    return Batch(x0, cond, sigma.to(device), noise.to(device))
 
 
 def draw_batch(config: StageConfig, volumes: torch.Tensor, demographics: torch.Tensor, step: int, seed: int,
@@ -138,22 +119,12 @@ def draw_batch(config: StageConfig, volumes: torch.Tensor, demographics: torch.T
     """This process's ``config.batch_size`` items of step ``step``'s global batch, on ``world.device``.
 
     The global batch (batch_size x world.size cases, drawn with replacement from (seed, step)) is dealt out
-    as items rank, rank + W, ...; each item's z-window, dropout, noise level and noise come from
+    as items rank, rank + W, ...; each item's patch, dropout, noise level and noise come from
     (seed, step, item), so the union over processes is what one process with the whole batch draws.
     """
-    total = config.batch_size * world.size
-    cases = torch.randint(volumes.shape[0], (total,), generator=keyed_generator(seed, step))
-    items = list(range(world.rank, total, world.size))
-    gens = [keyed_generator(seed, step, item) for item in items]
-    starts = [patch_start(config, volumes.shape[-1], g) for g in gens]
-    idx = cases[items]
-    x0, image = stage_batch(config, volumes[idx].to(world.device).float(), starts)
-    keep = torch.cat([torch.rand(1, generator=g) >= config.cond_dropout for g in gens])
-    sigma = torch.cat([sample_training_sigmas(1, config.p_mean, config.p_std, g) for g in gens])
-    noise = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens])
-    cond = {"demographics": demographics[idx].to(world.device).float(), "image": image,
-            "keep": keep.to(world.device)}
-    return Batch(x0, cond, sigma.to(world.device), noise.to(world.device))
+    dataset = CanvasCases(TensorVolumes(volumes, config.sr_factor), demographics, config, seed)
+    keys = step_keys(range(len(dataset)), config.batch_size, step, seed, world.rank, world.size)
+    return noise_batch(config, collate([dataset[k] for k in keys]), [k[2] for k in keys], step, seed, world.device)
 
 
 def prepare(config: StageConfig, out: Path, seed: int, world: World, checkpointing: bool = False) -> Trainee:
@@ -174,18 +145,54 @@ def prepare(config: StageConfig, out: Path, seed: int, world: World, checkpointi
 
 
 def optimise(trainee: Trainee, batch: Batch, lr: float, grad_clip: float, precision: str,
-             device: torch.device) -> torch.Tensor:
-    """One AdamW step on ``batch`` at learning rate ``lr``; returns this process's loss (detached)."""
+             device: torch.device, accum: int = 1) -> torch.Tensor:
+    """One AdamW step on ``batch`` at learning rate ``lr``, its gradient accumulated over ``accum`` equal
+    micro-batches (gradients synchronised across processes on the last only); returns the mean loss."""
     for group in trainee.optimizer.param_groups:
         group["lr"] = lr
-    with autocast(precision, device):
-        loss = edm_loss_at(trainee.denoiser, batch.x0, batch.cond, batch.sigma, batch.noise)
     trainee.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    parts = [torch.chunk(t, accum) for t in (batch.x0, batch.sigma, batch.noise)]
+    conds = [{k: (None if v is None else torch.chunk(v, accum)[i]) for k, v in batch.cond.items()}
+             for i in range(len(parts[0]))]
+    no_sync = getattr(trainee.denoiser.net, "no_sync", contextlib.nullcontext)
+    total = torch.zeros((), device=device)
+    for i, cond in enumerate(conds):
+        with (contextlib.nullcontext() if i == len(conds) - 1 else no_sync()):
+            with autocast(precision, device):
+                loss = edm_loss_at(trainee.denoiser, parts[0][i], cond, parts[1][i], parts[2][i])
+            (loss / len(conds)).backward()
+        total += loss.detach() / len(conds)
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), grad_clip)
     trainee.optimizer.step()
-    return loss.detach()
+    return total
+
+
+@torch.no_grad()
+def validation_loss(ema: Denoiser, dataset: CanvasCases, cases: list[int], seed: int, device: torch.device,
+                    n: int = 16) -> float:
+    """EDM loss of the EMA network on up to ``n`` held-out cases at 4 fixed noise levels (the training
+    distribution's quantiles) with fixed noise: comparable from one evaluation to the next."""
+    config = dataset.config
+    z = torch.tensor([-1.5, -0.5, 0.5, 1.5])
+    sigma = (config.p_mean + config.p_std * z).exp().to(device)
+    losses = []
+    for case in cases[:n]:
+        item = collate([dataset[(case, 0, case)]] * len(z))
+        batch = noise_batch(dataclasses.replace(config, cond_dropout=0.0, field_dropout=0.0), item,
+                            [case] * len(z), 2**32 - 2, seed, device)
+        losses.append(float(edm_loss_at(ema, batch.x0, batch.cond, sigma, batch.noise)))
+    return sum(losses) / max(len(losses), 1)
+
+
+def write_preview(ema: Denoiser, dataset: CanvasCases, case: int, step: int, seed: int, out: Path,
+                  device: torch.device) -> Path:
+    """``previews/<kind>-<step>.png``: the coronal middle slice of a volume sampled for ``case``."""
+    item = dict(dataset[(case, 0, case)])
+    if dataset.config.kind == "sr":
+        item["low"] = dataset.source.low(case)
+    volume = sample_preview(ema, dataset.config, item, seed, device)
+    return write_png(out / "previews" / f"{dataset.config.kind}-{step:07d}.png", coronal_image(volume))
 
 
 def save_checkpoint(trainee: Trainee, config: StageConfig, out: Path, step: int, info: dict) -> None:
@@ -194,33 +201,42 @@ def save_checkpoint(trainee: Trainee, config: StageConfig, out: Path, step: int,
     save_stage(trainee.ema, config, out, dict(info, step=step))
 
 
-def train_stage(config: StageConfig, volumes: torch.Tensor, demographics: torch.Tensor, out: str | Path,
+def train_stage(config: StageConfig, volumes, demographics: torch.Tensor, out: str | Path,
                 steps: int | None = None, batch_size: int | None = None, seed: int = 0,
                 device: str | torch.device = "cpu", checkpoint_every: int = 200, log_every: int = 10,
                 callback: Callable[[TrainProgress], None] | None = None, meta: dict | None = None,
-                precision: str = "auto", checkpointing: bool = False) -> Path:
+                precision: str = "auto", checkpointing: bool = False, recipe: TrainConfig | None = None) -> Path:
     """Train (or resume training of) one stage and return the path of its EMA weights.
 
-    volumes (N, 2, X, Y, Z) normalised 8 mm canvas; demographics (N, 4). ``out`` is a cascade folder:
-    it receives ``<kind>.safetensors/.json`` (EMA weights, what sampling uses), ``<kind>-state.*`` (resume)
-    and ``<kind>-loss.csv`` (step, loss, lr, seconds). A folder holding a state of another architecture
-    raises CheckpointError. ``steps``/``batch_size`` (per process) override the config's (they are saved in
-    it). ``precision``: "auto" (bf16 autocast where the device runs it fast, see generator.precision), "bf16",
-    "fp32". ``checkpointing``: gradient checkpointing of the residual blocks (memory for compute).
+    volumes: (N, 2, X, Y, Z) normalised on the data grid, or a volume source streamed from disk
+    (``generator.data.NpyCache``); demographics (N, 4), NaN where a field is unknown. ``out`` is a cascade
+    folder: it receives ``<kind>.safetensors/.json`` (EMA weights, what sampling uses), ``<kind>-state.*``
+    (resume), ``<kind>-loss.csv`` (step, loss, lr, seconds) and, with a ``recipe`` asking for them,
+    ``<kind>-val.csv`` (step, val_loss) and ``previews/<kind>-<step>.png``. ``recipe`` (a TrainConfig) sets
+    warm-up and cosine decay, gradient accumulation, the held-out split, DataLoader workers and the intervals;
+    None: 100 warm-up steps then a constant rate. A folder holding a state of another architecture raises
+    CheckpointError. ``steps``/``batch_size`` (per process and micro-batch) override the config's.
+    ``precision``: "auto", "bf16", "fp32"; ``checkpointing``: gradient checkpointing of the residual blocks.
     """
-    out = Path(out)
+    out, recipe = Path(out), recipe or TrainConfig(stage=config.kind)
     config = dataclasses.replace(config, steps=steps or config.steps, batch_size=batch_size or config.batch_size)
     world = join_world(device)
     precision = resolve_precision(precision, world.device)
     trainee = prepare(config, out, seed, world, checkpointing)
+    source = TensorVolumes(volumes, config.sr_factor) if isinstance(volumes, torch.Tensor) else volumes
+    dataset = CanvasCases(source, demographics, config, seed)
+    train_cases, val_cases = split_cases(len(dataset), recipe.val_fraction, seed)
     log = LossLog(out / f"{config.kind}-loss.csv", log_every, fresh=trainee.start == 0) if world.is_main else None
-    info = dict(meta or {}, seed=seed, precision=precision, world_size=world.size,
-                global_batch=config.batch_size * world.size)
+    info = dict(meta or {}, seed=seed, precision=precision, world_size=world.size, grad_accum=recipe.grad_accum,
+                global_batch=config.batch_size * recipe.grad_accum * world.size, validation_cases=len(val_cases))
     t0 = time.perf_counter() - trainee.seconds
-    for step in range(trainee.start + 1, config.steps + 1):
-        lr = learning_rate_at(step, config.lr)
-        batch = draw_batch(config, volumes, demographics, step, seed, world)
-        value = world_mean(optimise(trainee, batch, lr, config.grad_clip, precision, world.device), world)
+    batches = step_loader(dataset, train_cases, config.batch_size * recipe.grad_accum,
+                          range(trainee.start + 1, config.steps + 1), seed, world.rank, world.size, recipe.workers)
+    for step, items, item_ids in batches:
+        lr = learning_rate(step, config.lr, recipe.warmup_steps, config.steps, recipe.lr_final)
+        batch = noise_batch(config, items, item_ids, step, seed, world.device)
+        value = world_mean(optimise(trainee, batch, lr, config.grad_clip, precision, world.device,
+                                    recipe.grad_accum), world)
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss is {value} at step {step}; lower the learning rate")
         update_ema(trainee.ema, trainee.model, ema_decay_at(step, config.ema_decay))
@@ -229,9 +245,33 @@ def train_stage(config: StageConfig, volumes: torch.Tensor, demographics: torch.
             log.add(step, value, lr, seconds, last=step == config.steps)
         if callback is not None:
             callback(TrainProgress(step, config.steps, value, seconds))
-        if world.is_main and (step % checkpoint_every == 0 or step == config.steps):
-            save_checkpoint(trainee, config, out, step, dict(info, seconds=round(seconds, 1),
-                                                             loss_recent=log.recent_mean() if log else None))
+        if world.is_main:
+            after_step(trainee, dataset, val_cases or train_cases[:1], recipe, step, out, seed, world.device,
+                       dict(info, seconds=round(seconds, 1), loss_recent=log.recent_mean() if log else None),
+                       checkpoint_every)
+    return finish(trainee, config, out, world, info)
+
+
+def after_step(trainee: Trainee, dataset: CanvasCases, held_out: list[int], recipe: TrainConfig, step: int,
+               out: Path, seed: int, device: torch.device, info: dict, checkpoint_every: int) -> None:
+    """Rank 0's work after a step: validation loss, sample preview and checkpoint when their interval is due."""
+    config, last = dataset.config, step == dataset.config.steps
+    if recipe.val_every and recipe.val_fraction and (step % recipe.val_every == 0 or last):
+        value = validation_loss(trainee.ema, dataset, held_out, seed, device)
+        path = out / f"{config.kind}-val.csv"
+        if not path.exists():
+            path.write_text("step,val_loss\n")
+        with open(path, "a") as fh:
+            fh.write(f"{step},{value:.6f}\n")
+        info = dict(info, val_loss=value)
+    if recipe.preview_every and (step % recipe.preview_every == 0 or last):
+        write_preview(trainee.ema, dataset, held_out[0], step, seed, out, device)
+    if step % checkpoint_every == 0 or last:
+        save_checkpoint(trainee, config, out, step, info)
+
+
+def finish(trainee: Trainee, config: StageConfig, out: Path, world: World, info: dict) -> Path:
+    """The EMA weights' path after the loop; a resumed finished run still writes them; processes checked in sync."""
     weights = out / f"{config.kind}.safetensors"
     if world.is_main and trainee.start >= config.steps and not weights.exists():
         save_checkpoint(trainee, config, out, trainee.start, dict(info, seconds=round(trainee.seconds, 1)))
