@@ -29,13 +29,14 @@ BODY_HU = -500.0
 STAGES = ("lowres", "sr")
 
 
-def canvas_grid(voxel_mm: float = CANVAS_VOXEL_MM) -> Grid:
-    """The generator's canvas grid at ``voxel_mm``."""
+def canvas_grid(voxel_mm: float = CANVAS_VOXEL_MM, fov_mm: tuple[float, float, float] | None = None) -> Grid:
+    """The generator's canvas grid at ``voxel_mm`` over ``fov_mm`` (default: generator.config.FOV_MM)."""
     from generator.config import FOV_MM
     from generator.stages import canvas_affine
 
-    shape = tuple(int(round(f / voxel_mm)) for f in FOV_MM)
-    return Grid(shape, canvas_affine(voxel_mm, FOV_MM))
+    fov = fov_mm or FOV_MM
+    shape = tuple(int(round(f / voxel_mm)) for f in fov)
+    return Grid(shape, canvas_affine(voxel_mm, fov))
 
 
 def body_shift_mm(ct: np.ndarray, grid: Grid, canvas: Grid) -> np.ndarray:
@@ -69,102 +70,202 @@ def place_on_canvas(ct: np.ndarray, pet: np.ndarray, grid: Grid, canvas: Grid) -
             resample_to_grid(pet, source, canvas, order=1, cval=0.0).astype(np.float32))
 
 
-def cohort_arrays(cohort_path: str | Path, voxel_mm: float = CANVAS_VOXEL_MM,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, dict]:
-    """(volumes (N, 2, X, Y, Z) normalised float32, demographics columns) of a cohort on the canvas.
+DEMOGRAPHIC_FIELDS = ("age", "sex", "height_m", "weight_kg")
 
-    Cases without age or sex are skipped (warning). Missing height/weight are drawn from a population
-    model fitted to the complete cases (given sex and age), which needs at least 10 of them (InputError).
-    """
-    from generator.intensity import to_unit
-    from generator.population import PopulationModel
 
-    from .cohort import load_cohort
+def read_demographics_csv(path: str | Path) -> dict[str, dict[str, object]]:
+    """case_id -> {field: value} from a side CSV with ``case_id`` and any of age, sex, height_m, weight_kg
+    (blank cells are left out; AutoPET users take height and weight from the DICOM headers)."""
+    import pandas as pd
 
-    cohort = load_cohort(cohort_path)
-    canvas = canvas_grid(voxel_mm)
-    rows = [c for c in cohort if c.sex in ("F", "M") and np.isfinite(c.age)]
-    if len(rows) < len(cohort):
-        warnings.warn(f"{len(cohort) - len(rows)} case(s) without age or sex skipped", UserWarning, stacklevel=2)
-    demo = {"case_id": np.array([c.case_id for c in rows]), "age": np.array([c.age for c in rows], float),
-            "sex": np.array([c.sex for c in rows]), "height_m": np.array([c.height_m for c in rows], float),
-            "weight_kg": np.array([c.weight_kg for c in rows], float)}
-    complete = np.isfinite(demo["height_m"]) & np.isfinite(demo["weight_kg"])
-    if not rows:
-        raise InputError("no case with age and sex to train on", cohort_path)
-    if not complete.all() and complete.sum() < 10:
-        raise InputError(f"only {int(complete.sum())} case(s) with height and weight; filling in the others needs "
-                         "at least 10", cohort_path)
-    if not complete.all():
-        fitted = PopulationModel.fit({k: v[complete] for k, v in demo.items()})
-        filled = fitted.fill_missing(demo, np.random.default_rng(0))
-        demo.update(height_m=filled["height_m"], weight_kg=filled["weight_kg"])
-    volumes = torch.empty((len(rows), 2, *canvas.shape), dtype=torch.float32)
-    for i, case in enumerate(rows):
+    try:
+        table = pd.read_csv(path, dtype={"case_id": str})
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the demographics table ({exc})", path) from None
+    fields = [c for c in DEMOGRAPHIC_FIELDS if c in table.columns]
+    if "case_id" not in table.columns or not fields:
+        raise InputError("expected a case_id column and at least one of " + ", ".join(DEMOGRAPHIC_FIELDS), path)
+    out: dict[str, dict[str, object]] = {}
+    for row in table.itertuples(index=False):
+        values = {f: getattr(row, f) for f in fields if not pd.isna(getattr(row, f))}
+        out[str(row.case_id)] = values
+    return out
+
+
+def cohort_demographics(cases: list, side: dict[str, dict[str, object]] | None = None) -> dict[str, np.ndarray]:
+    """Columns case_id, age, sex, height_m, weight_kg of ``cases`` (NaN / None where unknown); a side
+    table's values win where it has them."""
+    side = side or {}
+    rows = [{f: side.get(c.case_id, {}).get(f, getattr(c, f)) for f in DEMOGRAPHIC_FIELDS} for c in cases]
+    return {"case_id": np.array([c.case_id for c in cases]),
+            "age": np.array([_number(r["age"]) for r in rows]),
+            "sex": np.array([str(r["sex"]).upper() if r["sex"] in ("F", "M", "f", "m") else None for r in rows],
+                            dtype=object),
+            "height_m": np.array([_number(r["height_m"]) for r in rows]),
+            "weight_kg": np.array([_number(r["weight_kg"]) for r in rows])}
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def demographics_table(demo: dict[str, np.ndarray]) -> torch.Tensor:
+    """(N, 4) float32 (age years, sex F=0/M=1, height m, weight kg) with NaN for every unknown field."""
+    sex = [1.0 if s == "M" else 0.0 if s == "F" else np.nan for s in demo["sex"]]
+    table = np.stack([demo["age"], np.asarray(sex, float), demo["height_m"], demo["weight_kg"]], 1)
+    return torch.as_tensor(table, dtype=torch.float32)
+
+
+class CanvasReader:
+    """Case ``i`` of ``cases`` read and placed on ``canvas``: normalised float32 (2, X, Y, Z) (CT, PET)."""
+
+    def __init__(self, cases: list, canvas: Grid):
+        self.cases, self.canvas = cases, canvas
+
+    def __call__(self, i: int) -> np.ndarray:
+        from generator.intensity import to_unit
+
+        case = self.cases[i]
         ct, affine = case.read_ct(resample=True)
         pet, _ = case.read_pet()
         try:
-            ct, pet = place_on_canvas(ct, pet, Grid(tuple(pet.shape), affine), canvas)
+            ct, pet = place_on_canvas(ct, pet, Grid(tuple(pet.shape), affine), self.canvas)
         except ValueError as exc:
             raise InputError(str(exc), case.ct) from None
-        volumes[i] = to_unit(torch.from_numpy(ct), torch.from_numpy(pet))
+        return to_unit(torch.from_numpy(ct), torch.from_numpy(pet)).numpy()
+
+
+def cache_name(case, voxel_mm: float) -> str:
+    """A stable cache file name for ``case`` at ``voxel_mm``: its id and a digest of its files' paths, sizes
+    and modification times (a changed file is read again)."""
+    import hashlib
+    import re
+
+    stats = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (Path(case.ct), Path(case.pet))]
+    digest = hashlib.sha256("|".join(stats + [f"{voxel_mm:g}"]).encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', case.case_id)[:80]}-{digest}"
+
+
+def cohort_arrays(cohort_path: str | Path, voxel_mm: float = CANVAS_VOXEL_MM,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, dict]:
+    """(volumes (N, 2, X, Y, Z) normalised float32 in memory, demographics columns, NaN where unknown)."""
+    from .cohort import load_cohort
+
+    cases = list(load_cohort(cohort_path))
+    read = CanvasReader(cases, canvas_grid(voxel_mm))
+    volumes = torch.empty((len(cases), 2, *read.canvas.shape), dtype=torch.float32)
+    for i in range(len(cases)):
+        volumes[i] = torch.from_numpy(read(i))
         if progress is not None:
-            progress(i + 1, len(rows))
-    return volumes, demo
+            progress(i + 1, len(cases))
+    return volumes, cohort_demographics(cases)
 
 
-def stage_config(stage: str, out: Path, volumes: torch.Tensor):
-    """The stage's config: the saved one when ``out`` holds a run of it, else the default with sigma_data
+def streamed_cohort(cohort_path: str | Path, out: Path, recipe, demographics_csv: str | Path | None = None,
+                    progress: Callable[[int, int], None] | None = None):
+    """(NpyCache of the cohort on the recipe's data grid under ``out/cache``, demographics columns).
+
+    Every case is read once (here, so a bad case stops the run before training) and cached as .npy; a
+    re-run reuses the cache. No case is refused for a missing demographic field.
+    """
+    from generator.data import NpyCache
+
+    from .cohort import load_cohort
+
+    cases = list(load_cohort(cohort_path))
+    if not cases:
+        raise InputError("no case to train on", cohort_path)
+    demo = cohort_demographics(cases, read_demographics_csv(demographics_csv) if demographics_csv else None)
+    canvas = canvas_grid(recipe.voxel_mm, tuple(recipe.fov_mm))
+    names = [cache_name(c, recipe.voxel_mm) for c in cases]
+    cache = NpyCache(CanvasReader(cases, canvas), names, out / "cache" / f"{recipe.voxel_mm:g}mm", recipe.sr_factor)
+    for i in range(len(cases)):
+        cache.ensure(i)
+        if progress is not None:
+            progress(i + 1, len(cases))
+    return cache, demo
+
+
+def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
+    """The stage's config: the saved one when ``out`` holds a run of it, else the recipe's with sigma_data
     set to the standard deviation of its training target in these data (rounded to 3 decimals)."""
     from generator.checkpoints import read_stage_json
-    from generator.config import default_lowres, default_sr
+    from generator.data import CanvasCases
+    from generator.train_config import stage_config as recipe_stage
     from generator.training import target_std
 
-    if stage not in STAGES:
-        raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
-    state = out / f"{stage}-state.json"
+    state = out / f"{recipe.stage}-state.json"
     if state.is_file():
         return read_stage_json(state)[0]
-    config = default_lowres() if stage == "lowres" else default_sr()
-    return dataclasses.replace(config, sigma_data=round(target_std(config, volumes), 3))
+    config = recipe_stage(recipe, sigma_data=0.5)
+    return dataclasses.replace(config, sigma_data=round(target_std(CanvasCases(source, demographics, config)), 3))
+
+
+def training_recipe(stage: str, out: Path, config_path: str | Path | None, overrides: dict):
+    """The TrainConfig: ``config_path``, else the one saved in ``out``, else the stage default; then the
+    options given on the command line (``overrides``, None = not given)."""
+    from generator.train_config import TrainConfig, check_train_config, load_train_config, train_config_from_dict
+
+    saved = out / f"{stage}-train-config.json"
+    source = config_path or (saved if saved.is_file() else None)
+    try:
+        recipe = load_train_config(source) if source else TrainConfig(stage=stage)
+        if recipe.stage != stage:
+            raise ValueError(f"it is for stage {recipe.stage}, not {stage}")
+        recipe = dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+        check_train_config(recipe)
+        return train_config_from_dict(dataclasses.asdict(recipe))
+    except ValueError as exc:
+        raise InputError(f"training config: {exc}", config_path or "--config") from None
 
 
 def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path = "runs/cascade",
                 steps: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
-                progress: bool = True, threads: int | None = None, checkpoint_every: int = 200,
-                precision: str = "auto", checkpointing: bool = False) -> Path:
-    """Train stage ``lowres`` or ``sr`` of the generator on a cohort; returns the EMA weights' path.
+                progress: bool = True, threads: int | None = None, checkpoint_every: int | None = None,
+                precision: str | None = None, checkpointing: bool | None = None,
+                config_path: str | Path | None = None, demographics_csv: str | Path | None = None,
+                workers: int | None = None) -> Path:
+    """Train stage ``lowres`` or ``sr`` of the generator on a cohort (any layout); returns the EMA weights' path.
 
     ``out`` is a cascade folder: train both stages into the same folder and pass it to
-    ``generate --checkpoint``. It also receives population.json (the cohort's demographics model),
-    ``<stage>-loss.csv`` and ``train-<stage>.json`` (command settings, cohort, versions). Re-running the
-    same command resumes from the last checkpoint; a folder holding another architecture is refused.
-    Under ``torchrun`` the loop runs data-parallel (DDP, ``generator.distributed``): every process reads the
-    cohort, ``batch_size`` is per process, rank 0 writes the files and shows progress. ``precision`` "auto"
-    trains with bf16 autocast where the device runs it fast (AMX/AVX512-BF16 CPUs, recent GPUs), else
-    float32; ``checkpointing`` trades compute for activation memory (large canvases on GPUs).
+    ``generate --checkpoint``. It also receives population.json (the cohort's demographics model, when at
+    least 2 cases have all four fields), ``<stage>-loss.csv``, ``<stage>-train-config.json`` (the recipe),
+    ``train-<stage>.json`` (command settings, cohort, versions) and ``cache/`` (the cases on the data grid,
+    .npy). Demographics may come from ``demographics_csv`` (case_id + any of age, sex, height_m, weight_kg);
+    a missing field is handled per field by the network. ``config_path``: a TrainConfig JSON
+    (``generator/configs/``); the other options override it. Re-running the same command resumes.
+    Under ``torchrun`` the loop runs data-parallel (DDP): rank 0 caches the cohort and writes the files.
     """
     from generator.distributed import barrier, join_world, leave_world
+    from generator.train_config import train_config_dict
 
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
     if threads:
         torch.set_num_threads(int(threads))
+    out = Path(out)
+    recipe = training_recipe(stage, out, config_path, dict(
+        steps=steps, batch_size=batch_size, precision=precision, grad_checkpointing=checkpointing,
+        checkpoint_every=checkpoint_every, workers=workers))
     world = join_world(device)
     bar = _progress_bar(progress and world.is_main)
     try:
-        volumes, demo = _load_cohort(cohort_path, bar)
-        config = stage_config(stage, Path(out), volumes)
+        if not world.is_main:
+            barrier(world)  # rank 0 fills the cache first
+        source, demo = _load_cohort(cohort_path, out, recipe, demographics_csv, bar)
+        config = stage_config(recipe, out, source, demographics_table(demo))
         if world.is_main:
-            _write_population(demo, Path(out))
-        barrier(world)
-        path, settings = _run_training(cohort_path, stage, Path(out), config, volumes, demo, bar,
-                                       dict(steps=steps, batch_size=batch_size, seed=seed, device=world.device,
-                                            checkpoint_every=checkpoint_every, precision=precision,
-                                            checkpointing=checkpointing))
+            _write_population(demo, out)
+            write_json(train_config_dict(recipe), out / f"{stage}-train-config.json")
+            barrier(world)
+        path, settings = _run_training(cohort_path, stage, out, config, recipe, source, demo, bar,
+                                       dict(seed=seed, device=world.device))
         if world.is_main:
             write_json(dict(settings, world_size=world.size, versions=package_versions()),
-                       Path(out) / f"train-{stage}.json")
+                       out / f"train-{stage}.json")
         leave_world(world)
         return path
     finally:
@@ -172,12 +273,13 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
             bar.stop()
 
 
-def _load_cohort(cohort_path: str | Path, bar) -> tuple[torch.Tensor, dict]:
-    """The cohort on the canvas, with a progress task when ``bar`` is given."""
+def _load_cohort(cohort_path: str | Path, out: Path, recipe, demographics_csv, bar):
+    """The cohort cached on the data grid, with a progress task when ``bar`` is given."""
     if bar is None:
-        return cohort_arrays(cohort_path)
-    task = bar.add_task("loading cohort", total=None)
-    return cohort_arrays(cohort_path, progress=lambda i, n: bar.update(task, completed=i, total=n))
+        return streamed_cohort(cohort_path, out, recipe, demographics_csv)
+    task = bar.add_task("caching cohort", total=None)
+    return streamed_cohort(cohort_path, out, recipe, demographics_csv,
+                           progress=lambda i, n: bar.update(task, completed=i, total=n))
 
 
 def _write_population(demo: dict, out: Path) -> None:
@@ -185,36 +287,48 @@ def _write_population(demo: dict, out: Path) -> None:
     from generator.population import PopulationModel
 
     out.mkdir(parents=True, exist_ok=True)
-    PopulationModel.fit(demo).save(out / "population.json")
+    try:
+        PopulationModel.fit(demo).save(out / "population.json")
+    except ValueError as exc:
+        warnings.warn(f"no population.json written ({exc}); generate --checkpoint needs one: copy it from a "
+                      "cascade trained on a cohort with heights and weights", UserWarning, stacklevel=2)
 
 
-def _run_training(cohort_path: str | Path, stage: str, out: Path, config, volumes: torch.Tensor, demo: dict,
+def _run_training(cohort_path: str | Path, stage: str, out: Path, config, recipe, source, demo: dict,
                   bar, options: dict) -> tuple[Path, dict]:
     """Run the training loop; returns (EMA weights path, the record for ``train-<stage>.json``)."""
-    from generator.cascade import demographics_tensor
     from generator.checkpoints import CheckpointError, read_stage_json
     from generator.training import train_stage as train_loop
 
-    total = options["steps"] or config.steps
+    total = recipe.steps or config.steps
     callback = None
     if bar is not None:
         task = bar.add_task(f"training {stage}", total=total)
 
         def callback(p) -> None:
             bar.update(task, completed=p.step, description=f"training {stage} loss {p.loss:.3f}")
-    settings = {"cohort": Path(cohort_path).resolve().name, "n_cases": int(volumes.shape[0]), "stage": stage,
-                "steps": total, "batch_size": options["batch_size"] or config.batch_size, "seed": options["seed"],
-                "device": str(options["device"]), "threads": torch.get_num_threads(),
-                "precision": options["precision"], "checkpointing": options["checkpointing"]}
+    missing = {f: int(np.sum(pd_isna(demo[f]))) for f in DEMOGRAPHIC_FIELDS}
+    settings = {"cohort": Path(cohort_path).resolve().name, "n_cases": len(source), "stage": stage,
+                "steps": total, "batch_size": config.batch_size, "grad_accum": recipe.grad_accum,
+                "seed": options["seed"], "device": str(options["device"]), "threads": torch.get_num_threads(),
+                "precision": recipe.precision, "checkpointing": recipe.grad_checkpointing, "missing": missing}
     started = time.time()
     try:
-        path = train_loop(config, volumes, demographics_tensor(demo), out, callback=callback,
-                          meta={"cohort": settings["cohort"], "n_cases": settings["n_cases"]}, **options)
+        path = train_loop(config, source, demographics_table(demo), out, callback=callback,
+                          meta={"cohort": settings["cohort"], "n_cases": settings["n_cases"]}, steps=total,
+                          checkpoint_every=recipe.checkpoint_every, precision=recipe.precision,
+                          checkpointing=recipe.grad_checkpointing, recipe=recipe, **options)
     except CheckpointError as exc:
         raise InputError(f"{exc}; use another --out", out) from None
     final = read_stage_json(out / f"{stage}.json")[1] if (out / f"{stage}.json").is_file() else {}
     return path, {"settings": settings, "config": to_jsonable(dataclasses.asdict(config)),
+                  "recipe": to_jsonable(dataclasses.asdict(recipe)),
                   "wall_seconds_this_run": round(time.time() - started, 1), "final": final}
+
+
+def pd_isna(values) -> np.ndarray:
+    """Missing entries of a demographics column (NaN numbers, None sex)."""
+    return np.array([v is None or (isinstance(v, float) and not np.isfinite(v)) for v in values])
 
 
 def _progress_bar(enabled: bool):

@@ -81,11 +81,21 @@ def train(
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, max=10**8, metavar="N", help="Optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, max=4096, metavar="N",
                                                                    help="Cases a step (per process under torchrun).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 autocast where the device runs it fast), "
-                                           "bf16 or fp32.")] = "auto",
-    checkpointing: Annotated[bool, typer.Option("--grad-checkpointing/--no-grad-checkpointing",
-                                                help="Recompute activations in the backward pass: less memory for "
-                                                "large canvases on GPUs, about a third more compute.")] = False,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast where the device runs it "
+                                                     "fast), bf16 or fp32 (default: the config's, auto).")] = None,
+    checkpointing: Annotated[Optional[bool], typer.Option("--grad-checkpointing/--no-grad-checkpointing",
+                                                          help="Recompute activations in the backward pass: less memory for "
+                                                          "large canvases on GPUs, about a third more compute.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", metavar="FILE",
+                                                   help="Training config JSON (grid, channels, SR factor, patch size, "
+                                                   "learning-rate schedule ...; see generator/configs/).")] = None,
+    demographics: Annotated[Optional[Path], typer.Option("--demographics", metavar="FILE",
+                                                         help="CSV: case_id and any of age, sex, height_m, weight_kg "
+                                                         "(e.g. from AutoPET's DICOM headers); wins over the cohort's.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, max=256, metavar="N",
+                                                   help="DataLoader worker processes reading the cached cases.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, max=10**8, metavar="N",
+                                                            help="Steps between checkpoints (default 200).")] = None,
     seed: Seed = 0,
     device: Device = "cpu",
     progress: Progress = True,
@@ -101,12 +111,14 @@ def train(
 
     if stage not in ("lowres", "sr"):
         raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
-    if precision not in ("auto", "bf16", "fp32"):
+    if precision is not None and precision not in ("auto", "bf16", "fp32"):
         raise InputError(f"unknown precision {precision!r} (auto, bf16 or fp32)", "--precision")
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes (and locks) the folder
     with output_folder(out_dir, "train") if writer else nullcontext():
         path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
-                           device=device, progress=progress, precision=precision, checkpointing=checkpointing)
+                           device=device, progress=progress, precision=precision, checkpointing=checkpointing,
+                           config_path=config, demographics_csv=demographics, workers=workers,
+                           checkpoint_every=checkpoint_every)
     if int(os.environ.get("RANK", "0")) == 0:
         say(f"checkpoint written to {path}")
 

@@ -1,0 +1,163 @@
+"""Generator training infrastructure (issue 14 item 1): any cohort layout, per-field missing demographics,
+data streamed from an .npy cache, 3D patches for stage 2, the typed training config and its GPU recipes."""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from generator.config import NetworkConfig, default_sr, tiny_sr
+from generator.data import CanvasCases, TensorVolumes, sr_patch
+from generator.networks import UNet3D
+from generator.stages import sr_training_pair
+from generator.train_config import (TrainConfig, estimate_cost, learning_rate, load_train_config, stage_config,
+                                    train_config_dict)
+from totalgen_eval.errors import InputError
+from totalgen_eval.phantom import make_cohort
+from totalgen_eval.training_data import train_stage
+
+CONFIGS = Path(__file__).resolve().parents[1] / "generator" / "configs"
+
+
+def tiny_recipe(tmp_path: Path, stage: str, **fields) -> Path:
+    """A tiny training config file on the 8 mm phantom canvas (2-level UNet of 4 and 8 channels)."""
+    data = dict(stage=stage, voxel_mm=8.0, channels=[4, 8], emb_dim=16, batch_size=2, warmup_steps=1, **fields)
+    path = tmp_path / f"{stage}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_tcia_phantoms_without_height_or_weight_train_and_resume(tmp_path):
+    cohort = make_cohort(tmp_path / "tcia", n=3, seed=4, layout="tcia", progress=False)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no population.json written"):  # no case has height and weight
+        path = train_stage(cohort, "lowres", out, steps=2, progress=False, threads=1,
+                           config_path=tiny_recipe(tmp_path, "lowres"))
+    record = json.loads((out / "train-lowres.json").read_text())
+    assert path.is_file() and record["final"]["step"] == 2 and record["settings"]["n_cases"] == 3
+    assert record["settings"]["missing"] == {"age": 0, "sex": 0, "height_m": 3, "weight_kg": 3}
+    assert len(list((out / "cache" / "8mm").glob("*.npy"))) == 6  # high-res and low-res per case
+    assert json.loads((out / "lowres.json").read_text())["config"]["network"]["field_nulls"] is True
+    train_stage(cohort, "lowres", out, steps=4, progress=False, threads=1)  # resumes with the saved recipe
+    assert json.loads((out / "lowres.json").read_text())["meta"]["step"] == 4
+    steps = [int(line.split(",")[0]) for line in (out / "lowres-loss.csv").read_text().splitlines()[1:]]
+    assert steps == [2, 4]
+
+
+def test_a_side_table_fills_demographics_per_field(tmp_path):
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.training_data import cohort_demographics, demographics_table, read_demographics_csv
+
+    cohort = make_cohort(tmp_path / "tcia", n=2, seed=4, layout="tcia", progress=False)
+    cases = list(load_cohort(cohort))
+    side = tmp_path / "side.csv"
+    side.write_text(f"case_id,weight_kg\n{cases[0].case_id},71.5\n{cases[1].case_id},\n")
+    table = demographics_table(cohort_demographics(cases, read_demographics_csv(side)))
+    assert table[0, 3] == 71.5 and math.isnan(float(table[1, 3]))
+    assert torch.isnan(table[:, 2]).all() and torch.isfinite(table[:, :2]).all()
+    (tmp_path / "bad.csv").write_text("id,height\nx,1\n")
+    with pytest.raises(InputError, match="case_id"):
+        read_demographics_csv(tmp_path / "bad.csv")
+
+
+def test_a_missing_field_takes_its_null_value_and_nothing_changes_when_all_are_given():
+    torch.manual_seed(0)
+    old = UNet3D(NetworkConfig(channels=(4, 8), emb_dim=16))
+    new = UNet3D(NetworkConfig(channels=(4, 8), emb_dim=16, field_nulls=True))
+    assert "field_null" not in old.state_dict() and new.state_dict()["field_null"].shape == (4,)
+    cond = torch.tensor([[60.0, 1.0, 1.80, 90.0], [40.0, 0.0, float("nan"), float("nan")]])
+    c_noise = torch.tensor([0.1, -0.3])
+    reference = (cond - old.cond_center) / old.cond_scale  # the formula before missing fields existed
+    expected = torch.nn.functional.silu(old.noise_emb(c_noise) + old.cond_emb(torch.nan_to_num(reference, nan=0.0)))
+    assert torch.equal(old.embedding(c_noise, cond, None), expected)  # missing -> the field's centre
+    with torch.no_grad():
+        new.field_null.copy_(torch.tensor([0.0, 0.0, 0.7, -1.2]))
+    z = new.normalised_condition(cond).detach()
+    assert torch.equal(z[0], reference[0]) and z[1, 2] == pytest.approx(0.7) and z[1, 3] == pytest.approx(-1.2)
+
+
+def test_the_bundled_cascade_is_bit_identical_with_every_field_given(monkeypatch):
+    from generator import load_cascade
+
+    demographics = {"age": [45.0], "sex": ["F"], "height_m": [1.65], "weight_kg": [62.0]}
+    cascade = load_cascade(precision="fp32")
+    now = cascade.generate(demographics, seed=1, steps=2, sr_steps=1)[0]
+
+    def before(self, cond):  # the embedding input as it was computed before per-field nulls
+        return (cond.float() - self.cond_center) / self.cond_scale
+
+    monkeypatch.setattr(UNet3D, "normalised_condition", before)
+    then = cascade.generate(demographics, seed=1, steps=2, sr_steps=1)[0]
+    assert np.array_equal(now[0], then[0]) and np.array_equal(now[1], then[1])
+
+
+def test_a_stage_2_patch_equals_the_whole_volume_pair_cut_to_the_patch():
+    config = tiny_sr((8, 8, 16))
+    volumes = torch.rand(1, 2, 16, 16, 32) * 0.5
+    x0, image = sr_training_pair(volumes, 2)
+    origin, patch = (4, 0, 10), (8, 16, 16)
+    px0, pimage = sr_patch(TensorVolumes(volumes), 0, config, origin, patch)
+    cut = (slice(None), slice(4, 12), slice(0, 16), slice(10, 26))
+    torch.testing.assert_close(px0, x0[0][cut], rtol=0, atol=1e-5)
+    torch.testing.assert_close(pimage, image[0][cut], rtol=0, atol=1e-5)
+
+
+def test_a_patch_trained_stage_2_runs_with_validation_and_previews(tmp_path):
+    cohort = make_cohort(tmp_path / "ph", n=4, seed=6, progress=False)
+    out = tmp_path / "run"
+    recipe = tiny_recipe(tmp_path, "sr", patch_size=[16, 16, 32], val_fraction=0.25, val_every=1,
+                         preview_every=2, grad_accum=2, lr_final=0.1)
+    train_stage(cohort, "sr", out, steps=2, progress=False, threads=1, config_path=recipe)
+    val = (out / "sr-val.csv").read_text().splitlines()
+    assert val[0] == "step,val_loss" and len(val) == 3 and all(float(v.split(",")[1]) > 0 for v in val[1:])
+    png = (out / "previews" / "sr-0000002.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (2 * 56, 144)  # CT | PET, coronal (x by z) of the 8 mm canvas
+    start = png.index(b"IDAT") + 4
+    assert len(zlib.decompress(png[start:start + int.from_bytes(png[start - 8:start - 4], "big")])) == height * (width + 1)
+    record = json.loads((out / "train-sr.json").read_text())
+    assert record["final"]["global_batch"] == 4 and record["final"]["validation_cases"] == 1
+    dataset = CanvasCases(TensorVolumes(torch.rand(2, 2, 56, 40, 144)), torch.zeros(2, 4),
+                          stage_config(load_train_config(recipe), 0.1))
+    assert dataset[(0, 3, 1)]["x0"].shape == (2, 16, 16, 32)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    assert learning_rate(5, 1.0, 10, 110, 0.1) == pytest.approx(0.5)
+    assert learning_rate(60, 1.0, 10, 110, 0.1) == pytest.approx(0.55)  # half-way: (1 + 0.1) / 2
+    assert learning_rate(110, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert learning_rate(500, 1.0, 10, 110, 1.0) == 1.0  # lr_final 1: constant after warm-up
+
+
+@pytest.mark.parametrize("name", ["autopet-4mm-lowres", "autopet-4mm-sr"])
+def test_the_4mm_gpu_recipe_loads_and_builds(name):
+    recipe = load_train_config(CONFIGS / f"{name}.json")
+    config = stage_config(recipe, sigma_data=0.5)
+    assert config.shape == ((56, 40, 144) if recipe.stage == "lowres" else (112, 80, 288))
+    with torch.device("meta"):
+        net = UNet3D(config.network)
+    n = sum(p.numel() for p in net.parameters())
+    saved = json.loads((CONFIGS / f"{name}.json").read_text())["_estimate"]
+    assert saved["parameters"] == n and n > 10**7
+    assert estimate_cost(config, recipe.batch_size)["forward_gflop"] == pytest.approx(
+        saved["forward_gflop_per_micro_batch"], rel=1e-3)
+    if recipe.stage == "sr":
+        assert config.patch_size == (56, 56, 96)
+    assert json.loads(json.dumps(train_config_dict(recipe)))["stage"] == recipe.stage
+
+
+def test_a_bad_training_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stage": "sr", "patch_size": [15, 16, 16], "channels": [4, 8]}))
+    with pytest.raises(ValueError, match="patch_size"):
+        load_train_config(bad)
+    bad.write_text(json.dumps({"stage": "lowres", "learning_rate": 1}))
+    with pytest.raises(ValueError, match="unknown training config key 'learning_rate'"):
+        load_train_config(bad)
+    assert TrainConfig().stage_voxel_mm == 16.0 and default_sr().sr_factor == 2
