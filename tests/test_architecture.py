@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
     "generator.distributed": 0,
     "generator.networks": 1,
     "generator.diffusion": 2, "generator.stages": 2,
-    "generator.checkpoints": 3,
+    "generator.checkpoints": 3, "generator.data": 3, "generator.previews": 3, "generator.train_config": 3,
     "generator.population": 4,
     "generator.cascade": 5, "generator.training": 5,
     "generator": 6,
