@@ -4,10 +4,17 @@ own statistics (``totalsegmentator.statistics.get_basic_statistics``) on the sam
 The image is integer-valued so TotalSegmentator's int16 cast changes nothing; volumes and means are asserted
 identical (TotalSegmentator rounds means to 5 decimals). Also NIfTI read throughput with isal vs plain gzip.
 
+Whole case (``whole_case``): read + compute from fresh files, one run each: ours = ``compute_case`` (PET,
+CT and labels read, plausibility checks, the organ table with SUVpeak and HU) against TotalSegmentator's
+statistics over its whole label map (labels and PET read with nibabel, ``get_basic_statistics`` over all 117
+classes: one image, so the comparison favours it). TotalSegmentator's package ships no example CT or labels
+(its test files live in its repository only), so the case is a rendered phantom at 2 mm (20.6 M voxels).
+
     python -m benchmarks.bench_metrics                 # 200 x 200 x 300, ~20 labels, 3 repeats
     python -m benchmarks.bench_metrics --phantom-mm 2 --json out.json   # a rendered phantom, 2 mm
+    python -m benchmarks.bench_metrics --whole-case --profile           # whole case, with our profile
 
-``run(...)`` returns the figures as a dict (used by the benchmark suite).
+``run(...)`` and ``whole_case(...)`` return the figures as dicts (used by the benchmark suite).
 """
 from __future__ import annotations
 
@@ -137,14 +144,76 @@ def read_throughput(pet, affine, repeats=3) -> dict:
     return {"read_isal_mb_s": mb / t_isal, "read_plain_mb_s": mb / t_plain, "ratio_isal": t_plain / t_isal}
 
 
+def whole_case(voxel_mm: float = 2.0, seed: int = 0, profile: bool = False) -> dict:
+    """Seconds of reading and computing one case from fresh files: ours vs TotalSegmentator (see the module)."""
+    from totalsegmentator.map_to_binary import class_map
+    from totalsegmentator.statistics import get_basic_statistics
+
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.phantom import PhantomConfig, make_cohort
+
+    def ts_statistics(case) -> dict:
+        seg = np.asanyarray(nib.load(case.labels).dataobj)
+        return get_basic_statistics(seg, case.pet, quiet=True, exclude_masks_at_border=False)
+
+    with tempfile.TemporaryDirectory(prefix="bench_whole_case_") as tmp:
+        small = load_cohort(make_cohort(Path(tmp) / "warm", n=1, seed=seed + 1, progress=False))[0]
+        metrics.compute_case(small)  # imports and first calls, for both sides
+        ts_statistics(small)
+        case = load_cohort(make_cohort(Path(tmp) / "ph", n=1, seed=seed, config=PhantomConfig(voxel_mm=voxel_mm),
+                                       progress=False))[0]
+        start, cpu = time.perf_counter(), time.process_time()
+        ours = metrics.compute_case(case)
+        t_ours, c_ours = time.perf_counter() - start, time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
+        ts = ts_statistics(case)
+        t_ts, c_ts = time.perf_counter() - start, time.process_time() - cpu
+        top = _profile(lambda: metrics.compute_case(case)) if profile else []
+        shape = nib.load(case.pet).shape
+    ours = ours.set_index("organ")
+    for name in ORGAN_NAMES:  # the same organs measured: volumes agree
+        vol = sum(ts[class_map["total"][c]]["volume"] for c in organ(name).classes) / 1000.0
+        assert np.isclose(ours.loc[name, "volume_ml"], vol, rtol=1e-9), name
+    return {"case": f"phantom at {voxel_mm} mm", "shape": list(shape), "voxels": int(np.prod(shape)),
+            "ours_s": t_ours, "totalsegmentator_all_classes_s": t_ts, "ratio": t_ts / t_ours,
+            "ours_cpu_s": c_ours, "totalsegmentator_cpu_s": c_ts, "ratio_cpu": c_ts / c_ours, "profile": top}
+
+
+def _profile(func, n: int = 12) -> list[str]:
+    """The ``n`` functions with the most own time in one call of ``func`` (cProfile lines)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(func)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(n)
+    return [line for line in out.getvalue().splitlines() if line.strip()][-n - 1:]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="200,200,300")
     parser.add_argument("--spacing", default="2,2,3")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--phantom-mm", type=float, help="benchmark on a rendered phantom at this voxel size")
+    parser.add_argument("--whole-case", action="store_true", help="read + compute one 2 mm phantom case instead")
+    parser.add_argument("--profile", action="store_true", help="with --whole-case: our profile (own time)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.whole_case:
+        res = whole_case(args.phantom_mm or 2.0, profile=args.profile)
+        print(f"whole case ({res['case']}, {res['voxels'] / 1e6:.1f} M voxels), read + compute, one run each:")
+        print(f"  ours (CT, PET, labels; checks; 9 organs incl. SUVpeak, HU)  {res['ours_s']:6.2f} s")
+        print(f"  TotalSegmentator (labels, PET; 117 classes)                  {res['totalsegmentator_all_classes_s']:6.2f} s"
+              f"  x{res['ratio']:.1f}")
+        print(f"  CPU seconds (less sensitive to a loaded machine): ours {res['ours_cpu_s']:.2f}, TotalSegmentator "
+              f"{res['totalsegmentator_cpu_s']:.2f}  x{res['ratio_cpu']:.1f}")
+        print("\n".join(res["profile"]))
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
+        return res
     res = run(tuple(int(x) for x in args.shape.split(",")), tuple(float(x) for x in args.spacing.split(",")),
               args.repeats, phantom_mm=args.phantom_mm)
     print(f"{res['case']}: volume {res['shape']} at {res['spacing_mm']} mm, {res['n_labels']} labels (best of {args.repeats})")
