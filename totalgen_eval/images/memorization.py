@@ -4,9 +4,10 @@ Each case is its body-box arrays (CT and PET scaled to [0, 1] on a 32 x 24 x 96 
 see ``grids.body_arrays``); the distance between two cases is the root mean square difference over both
 channels (0 = identical; scaled units). For every synthetic case, its nearest training case; for every
 real case not in the training cohort (the reference: scans the generator never saw; a real case at
-distance ~0 from a training case is that scan and is left out), its nearest training case too. A synthetic case is flagged when it lies closer to its nearest training case than the real
-cases' 1st percentile (the lower order statistic, so with fewer than 100 real cases: the smallest real
-distance). An independent draw from the real population is flagged about 1 % of the time.
+distance ~0 from a training case is that scan and is left out), its nearest training case too. A synthetic
+case is flagged when it lies closer to its nearest training case than the real cases' 1st percentile (the
+lower order statistic, so with fewer than 100 real cases: the smallest real distance). An independent draw
+from the real population is flagged about 1 % of the time.
 """
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .cases import CaseImages
-from .distances import MomentStats, case_weights, frechet_distance, kernel_matrix, mmd2_from_kernel, percentile_ci, standardise
+from .distances import (MomentStats, case_weights, frechet_distance, kernel_matrix, mmd2_from_kernel, percentile_ci,
+                        standardise)
 from .features import MODALITIES
 from .grids import BODY_SHAPE, PLANES
 from .similarity import ms_ssim
