@@ -68,6 +68,29 @@ def metrics_speed_figures(fast: bool, publish: bool) -> Figures:
     }
 
 
+@provides("metrics.whole_case_speedup_vs_totalsegmentator")
+def whole_case_figures(fast: bool, publish: bool) -> Figures:
+    """Read + compute of one 2 mm phantom case from fresh files: TotalSegmentator's statistics (labels, PET,
+    117 classes) over ours (CT, PET, labels, checks, the organ table); one run each, so noisy."""
+    from benchmarks import bench_metrics
+
+    return {"metrics.whole_case_speedup_vs_totalsegmentator": bench_metrics.whole_case(2.0)["ratio"]}
+
+
+@provides("compare.cold_seconds_500", "compare.cached_seconds_500", "compare.seconds_per_case_n100",
+          "compare.seconds_per_case_n200", "compare.seconds_per_case_n500")
+def compare_scale_figures(fast: bool, publish: bool) -> Figures:
+    """`compare` of 500 + 500 8 mm phantoms (bundled segmenter on the synthetic side, image metrics on, 2 workers),
+    cold and cached, and the cold seconds per case at 100, 200, 500. Always the full sizes (the perf suite is
+    not part of CI; about 10 minutes on 2 quiet cores)."""
+    from benchmarks import bench_compare_scale
+
+    res = bench_compare_scale.run((100, 200, 500))
+    per_case = res["seconds_per_case"]
+    return {"compare.cold_seconds_500": res["cold_seconds"], "compare.cached_seconds_500": res["cached_seconds"],
+            **{f"compare.seconds_per_case_n{n}": per_case[str(n)] for n in (100, 200, 500)}}
+
+
 @provides("phantoms.seconds_per_case_8mm")
 def phantom_speed_figures(fast: bool, publish: bool) -> Figures:
     """Wall seconds per 8 mm phantom case (render + write), 2 workers."""
@@ -147,8 +170,9 @@ def demo_figures(fast: bool, publish: bool) -> Figures:
 
 PROVIDERS: dict[str, dict[str, Callable[[bool, bool], Figures]]] = {
     "regression": {"calibration": calibration_figures, "generator_fidelity": generator_fidelity_figures},
-    "perf": {"metrics_speed": metrics_speed_figures, "phantom_speed": phantom_speed_figures,
-             "generator_speed": generator_speed_figures, "demo": demo_figures},
+    "perf": {"metrics_speed": metrics_speed_figures, "whole_case": whole_case_figures,
+             "phantom_speed": phantom_speed_figures, "generator_speed": generator_speed_figures, "demo": demo_figures,
+             "compare_scale": compare_scale_figures},
 }
 
 
