@@ -52,8 +52,8 @@ def _num(x: Any) -> float | None:
 
 
 def compare_images(real: Cohort, synth: Cohort, train: Cohort | None = None,
-                   features: str | FeatureExtractor = "bundled", n_boot: int = DEFAULT_N_BOOT, seed: int = 0, workers: int = 1, device: str = "cpu",
-                   progress: bool = False) -> ImageResults:
+                   features: str | FeatureExtractor = "bundled", n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                   workers: int = 1, device: str = "cpu", progress: bool = False) -> ImageResults:
     """Image metrics of two Cohorts and, with a training Cohort, the memorization check. ``features``:
     ``bundled``, ``model:PATH`` or an extractor already loaded."""
     import time
