@@ -23,6 +23,7 @@ def test_verdicts():
     assert suite.Verdict("f", 0.85, 1.0, 0.1, "near").regressed and not suite.Verdict("f", 1.05, 1.0, 0.1, "near").regressed
 
 
+@pytest.mark.slow  # runs the regression suite (fast mode) twice: ~1-2 min on 2 busy cores
 def test_regression_passes_then_fails_when_a_baseline_is_made_stricter(tmp_path, monkeypatch):
     """The suite's verdicts on a real, small and seeded calibration (6 repetitions, one process): figures
     recorded with --update pass on a re-run, and a baseline made stricter fails naming the figure."""

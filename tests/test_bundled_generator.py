@@ -47,6 +47,7 @@ def synthetic(tmp_path_factory):
     return demo, table
 
 
+@pytest.mark.slow  # its fixture generates 12 cases with the bundled cascade: minutes on 2 cores
 def test_organ_means_near_the_phantom_truth(synthetic):
     demo, table = synthetic
     truth = expected(demo.assign(case_id=[f"c{i}" for i in range(len(demo))])).groupby("organ")[["volume_ml", "suv_mean"]].mean()
@@ -57,6 +58,7 @@ def test_organ_means_near_the_phantom_truth(synthetic):
         assert got.loc[organ, "volume_ml"] == pytest.approx(truth.loc[organ, "volume_ml"], rel=tol), organ
 
 
+@pytest.mark.slow  # the same generated cases
 def test_uptake_order_in_every_subject(synthetic):
     _, table = synthetic
     suv = table.pivot(index="case_id", columns="organ", values="suv_mean")

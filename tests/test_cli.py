@@ -70,6 +70,7 @@ def test_version():
     assert result.exit_code == 0 and result.output.strip() == __version__
 
 
+@pytest.mark.slow  # the bundled cascade end to end: ~20-50 s
 def test_generate_with_the_bundled_weights_records_the_sampler_settings(tmp_path):
     require_bundled_generator()
     made = _run("generate", "--n", "2", "--sr-steps", "2", "--steps", "8", "--out", tmp_path / "s", "--no-progress")

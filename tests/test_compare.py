@@ -47,6 +47,7 @@ def _run(*args):
     return CliRunner().invoke(app, list(map(str, args)))
 
 
+@pytest.mark.slow  # compare end to end with figures and report: ~30-100 s
 def test_compare_flags_the_shifted_cells(cohorts, tmp_path):
     real, synth, frame = cohorts
     out = tmp_path / "results"

@@ -207,6 +207,7 @@ def blob_volumes(n: int, shape=(16, 16, 32), seed: int = 0) -> tuple[torch.Tenso
     return torch.from_numpy(vols), torch.from_numpy(demo.astype(np.float32))
 
 
+@pytest.mark.slow  # trains a tiny stage for real: ~15-40 s
 def test_training_loss_falls_and_resumes(tmp_path):
     torch.manual_seed(0)
     vols, demo = blob_volumes(32)

@@ -143,6 +143,7 @@ def generated():
     return cascade, cascade.generate(demo, seed=11)
 
 
+@pytest.mark.slow  # its fixture generates with the bundled cascade: ~20-50 s
 def test_generated_volumes_have_the_liver_on_the_right(generated, bundled_segmenter):
     cascade, volumes = generated
     assert cascade.mirror_x, "the bundled weights were trained on x-mirrored phantoms"
@@ -156,6 +157,7 @@ def test_generated_volumes_have_the_liver_on_the_right(generated, bundled_segmen
         assert np.mean(world_x(affine, labels == 5) > 0) > 0.8
 
 
+@pytest.mark.slow  # the same generated volumes
 def test_generated_organ_values_differ_only_by_the_mirror(generated, bundled_segmenter):
     """Fidelity unchanged: before the fix the cascade wrote these volumes unflipped (``flip_x`` is its last
     step, checked above) and the segmenter ran without the mirror; both give the same organ table."""
