@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # index, so an offline mirror or a local wheel folder still serves them
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: demo test install clean
+.PHONY: demo test quick install clean
 
 $(BIN)/totalgen-eval: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: the suite without the tests marked slow (`make test`, what CI runs, runs them all)
+quick: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo-results .pytest_cache
