@@ -281,3 +281,55 @@ def test_bad_feature_specs_are_input_errors(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(InputError, match="TorchScript"):
         load_extractor(f"model:{junk}")
+
+
+# ------------------------------------------------------------------------------------------- figures
+def _twin_table() -> tuple[pd.DataFrame, dict[str, str]]:
+    """Hand-made organ_metrics rows: 6 real cases and their twins (synthetic = real x 1.1 + k), 2 organs."""
+    rows = []
+    for k in range(6):
+        for organ, base in (("liver", 2.0), ("spleen", 1.5)):
+            real = base + 0.1 * k
+            rows.append(dict(case_id=f"r{k}", cohort="real", organ=organ, suv_mean=real, suv_max=3 * real,
+                             n_voxels=100, age=40 + 5 * k, sex="MF"[k % 2], height_m=1.7, weight_kg=70 + k))
+            rows.append(dict(case_id=f"s{k}", cohort="synth", organ=organ, suv_mean=1.1 * real + 0.01 * k,
+                             suv_max=4 * real, n_voxels=100, age=40 + 5 * k, sex="MF"[k % 2], height_m=1.7,
+                             weight_kg=70 + k))
+    return pd.DataFrame(rows), {f"s{k}": f"r{k}" for k in range(6)}
+
+
+def test_twin_figures_show_the_pairs():
+    from totalgen_eval import plots
+    from totalgen_eval.plots.twins import concordance_ccc, paired_values
+
+    table, twins = _twin_table()
+    pairs = paired_values(table, twins, "suv_mean")
+    assert len(pairs) == 12
+    liver = pairs[pairs["organ"] == "liver"]
+    x, y = liver["real"].to_numpy(), liver["synth"].to_numpy()
+    expected = 2 * np.cov(x, y)[0, 1] / (x.var(ddof=1) + y.var(ddof=1) + (x.mean() - y.mean()) ** 2)
+    assert concordance_ccc(x, y) == pytest.approx(expected)
+    fig = plots.bland_altman(table, twins, "suv_mean")
+    assert len(fig.axes) == 2
+    bias = [ln.get_ydata()[0] for ln in fig.axes[0].lines if ln.get_gid() == "bias"][0]
+    assert bias == pytest.approx(np.mean(100 * (y - x) / ((x + y) / 2)))
+    assert len(plots.twin_scatter(table, twins, "suv_mean").axes) == 2
+    medians = [ln.get_ydata()[0] for ln in plots.suvmax_figure(table).axes[0].lines if ln.get_gid() == "median"]
+    assert medians[:2] == pytest.approx([np.median(3 * x), np.median(4 * x)])
+    with pytest.raises(ValueError, match="twin"):
+        paired_values(table, {}, "suv_mean")
+
+
+def test_table_one_counts_and_means():
+    from totalgen_eval import plots
+
+    table, _ = _twin_table()
+    t1 = plots.table_one(table[table.cohort == "real"], table[table.cohort == "synth"], (50,))
+    t1 = t1.set_index("characteristic")
+    ages = np.array([40 + 5 * k for k in range(6)], float)
+    assert t1.loc["n", "real"] == "6"
+    assert t1.loc["age (years), mean ± SD", "synthetic"] == f"{ages.mean():.1f} ± {ages.std(ddof=1):.1f}"
+    assert t1.loc["sex, F / M", "real"] == "3 / 3"
+    # one edge: groups "<=50" and ">50"; men are cases 0, 2, 4 (ages 40, 50, 60), women 1, 3, 5 (45, 55, 65)
+    assert (t1.loc["n, M <=50", "real"], t1.loc["n, M >50", "synthetic"], t1.loc["n, F <=50", "real"]) == ("2", "1", "1")
+
