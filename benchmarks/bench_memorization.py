@@ -118,7 +118,7 @@ def closeness(r: dict) -> str:
                 "check says that nothing was copied, not how realistic the volumes are (the image metrics of the "
                 "demo report judge that).")
     return (f"Generated cases lie as close to the training phantoms as held-out phantoms do or closer (median {g} "
-            f"vs {h}), yet none below the threshold: near the training distribution, but no copies.")
+            f"vs {h}); the flagged count above says whether any lies closer than a held-out phantom could.")
 
 
 def markdown(r: dict) -> str:
