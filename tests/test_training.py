@@ -2,6 +2,7 @@
 data streamed from an .npy cache, 3D patches for stage 2, the typed training config and its GPU recipes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -43,7 +44,8 @@ def test_tcia_phantoms_without_height_or_weight_train_and_resume(tmp_path):
     assert record["settings"]["missing"] == {"age": 0, "sex": 0, "height_m": 3, "weight_kg": 3}
     assert len(list((out / "cache" / "8mm").glob("*.npy"))) == 6  # high-res and low-res per case
     assert json.loads((out / "lowres.json").read_text())["config"]["network"]["field_nulls"] is True
-    train_stage(cohort, "lowres", out, steps=4, progress=False, threads=1)  # resumes with the saved recipe
+    with pytest.warns(UserWarning, match="no population.json written"):  # resumes with the saved recipe
+        train_stage(cohort, "lowres", out, steps=4, progress=False, threads=1)
     assert json.loads((out / "lowres.json").read_text())["meta"]["step"] == 4
     steps = [int(line.split(",")[0]) for line in (out / "lowres-loss.csv").read_text().splitlines()[1:]]
     assert steps == [2, 4]
@@ -96,13 +98,14 @@ def test_the_bundled_cascade_is_bit_identical_with_every_field_given(monkeypatch
     assert np.array_equal(now[0], then[0]) and np.array_equal(now[1], then[1])
 
 
-def test_a_stage_2_patch_equals_the_whole_volume_pair_cut_to_the_patch():
-    config = tiny_sr((8, 8, 16))
+@pytest.mark.parametrize("factor", [2, 4])
+def test_a_stage_2_patch_equals_the_whole_volume_pair_cut_to_the_patch(factor):
+    config = dataclasses.replace(tiny_sr((8, 8, 16)), sr_factor=factor, shape=(16, 16, 32))
     volumes = torch.rand(1, 2, 16, 16, 32) * 0.5
-    x0, image = sr_training_pair(volumes, 2)
-    origin, patch = (4, 0, 10), (8, 16, 16)
-    px0, pimage = sr_patch(TensorVolumes(volumes), 0, config, origin, patch)
-    cut = (slice(None), slice(4, 12), slice(0, 16), slice(10, 26))
+    x0, image = sr_training_pair(volumes, factor)
+    origin, patch = (4, 0, 12), (8, 16, 16)
+    px0, pimage = sr_patch(TensorVolumes(volumes, factor), 0, config, origin, patch)
+    cut = (slice(None), slice(4, 12), slice(0, 16), slice(12, 28))
     torch.testing.assert_close(px0, x0[0][cut], rtol=0, atol=1e-5)
     torch.testing.assert_close(pimage, image[0][cut], rtol=0, atol=1e-5)
 
@@ -135,11 +138,12 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
     assert learning_rate(500, 1.0, 10, 110, 1.0) == 1.0  # lr_final 1: constant after warm-up
 
 
-@pytest.mark.parametrize("name", ["autopet-4mm-lowres", "autopet-4mm-sr"])
+@pytest.mark.parametrize("name", ["autopet-4mm-lowres", "autopet-4mm-sr", "autopet-2mm-sr"])
 def test_the_4mm_gpu_recipe_loads_and_builds(name):
     recipe = load_train_config(CONFIGS / f"{name}.json")
     config = stage_config(recipe, sigma_data=0.5)
-    assert config.shape == ((56, 40, 144) if recipe.stage == "lowres" else (112, 80, 288))
+    grid = {"lowres": (56, 40, 144), "sr": tuple(int(f / recipe.voxel_mm) for f in (448, 320, 1152))}[recipe.stage]
+    assert config.shape == grid and config.voxel_mm == recipe.stage_voxel_mm
     with torch.device("meta"):
         net = UNet3D(config.network)
     n = sum(p.numel() for p in net.parameters())
@@ -148,7 +152,7 @@ def test_the_4mm_gpu_recipe_loads_and_builds(name):
     assert estimate_cost(config, recipe.batch_size)["forward_gflop"] == pytest.approx(
         saved["forward_gflop_per_micro_batch"], rel=1e-3)
     if recipe.stage == "sr":
-        assert config.patch_size == (56, 56, 96)
+        assert config.patch_size == (56, 56, 96)  # the paper's patch
     assert json.loads(json.dumps(train_config_dict(recipe)))["stage"] == recipe.stage
 
 
@@ -161,3 +165,16 @@ def test_a_bad_training_config_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="unknown training config key 'learning_rate'"):
         load_train_config(bad)
     assert TrainConfig().stage_voxel_mm == 16.0 and default_sr().sr_factor == 2
+
+
+def test_dataloader_workers_do_not_change_what_is_trained(tmp_path):
+    cohort = make_cohort(tmp_path / "ph", n=3, seed=8, progress=False)
+    recipe = tiny_recipe(tmp_path, "sr", patch_size=[16, 16, 32], field_dropout=0.5)
+    for workers in (0, 2):
+        train_stage(cohort, "sr", tmp_path / f"w{workers}", steps=6, progress=False, threads=1, config_path=recipe,
+                    workers=workers)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / f"w{w}" / "sr-state.safetensors")) for w in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert float(a["model.net.field_null"].abs().min()) > 0  # per-field dropout trained every null value
