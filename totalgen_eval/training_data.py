@@ -164,12 +164,12 @@ def cohort_arrays(cohort_path: str | Path, voxel_mm: float = CANVAS_VOXEL_MM,
     return volumes, cohort_demographics(cases)
 
 
-def streamed_cohort(cohort_path: str | Path, out: Path, recipe, demographics_csv: str | Path | None = None,
+def streamed_cohort(cohort_path: str | Path, out: Path, recipe, side: dict[str, dict[str, object]] | None = None,
                     progress: Callable[[int, int], None] | None = None):
     """(NpyCache of the cohort on the recipe's data grid under ``out/cache``, demographics columns).
 
     Every case is read once (here, so a bad case stops the run before training) and cached as .npy; a
-    re-run reuses the cache. No case is refused for a missing demographic field.
+    re-run reuses the cache. ``side``: read_demographics_csv's table. No case is refused for a missing field.
     """
     from generator.data import NpyCache
 
@@ -178,7 +178,7 @@ def streamed_cohort(cohort_path: str | Path, out: Path, recipe, demographics_csv
     cases = list(load_cohort(cohort_path))
     if not cases:
         raise InputError("no case to train on", cohort_path)
-    demo = cohort_demographics(cases, read_demographics_csv(demographics_csv) if demographics_csv else None)
+    demo = cohort_demographics(cases, side)
     canvas = canvas_grid(recipe.voxel_mm, tuple(recipe.fov_mm))
     names = [cache_name(c, recipe.voxel_mm) for c in cases]
     cache = NpyCache(CanvasReader(cases, canvas), names, out / "cache" / f"{recipe.voxel_mm:g}mm", recipe.sr_factor)
@@ -250,12 +250,13 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
     recipe = training_recipe(stage, out, config_path, dict(
         steps=steps, batch_size=batch_size, precision=precision, grad_checkpointing=checkpointing,
         checkpoint_every=checkpoint_every, workers=workers))
+    side = read_demographics_csv(demographics_csv) if demographics_csv else None
     world = join_world(device)
     bar = _progress_bar(progress and world.is_main)
     try:
         if not world.is_main:
             barrier(world)  # rank 0 fills the cache first
-        source, demo = _load_cohort(cohort_path, out, recipe, demographics_csv, bar)
+        source, demo = _load_cohort(cohort_path, out, recipe, side, bar)
         config = stage_config(recipe, out, source, demographics_table(demo))
         if world.is_main:
             _write_population(demo, out)
@@ -273,12 +274,12 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
             bar.stop()
 
 
-def _load_cohort(cohort_path: str | Path, out: Path, recipe, demographics_csv, bar):
+def _load_cohort(cohort_path: str | Path, out: Path, recipe, side, bar):
     """The cohort cached on the data grid, with a progress task when ``bar`` is given."""
     if bar is None:
-        return streamed_cohort(cohort_path, out, recipe, demographics_csv)
+        return streamed_cohort(cohort_path, out, recipe, side)
     task = bar.add_task("caching cohort", total=None)
-    return streamed_cohort(cohort_path, out, recipe, demographics_csv,
+    return streamed_cohort(cohort_path, out, recipe, side,
                            progress=lambda i, n: bar.update(task, completed=i, total=n))
 
 
