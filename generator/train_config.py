@@ -147,20 +147,24 @@ def learning_rate(step: int, lr: float, warmup: int, total: int, final: float) -
     return lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def estimate_cost(config: StageConfig, batch_size: int | None = None) -> dict[str, float]:
+def estimate_cost(config: StageConfig, batch_size: int | None = None, checkpointing: bool = False
+                  ) -> dict[str, float]:
     """Parameters, forward GFLOP and saved activations (GiB, float32) of one training step, from the code.
 
     The network runs forward on the meta device (no memory, no arithmetic) on one training input (a patch
-    for a patch-trained stage 2); saved activations are the bytes autograd keeps for the backward pass,
-    counted per saved tensor (an upper bound: a tensor saved by two operations counts twice). A training
-    step costs about 3 forward passes (forward + backward); with gradient checkpointing about 4.
+    for a patch-trained stage 2), with gradient checkpointing when asked; saved activations are the bytes
+    autograd keeps for the backward pass, counted per saved tensor (an upper bound: a tensor saved by two
+    operations counts twice; with checkpointing, one block's recomputed activations come on top at a time).
+    A training step costs about 3 forward passes (forward + backward); with gradient checkpointing about 4.
     """
     batch = batch_size or config.batch_size
     spatial = config.patch_size or (config.shape[:2] + (config.patch_slices or config.shape[2],))
     with torch.device("meta"):
         from .networks import UNet3D
 
-        net = UNet3D(config.network)
+        from .networks import set_gradient_checkpointing
+
+        net = set_gradient_checkpointing(UNet3D(config.network).train(), checkpointing)
         x = torch.empty(batch, config.network.in_channels, *spatial)
         c_noise, cond = torch.empty(batch), torch.empty(batch, config.network.cond_dim)
     saved: list[int] = []
@@ -183,9 +187,29 @@ def estimated_step(cost: dict[str, float], tflops: float = 100.0, checkpointing:
     """Memory (GiB) and time (s) of one step from ``estimate_cost`` on a GPU sustaining ``tflops`` TFLOP/s.
 
     Assumed, not measured: 3 forward passes a step (4 with checkpointing), bf16 activations (half of the
-    float32 count; with checkpointing only the residual blocks' inputs stay, taken as a tenth).
+    float32 count), 1 GiB of CUDA context and workspace.
     """
     passes = 4 if checkpointing else 3
-    act = cost["activations_gib"] / 2 * (0.1 if checkpointing else 1.0)
+    act = cost["activations_gib"] / 2
     return {"memory_gib": round(act + cost["weights_and_adam_gib"] + 1.0, 1),
             "seconds": round(passes * cost["forward_gflop"] / (tflops * 1e3), 3)}
+
+
+ESTIMATE_NOTE = ("estimated from the code (meta-device forward, generator.train_config.estimate_cost), not measured: "
+                 "no GPU was available. Memory: bf16 activations + float32 weights and AdamW + 1 GiB; time: 3 forward "
+                 "passes a micro-batch (4 with checkpointing) at {tflops:g} TFLOP/s sustained")
+
+
+def annotate_estimate(path: str | Path, tflops: float = 100.0) -> dict[str, Any]:
+    """Rewrite the ``_estimate`` block of a training config file from the code; returns it."""
+    tc = load_train_config(path)
+    config = stage_config(tc, sigma_data=0.5)
+    cost = estimate_cost(config, tc.batch_size, tc.grad_checkpointing)
+    step = estimated_step(cost, tflops, tc.grad_checkpointing)
+    estimate = {"note": ESTIMATE_NOTE.format(tflops=tflops), "stage_grid": list(config.shape),
+                "stage_voxel_mm": config.voxel_mm, "parameters": int(cost["parameters"]),
+                "forward_gflop_per_micro_batch": round(cost["forward_gflop"], 1),
+                "saved_activations_gib_float32": round(cost["activations_gib"], 2), "memory_gib": step["memory_gib"],
+                "seconds_per_step": round(step["seconds"] * tc.grad_accum, 3)}
+    Path(path).write_text(json.dumps(dict(train_config_dict(tc), _estimate=estimate), indent=2) + "\n")
+    return estimate

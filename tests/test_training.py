@@ -16,7 +16,7 @@ from generator.config import NetworkConfig, default_sr, tiny_sr
 from generator.data import CanvasCases, TensorVolumes, sr_patch
 from generator.networks import UNet3D
 from generator.stages import sr_training_pair
-from generator.train_config import (TrainConfig, estimate_cost, learning_rate, load_train_config, stage_config,
+from generator.train_config import (TrainConfig, annotate_estimate, estimate_cost, learning_rate, load_train_config, stage_config,
                                     train_config_dict)
 from totalgen_eval.errors import InputError
 from totalgen_eval.phantom import make_cohort
@@ -139,7 +139,7 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
 
 
 @pytest.mark.parametrize("name", ["autopet-4mm-lowres", "autopet-4mm-sr", "autopet-2mm-sr"])
-def test_the_4mm_gpu_recipe_loads_and_builds(name):
+def test_the_4mm_gpu_recipe_loads_and_builds(name, tmp_path):
     recipe = load_train_config(CONFIGS / f"{name}.json")
     config = stage_config(recipe, sigma_data=0.5)
     grid = {"lowres": (56, 40, 144), "sr": tuple(int(f / recipe.voxel_mm) for f in (448, 320, 1152))}[recipe.stage]
@@ -151,6 +151,9 @@ def test_the_4mm_gpu_recipe_loads_and_builds(name):
     assert saved["parameters"] == n and n > 10**7
     assert estimate_cost(config, recipe.batch_size)["forward_gflop"] == pytest.approx(
         saved["forward_gflop_per_micro_batch"], rel=1e-3)
+    copy = tmp_path / "recipe.json"
+    copy.write_text((CONFIGS / f"{name}.json").read_text())
+    assert annotate_estimate(copy) == saved  # the shipped estimate is what the code computes
     if recipe.stage == "sr":
         assert config.patch_size == (56, 56, 96)  # the paper's patch
     assert json.loads(json.dumps(train_config_dict(recipe)))["stage"] == recipe.stage
@@ -178,3 +181,22 @@ def test_dataloader_workers_do_not_change_what_is_trained(tmp_path):
     a, b = (load_file(str(tmp_path / f"w{w}" / "sr-state.safetensors")) for w in (0, 2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert float(a["model.net.field_null"].abs().min()) > 0  # per-field dropout trained every null value
+
+
+def test_the_cost_estimate_counts_every_convolution_and_linear_layer():
+    """FLOPs by hand on a real CPU forward: 2 x weights x output positions for every Conv3d and Linear."""
+    config = dataclasses.replace(tiny_sr((8, 8, 16)), patch_size=(8, 8, 16), batch_size=2)
+    net = UNet3D(config.network)
+    counted = []
+
+    def hook(module, inputs, output):
+        positions = output.numel() // output.shape[1] if isinstance(module, torch.nn.Conv3d) else output.shape[0]
+        counted.append(2 * module.weight.numel() * positions)
+
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    net(torch.randn(2, 7, 8, 8, 16), torch.randn(2), torch.randn(2, 4))
+    cost = estimate_cost(config)
+    assert cost["forward_gflop"] * 1e9 == pytest.approx(sum(counted), rel=1e-9)
+    assert cost["parameters"] == sum(p.numel() for p in net.parameters())
