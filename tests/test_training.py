@@ -200,3 +200,19 @@ def test_the_cost_estimate_counts_every_convolution_and_linear_layer():
     cost = estimate_cost(config)
     assert cost["forward_gflop"] * 1e9 == pytest.approx(sum(counted), rel=1e-9)
     assert cost["parameters"] == sum(p.numel() for p in net.parameters())
+
+
+def test_a_cascade_with_sr_factor_4_samples_on_the_fine_grid():
+    from generator.cascade import check_stages_fit, random_cascade
+    from generator.checkpoints import CheckpointError
+
+    common = dict(voxel_mm=8.0, sr_factor=4, fov_mm=(256.0, 256.0, 512.0), channels=(4, 8), emb_dim=16)
+    lowres = stage_config(TrainConfig(stage="lowres", **common), 0.5)
+    sr = stage_config(TrainConfig(stage="sr", **common), 0.1)
+    assert (lowres.shape, lowres.voxel_mm, sr.shape, sr.voxel_mm) == ((8, 8, 16), 32.0, (32, 32, 64), 8.0)
+    cascade = random_cascade(dataclasses.replace(lowres, schedule=dataclasses.replace(lowres.schedule, steps=1)),
+                             dataclasses.replace(sr, schedule=dataclasses.replace(sr.schedule, steps=1)))
+    ct, pet, affine = cascade.generate({"age": [50.0], "sex": ["M"], "height_m": [1.8], "weight_kg": [80.0]})[0]
+    assert ct.shape == pet.shape == (32, 32, 64) and affine[0, 0] == 8.0 and np.isfinite(pet).all()
+    with pytest.raises(CheckpointError, match="4 times lowres"):
+        check_stages_fit(dataclasses.replace(lowres, shape=(16, 16, 32)), sr, "test")
