@@ -160,8 +160,8 @@ def load_stage(path: str | Path, device: torch.device | str = "cpu",
 
 
 def check_same_architecture(expected: StageConfig, found: StageConfig, source: Path) -> None:
-    """CheckpointError unless kind, grid, network and the x orientation of the training data agree."""
-    for name in ("kind", "shape", "voxel_mm", "network", "mirror_x"):
+    """CheckpointError unless kind, grid, network, SR factor and the x orientation of the training data agree."""
+    for name in ("kind", "shape", "voxel_mm", "network", "mirror_x", "sr_factor"):
         a, b = getattr(expected, name), getattr(found, name)
         if a != b:
             raise CheckpointError(f"{source}: checkpoint of another architecture ({name} {b} here, {a} expected)")
