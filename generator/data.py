@@ -108,7 +108,8 @@ def patch_shape(config: StageConfig) -> tuple[int, int, int] | None:
     return None
 
 
-def patch_origin(shape: Sequence[int], patch: Sequence[int], factor: int, generator: torch.Generator) -> tuple[int, ...]:
+def patch_origin(shape: Sequence[int], patch: Sequence[int], factor: int, generator: torch.Generator
+                 ) -> tuple[int, ...]:
     """A random patch corner, on each axis a multiple of ``factor`` (aligned with the low-res grid)."""
     starts = []
     for n, p in zip(shape, patch):
@@ -141,7 +142,7 @@ def sr_patch(source, i: int, config: StageConfig, origin: Sequence[int], patch: 
 
 
 class CanvasCases(Dataset):
-    """Training items of one stage keyed (case, step, item): {"x0", "image" (or absent), "demographics"}.
+    """Training items of one stage keyed (case, step, item): {"x0", "image" (or absent), "demographics", "item"}.
 
     demographics: (N, 4) raw (age years, sex F=0/M=1, height m, weight kg), NaN where a field is unknown.
     """
@@ -154,7 +155,7 @@ class CanvasCases(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         case, step, item = (int(k) for k in key)
-        config, out = self.config, {"demographics": self.demographics[case]}
+        config, out = self.config, {"demographics": self.demographics[case], "item": torch.tensor(item)}
         if config.kind == "lowres":
             out["x0"] = self.source.low(case)
             if config.network.in_channels > config.network.out_channels:
@@ -191,11 +192,26 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+class StepKeys:
+    """The batch sampler of a run: for each step of ``steps``, this process's keys (``step_keys``), made lazily."""
+
+    def __init__(self, cases: Sequence[int], batch: int, steps: range, seed: int, rank: int = 0, world: int = 1):
+        self.cases, self.batch, self.steps, self.seed = list(cases), batch, steps, seed
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for step in self.steps:
+            yield step_keys(self.cases, self.batch, step, self.seed, self.rank, self.world)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 def step_loader(dataset: CanvasCases, cases: Sequence[int], batch: int, steps: range, seed: int, rank: int = 0,
                 world: int = 1, workers: int = 0) -> Iterator[tuple[int, dict, list[int]]]:
     """(step, stacked items, item numbers) for every step of ``steps``, read by ``workers`` DataLoader workers."""
-    keys = [step_keys(cases, batch, s, seed, rank, world) for s in steps]
-    loader = DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate,
-                        persistent_workers=False, prefetch_factor=2 if workers else None)
-    for step, batch_keys, items in zip(steps, keys, loader):
-        yield step, items, [k[2] for k in batch_keys]
+    sampler = StepKeys(cases, batch, steps, seed, rank, world)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                        prefetch_factor=2 if workers else None)
+    for step, items in zip(steps, loader):
+        yield step, items, items.pop("item").tolist()

@@ -16,8 +16,8 @@ from generator.config import NetworkConfig, default_sr, tiny_sr
 from generator.data import CanvasCases, TensorVolumes, sr_patch
 from generator.networks import UNet3D
 from generator.stages import sr_training_pair
-from generator.train_config import (TrainConfig, annotate_estimate, estimate_cost, learning_rate, load_train_config, stage_config,
-                                    train_config_dict)
+from generator.train_config import (TrainConfig, annotate_estimate, estimate_cost, learning_rate, load_train_config,
+                                    stage_config, train_config_dict)
 from totalgen_eval.errors import InputError
 from totalgen_eval.phantom import make_cohort
 from totalgen_eval.training_data import train_stage
@@ -123,7 +123,8 @@ def test_a_patch_trained_stage_2_runs_with_validation_and_previews(tmp_path):
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (2 * 56, 144)  # CT | PET, coronal (x by z) of the 8 mm canvas
     start = png.index(b"IDAT") + 4
-    assert len(zlib.decompress(png[start:start + int.from_bytes(png[start - 8:start - 4], "big")])) == height * (width + 1)
+    size = int.from_bytes(png[start - 8:start - 4], "big")
+    assert len(zlib.decompress(png[start:start + size])) == height * (width + 1)  # a filter byte a row
     record = json.loads((out / "train-sr.json").read_text())
     assert record["final"]["global_batch"] == 4 and record["final"]["validation_cases"] == 1
     dataset = CanvasCases(TensorVolumes(torch.rand(2, 2, 56, 40, 144)), torch.zeros(2, 4),
