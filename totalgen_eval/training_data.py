@@ -4,8 +4,10 @@ The canvas is 448 x 320 x 1152 mm (x, y, z) at 8 mm, shape (56, 40, 144), top (z
 Phantom cohorts are rendered on it already and are used as they are. Other cohorts are moved onto it
 around the body: the body (CT > -500 HU) is centred in x and y and its top is put ``TOP_MARGIN_MM`` below
 the canvas top; CT and PET are smoothed against aliasing when their voxels are much finer than 8 mm and
-resampled linearly (outside: -1000 HU, SUV 0). Volumes are returned normalised (``generator.intensity``)
-as a float32 tensor (N, 2, X, Y, Z) with channels (CT, PET).
+resampled linearly (outside: -1000 HU, SUV 0). Volumes are normalised (``generator.intensity``), channels
+(CT, PET): for training they are cached once per case as .npy under the output folder (``streamed_cohort``,
+any voxel size) and streamed by ``generator.data``; ``cohort_arrays`` holds a small cohort in memory.
+Demographics may come from a side CSV (``read_demographics_csv``); a missing field stays NaN.
 """
 from __future__ import annotations
 
