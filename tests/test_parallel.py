@@ -172,6 +172,10 @@ def test_compare_skip_bad_lists_the_bad_real_cases(bad_cohort, tmp_path):
     done = _cli("compare", bad_cohort, synth, "--out", out, "--organs", "liver", "--skip-bad", "--no-progress")
     assert done.exit_code == 0, done.output
     _check_excluded(out, "real")
+    report = (out / "report.md").read_text(encoding="utf-8")  # the report names them too, with the reasons
+    section = report.split("## Cases left out")[1].split("\n## ")[0]
+    for row in pd.read_csv(out / "excluded.csv").itertuples():
+        assert f"| {row.case_id} | real |" in section
     table = pd.read_csv(out / "organ_metrics.csv")
     assert sorted(table.loc[table["cohort"] == "real", "case_id"].unique()) == [
         "phantom-0000", "phantom-0004", "phantom-0005"]

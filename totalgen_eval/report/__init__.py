@@ -112,7 +112,8 @@ def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: C
     for stale in figures_dir.iterdir():  # figures of an earlier run that this one did not draw
         if _FIGURE_FILE.match(stale.name) and f"figures/{stale.name}" not in written:
             stale.unlink()
-    blocks = report_blocks(comparison, config, [ref for ref, _ in made], notes)
+    excluded = _read_csv(out_dir / "excluded.csv", required=False)
+    blocks = report_blocks(comparison, config, [ref for ref, _ in made], notes, excluded)
     blocks = image_sections(out_dir, blocks, images, written, organ_metrics, config, comparison.summary, _save_figure)
     for name, text in (("report.html", render_html(TITLE, blocks, images)), ("report.md", render_markdown(TITLE, blocks))):
         with atomic_path(out_dir / name) as tmp:

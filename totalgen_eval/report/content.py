@@ -270,10 +270,22 @@ def provenance_blocks(config: Mapping[str, Any], summary: Mapping[str, Any]) -> 
     return blocks
 
 
+def excluded_blocks(excluded: pd.DataFrame | None) -> list[Block]:
+    """The cases left out of the comparison (``--skip-bad``) with their reasons, from excluded.csv."""
+    if excluded is None or excluded.empty:
+        return []
+    frame = pd.DataFrame({"case": excluded["case_id"].astype(str), "cohort": excluded["cohort"].astype(str),
+                          "reason": excluded["reason"].astype(str)})
+    return [Heading("Cases left out"),
+            Paragraph(f"{len(frame)} case(s) could not be used (--skip-bad) and are not in any table or figure."),
+            Table(frame)]
+
+
 def report_blocks(comparison: Comparison, config: Mapping[str, Any], figures: Sequence[FigureRef],
-                  figure_notes: Sequence[str]) -> list[Block]:
+                  figure_notes: Sequence[str], excluded: pd.DataFrame | None = None) -> list[Block]:
     """All sections of the report, in order."""
-    blocks = notices(config) + headline_blocks(comparison) + verdict_blocks(comparison)
+    blocks = (notices(config) + headline_blocks(comparison) + excluded_blocks(excluded)
+              + verdict_blocks(comparison))
     blocks.append(Heading("Figures"))
     for kind, title in FIGURE_KINDS.items():
         refs = [f for f in figures if f.name.split("_", 1)[0] == kind]
