@@ -333,3 +333,13 @@ def test_table_one_counts_and_means():
     # one edge: groups "<=50" and ">50"; men are cases 0, 2, 4 (ages 40, 50, 60), women 1, 3, 5 (45, 55, 65)
     assert (t1.loc["n, M <=50", "real"], t1.loc["n, M >50", "synthetic"], t1.loc["n, F <=50", "real"]) == ("2", "1", "1")
 
+
+
+def test_compare_images_with_one_synthetic_case_says_why(phantoms, bundled):
+    from totalgen_eval.images.compare import compare_images
+
+    result = compare_images(phantoms["real"][:3], phantoms["indep"][:1], phantoms["train"][:3], bundled, n_boot=0)
+    assert result.table.empty and list(result.table.columns) == ["metric", "modality", "value", "ci_low", "ci_high",
+                                                                  "features"]
+    assert "fewer than two" in result.summary()["note"]
+    assert result.summary()["memorization"]["n_synthetic"] == 1

@@ -10,7 +10,7 @@ import pandas as pd
 from .cases import cohort_images
 from .features import FeatureExtractor, load_extractor
 from .memorization import Memorization, memorization_from
-from .metrics import DEFAULT_N_BOOT, REFERENCE_SUFFIX, SYNTH_HALF_SUFFIX, image_metrics_from, twins_from_frame
+from .metrics import COLUMNS, DEFAULT_N_BOOT, REFERENCE_SUFFIX, SYNTH_HALF_SUFFIX, image_metrics_from, twins_from_frame
 
 if TYPE_CHECKING:
     from ..cohort import Cohort
@@ -25,10 +25,13 @@ class ImageResults:
     memorization: Memorization | None
     features: str
     seconds: float
+    note: str = ""  # why the table is empty, when it is
 
     def summary(self) -> dict[str, Any]:
         """Headline image-level figures for summary.json."""
         out: dict[str, Any] = {"features": self.features, "seconds": round(self.seconds, 2)}
+        if self.note:
+            out["note"] = self.note
         rows = self.table.set_index(["metric", "modality"])
         for metric in ("fid_2.5d", "mmd_3d", "ms_ssim_twins"):
             for modality in ("ct", "pet"):
@@ -62,9 +65,11 @@ def compare_images(real: Cohort, synth: Cohort, train: Cohort | None = None,
     extractor = features if isinstance(features, FeatureExtractor) else load_extractor(features, device=device)
     real_i = cohort_images(real, extractor, workers, progress, "images (real)")
     synth_i = cohort_images(synth, extractor, workers, progress, "images (synthetic)")
-    table = image_metrics_from(real_i, synth_i, extractor.name, twins_from_frame(synth.to_frame()), n_boot, seed)
+    note = "" if min(len(real_i), len(synth_i)) >= 2 else "not computed: fewer than two cases in a cohort"
+    table = pd.DataFrame(columns=list(COLUMNS)) if note else \
+        image_metrics_from(real_i, synth_i, extractor.name, twins_from_frame(synth.to_frame()), n_boot, seed)
     memo = None
     if train is not None:
         train_i = cohort_images(train, None, workers, progress, "images (training)")
         memo = memorization_from(synth_i, train_i, real_i)
-    return ImageResults(table, memo, extractor.description, time.perf_counter() - started)
+    return ImageResults(table, memo, extractor.description, time.perf_counter() - started, note)

@@ -64,7 +64,8 @@ def metrics_blocks(table: pd.DataFrame | None, summary: Mapping[str, Any]) -> li
     """The image metrics table (synthetic vs real, at half size, and the real-halves reference)."""
     blocks: list[Block] = [Heading("Image-level metrics")]
     if table is None or table.empty:
-        return blocks + [Paragraph("Not computed (compare --no-images, or no image_metrics.csv).")]
+        note = (summary.get("images") or {}).get("note") or "compare --no-images, or no image_metrics.csv"
+        return blocks + [Paragraph(f"Not computed ({note}).")]
     rows = table.set_index(["metric", "modality"])
     features = (summary.get("images") or {}).get("features") or str(table["features"].iloc[0])
     blocks.append(Paragraph(
