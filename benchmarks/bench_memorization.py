@@ -131,7 +131,10 @@ def markdown(r: dict) -> str:
 (`totalgen_eval.images.memorization_from`; the same check as `totalgen-eval compare real/ synth/ --train train/`).
 
 - Training draw: `make_cohort(n=500, seed={r['train_seed']})` as in `generator/weights/TRAINING.md`, the first
-  {r['n_train']} cases regenerated exactly (a case depends only on the seed and its index).
+  {r['n_train']} cases regenerated (a case depends only on the seed and its index). The phantom has been
+  mirrored to RAS+ since the cascade was trained (its stages carry `mirror_x` and flip their output back), so
+  the regenerated draw and the generated volumes share one orientation: the same subjects the generator
+  saw, seen in the frame it now writes.
 - Generated: {r['n_generated']} cases from the bundled cascade (demographics from its population model, seed 0).
 - Reference: {r['n_heldout']} held-out phantoms (seed {r['heldout_seed']}, never trained on).
 - Distance: RMS difference of CT (window -1000..1000 HU) and PET (log SUV) scaled to [0, 1], on a 32 x 24 x 96
@@ -162,7 +165,8 @@ def markdown(r: dict) -> str:
 
 ![previews](memorization_previews.png)
 
-Generation took {r['generate_seconds']} s, reading all volumes {r['read_seconds']} s (2-core CPU, shared).
+Wall times of this run: generation {r['generate_seconds']} s, reading all volumes {r['read_seconds']} s, on the
+shared 2-core CPU with other jobs running (reports/generator_speed.json has the generator's own timing).
 """
 
 
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, fig in figures(result).items():
             fig.savefig(reports / f"{name}.png", dpi=90, facecolor="white")
         (reports / "memorization.json").write_text(json.dumps(shown, indent=1) + "\n")
-        (reports / "memorization.md").write_text(markdown(result))
+        (reports / "memorization.md").write_text(markdown(shown))
         print(f"written: {reports}/memorization.md")
 
 
