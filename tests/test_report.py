@@ -98,6 +98,7 @@ def test_headline_is_the_summary_verdict_counts(written):
 def test_write_report_writes_every_file(written):
     out, paths = written
     figures = {f"figures/{k}_suv_mean.{ext}" for k in KINDS for ext in ("png", "svg")}
+    figures |= {"figures/suvmax.png", "figures/suvmax.svg"}  # the organ table has SUVmax: its own figure
     assert set(paths) == figures | {"report.html", "report.md"}
     for rel, path in paths.items():
         assert path == out / rel and path.stat().st_size > 0
@@ -108,7 +109,7 @@ def test_html_is_self_contained_and_embeds_every_figure(written):
     out, paths = written
     page = parse(out / "report.html")
     pngs = sorted(p for p in paths if p.endswith(".png"))
-    assert len(page.images) == len(pngs) == 4
+    assert len(page.images) == len(pngs) == 5
     embedded = {base64.b64decode(src.split(",", 1)[1]) for src in page.images
                 if src.startswith("data:image/png;base64,")}
     assert embedded == {(out / p).read_bytes() for p in pngs}
@@ -157,7 +158,7 @@ def test_redraw_from_the_tables_reproduces_the_file_set(written, tmp_path):
     again = report.redraw(copy)
     assert set(again) == set(paths)
     assert not (copy / "figures" / "heatmap_hu_mean.png").exists()
-    assert len(parse(copy / "report.html").images) == 4
+    assert len(parse(copy / "report.html").images) == 5
     assert report.PHANTOM_NOTICE in (copy / "report.md").read_text(encoding="utf-8").lower()  # config.json read
 
 
@@ -193,7 +194,7 @@ def test_stats_output_goes_through_the_report(tmp_path):
                                 metrics=("suv_mean",), age_bins=(60, 80), seed=0)
     paths = report.write_report(tmp_path, table, comparison, _config())
     page = parse(paths["report.html"])
-    assert len(page.images) == 4
+    assert len(page.images) == 5
     liver = comparison.concordance.query("organ == 'liver' and sex == 'all' and age_group == 'all'").iloc[0]
     assert liver["verdict"] == "differs"  # +25% on 24 cases a side
     assert f"{liver['deviation_pct']:+.1f}%" in " ".join(page.text)

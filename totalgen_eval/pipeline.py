@@ -155,8 +155,7 @@ def _check_segmenters(cfg: CompareConfig) -> None:
 def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     """Compare two cohort folders; writes every output under ``cfg.out`` and returns the tables."""
     from .metrics import LESION_MODES, excluded_table, lesion_table, organ_metrics
-    from .parallel import load_checked, make_scheduler, write_excluded
-    from .provenance import write_table
+    from .parallel import EXCLUDED_COLUMNS, load_checked, make_scheduler
     from .report import write_results
     from .stats import compare_tables, twin_map
 
@@ -183,15 +182,13 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
                                         scheduler=scheduler, lesions=cfg.lesions,
                                         lesion_margin_mm=cfg.lesion_margin_mm))
     lesions = pd.concat([lesion_table(t) for t in tables if t.attrs.get("lesions")], ignore_index=True) \
-        if any(t.attrs.get("lesions") for t in tables) else None
-    if lesions is not None:  # lesions.csv: case_id, cohort, mtv_ml, tlg, lesion_count
-        write_table(lesions, cfg.out / "lesions.csv")
-    excluded = pd.concat([excluded_table(t) for t in tables], ignore_index=True)
-    write_excluded(excluded, cfg.out)  # the report lists it (excluded.csv: case_id, cohort, reason)
+        if any(t.attrs.get("lesions") for t in tables) else None  # case_id, cohort, mtv_ml, tlg, lesion_count
+    excluded = pd.concat([excluded_table(t) for t in tables], ignore_index=True).reindex(
+        columns=list(EXCLUDED_COLUMNS))  # the report lists it (case_id, cohort, reason)
     real_t, synth_t = tables
     _check_overlap(real_t, synth_t, cfg)
     comparison = compare_tables(real_t, synth_t, cfg.stats, twins=twin_map(synth.to_frame()))
-    comparison.summary["images"] = _compare_images(cfg, real, synth, train, extractor, progress)
+    comparison.summary["images"], image_tables = _compare_images(cfg, real, synth, train, extractor, progress)
     config = {
         "tool": "totalgen-eval compare", "version": __version__,
         "options": to_jsonable(cfg),
@@ -208,7 +205,8 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
         "seconds": round(time.perf_counter() - started, 2),
         "versions": package_versions(),
     }
-    paths = write_results(cfg.out, pd.concat(tables, ignore_index=True), comparison, config)
+    paths = write_results(cfg.out, pd.concat(tables, ignore_index=True), comparison, config,
+                          extra={"lesions.csv": lesions, "excluded.csv": excluded, **image_tables})
     return CompareResult(pd.concat(tables, ignore_index=True), comparison, Path(paths["report.html"]), config)
 
 
@@ -224,24 +222,26 @@ def _image_inputs(cfg: CompareConfig) -> tuple[Cohort | None, FeatureExtractor |
     return train, (load_extractor(cfg.features, device=cfg.device) if cfg.images else None)
 
 
-def _compare_images(cfg: CompareConfig, real: Cohort, synth: Cohort, train: Cohort | None,
-                    extractor: FeatureExtractor | None, progress: bool) -> dict | None:
-    """Image metrics (and memorization with --train) written to image_metrics.csv (memorization.csv,
-    memorization_real.csv); returns their headline figures for summary.json (None with --no-images)."""
-    from .images.compare import compare_images
-    from .provenance import write_table
+IMAGE_TABLES: tuple[str, ...] = ("image_metrics.csv", "memorization.csv", "memorization_real.csv")
 
-    for stale in ("image_metrics.csv", "memorization.csv", "memorization_real.csv"):  # from an earlier run
-        (cfg.out / stale).unlink(missing_ok=True)
+
+def _compare_images(cfg: CompareConfig, real: Cohort, synth: Cohort, train: Cohort | None,
+                    extractor: FeatureExtractor | None,
+                    progress: bool) -> tuple[dict | None, dict[str, pd.DataFrame | None]]:
+    """Image metrics (and memorization with --train): their headline figures for summary.json (None with
+    --no-images) and the tables for the results folder (None: not made this run, an earlier one is removed)."""
+    from .images.compare import compare_images
+
+    tables: dict[str, pd.DataFrame | None] = dict.fromkeys(IMAGE_TABLES)
     if extractor is None:
-        return None
+        return None, tables
     result = compare_images(real, synth, train, extractor, seed=cfg.seed, workers=cfg.workers, device=cfg.device,
                             progress=progress)
-    write_table(result.table, cfg.out / "image_metrics.csv")
+    tables["image_metrics.csv"] = result.table
     if result.memorization is not None:
-        write_table(result.memorization.synthetic, cfg.out / "memorization.csv")
-        write_table(result.memorization.real, cfg.out / "memorization_real.csv")
-    return result.summary()
+        tables["memorization.csv"] = result.memorization.synthetic
+        tables["memorization_real.csv"] = result.memorization.real
+    return result.summary(), tables
 
 
 def run_stats(real_csv: Path, synth_csv: Path, out_dir: Path, params: StatsParams) -> Comparison:

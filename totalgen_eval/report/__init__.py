@@ -123,24 +123,31 @@ def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: C
 
 
 def write_tables(out_dir: str | Path, organ_metrics: pd.DataFrame | None, comparison: Comparison,
-                 config: Mapping[str, Any]) -> dict[str, Path]:
+                 config: Mapping[str, Any], extra: Mapping[str, pd.DataFrame | None] | None = None) -> dict[str, Path]:
     """The tables :func:`redraw` reads: organ_metrics.csv (when given), concordance.csv, trends.csv,
-    summary.json, config.json."""
+    summary.json, config.json; and ``extra`` tables by file name (lesions.csv, excluded.csv, image_metrics.csv,
+    memorization*.csv): a None entry removes that file left by an earlier run."""
     out_dir = Path(out_dir)
     written = {}
     if organ_metrics is not None:
         written["organ_metrics.csv"] = write_table(organ_metrics, out_dir / "organ_metrics.csv")
     written["concordance.csv"] = write_table(comparison.concordance, out_dir / "concordance.csv")
     written["trends.csv"] = write_table(comparison.trends, out_dir / "trends.csv")
+    for name, table in (extra or {}).items():
+        if table is None:
+            (out_dir / name).unlink(missing_ok=True)
+        else:
+            written[name] = write_table(table, out_dir / name)
     written["summary.json"] = write_json(comparison.summary, out_dir / "summary.json")
     written["config.json"] = write_json(dict(config), out_dir / "config.json")
     return written
 
 
 def write_results(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Comparison,
-                  config: Mapping[str, Any]) -> dict[str, Path]:
-    """Everything of a comparison: :func:`write_tables`, then :func:`write_report`."""
-    written = write_tables(out_dir, organ_metrics, comparison, config)
+                  config: Mapping[str, Any], extra: Mapping[str, pd.DataFrame | None] | None = None) -> dict[str, Path]:
+    """Everything of a comparison, the results folder's one writer: :func:`write_tables`, then
+    :func:`write_report`."""
+    written = write_tables(out_dir, organ_metrics, comparison, config, extra)
     return {**written, **write_report(out_dir, organ_metrics, comparison, config)}
 
 
