@@ -83,6 +83,7 @@ def test_a_missing_field_takes_its_null_value_and_nothing_changes_when_all_are_g
     assert torch.equal(z[0], reference[0]) and z[1, 2] == pytest.approx(0.7) and z[1, 3] == pytest.approx(-1.2)
 
 
+@pytest.mark.slow  # about 10-20 s on 2 busy cores
 def test_the_bundled_cascade_is_bit_identical_with_every_field_given(monkeypatch):
     from generator import load_cascade
 
@@ -110,6 +111,7 @@ def test_a_stage_2_patch_equals_the_whole_volume_pair_cut_to_the_patch(factor):
     torch.testing.assert_close(pimage, image[0][cut], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # about 10-20 s on 2 busy cores
 def test_a_patch_trained_stage_2_runs_with_validation_and_previews(tmp_path):
     cohort = make_cohort(tmp_path / "ph", n=4, seed=6, progress=False)
     out = tmp_path / "run"
