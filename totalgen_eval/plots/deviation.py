@@ -16,6 +16,54 @@ from .style import (OUTSIDE_GID, SYNTH_COLOUR, UNTESTED_GID, deviation_cmap, fmt
                     subgroup_label, title_legend)
 
 
+def _heatmap_values(lookup: dict, organs: list[str], groups: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(deviation_pct, has an interval) per organ (rows) x subgroup (columns)."""
+    values = np.full((len(organs), len(groups)), np.nan)
+    tested = np.zeros(values.shape, dtype=bool)
+    for i, o in enumerate(organs):
+        for j, (s, a) in enumerate(groups):
+            r = lookup.get((o, s, a))
+            if r is not None and r.deviation_pct is not None:
+                values[i, j] = float(r.deviation_pct)
+                tested[i, j] = is_tested(r)
+    return values, tested
+
+
+def _annotate_cell(ax, i: int, j: int, key: str, r: object, v: float, vmax: float, limit_pct: float) -> bool:
+    """The deviation and n of one heatmap cell, its outline outside the margin, its hatch without an
+    interval; True when hatched."""
+    n_text = f"{fmt_n(r.n_real)}/{fmt_n(r.n_synth)}" if r is not None else "no data"
+    dark, dev_text = (abs(v) > 0.6 * vmax, f"{v:+.1f}") if np.isfinite(v) else (False, "n/a")
+    colour = "white" if dark else "black"
+    outside = bool(np.isfinite(v) and abs(v) > limit_pct)
+    ax.text(j + 0.5, i + 0.40, dev_text, ha="center", va="center", fontsize=8, color=colour,
+            fontweight="bold" if outside else "normal", gid=f"value:{key}")
+    ax.text(j + 0.5, i + 0.75, n_text, ha="center", va="center", fontsize=6.5, color=colour, gid=f"n:{key}")
+    if outside:
+        ax.add_patch(Rectangle((j + 0.06, i + 0.06), 0.88, 0.88, fill=False, edgecolor="black", linewidth=1.8,
+                               gid=f"{OUTSIDE_GID}:{key}"))
+    hatched = bool(r is not None and np.isfinite(v) and not is_tested(r))
+    if hatched:
+        ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="//", edgecolor="#8c8c8c", linewidth=0,
+                               gid=f"{UNTESTED_GID}:{key}"))
+    return hatched
+
+
+def _heatmap_axes(ax, organs: list[str], groups: list[tuple[str, str]]) -> None:
+    """Ticks, limits and the lines between subgroup kinds (all | sex | age | sex x age)."""
+    kinds = [subgroup_kind(s, a) for s, a in groups]
+    for j in range(1, len(groups)):
+        if kinds[j] != kinds[j - 1]:
+            ax.axvline(j, color="black", linewidth=1.2)
+    ax.set_xticks(np.arange(len(groups)) + 0.5, [subgroup_label(s, a) for s, a in groups],
+                  rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(np.arange(len(organs)) + 0.5, [o.replace("_", " ") for o in organs])
+    ax.set_xlim(0, len(groups))
+    ax.set_ylim(len(organs), 0)
+    ax.tick_params(length=0)
+    ax.set_xlabel("subgroup (sex, age group in years)")
+
+
 def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margin: float = 0.05) -> Figure:
     """Organ (rows) x subgroup (columns) heatmap of deviation_pct (%) for one metric.
 
@@ -29,63 +77,20 @@ def deviation_heatmap(concordance: pd.DataFrame, metric: str = "suv_mean", margi
     organs = organ_order(rows["organ"])
     groups = populated_subgroups(rows)
     lookup = {(r.organ, r.sex, r.age_group): r for r in rows.itertuples(index=False)}
-    values = np.full((len(organs), len(groups)), np.nan)
-    tested = np.zeros(values.shape, dtype=bool)
-    for i, o in enumerate(organs):
-        for j, (s, a) in enumerate(groups):
-            r = lookup.get((o, s, a))
-            if r is not None and r.deviation_pct is not None:
-                values[i, j] = float(r.deviation_pct)
-                tested[i, j] = is_tested(r)
+    values, tested = _heatmap_values(lookup, organs, groups)
     limit_pct = 100.0 * margin
     finite = np.isfinite(values)
     scale = np.abs(values[finite & tested]) if (finite & tested).any() else np.abs(values[finite])
     vmax = max(2.0 * limit_pct, float(scale.max()) if scale.size else 0.0, 1.0)  # untested noise may clip
-    norm = Normalize(-vmax, vmax)
-    cmap = deviation_cmap()
-
-    width = max(7.0, 2.4 + 0.72 * len(groups) + 1.2)  # the title needs ~7 in
-    height = 1.9 + 0.52 * len(organs)
-    fig = Figure(figsize=(width, height), layout="constrained")
-    ax = fig.add_subplot()
-    mesh = ax.pcolormesh(np.ma.masked_invalid(values), cmap=cmap, norm=norm, edgecolors="white", linewidth=1.0)
-    untested = 0
-    for i, o in enumerate(organs):
-        for j, (s, a) in enumerate(groups):
-            r = lookup.get((o, s, a))
-            n_text = f"{fmt_n(r.n_real)}/{fmt_n(r.n_synth)}" if r is not None else "no data"
-            v = values[i, j]
-            if np.isfinite(v):
-                dark = abs(v) > 0.6 * vmax
-                dev_text = f"{v:+.1f}"
-            else:
-                dark, dev_text = False, "n/a"
-            colour = "white" if dark else "black"
-            outside = bool(np.isfinite(v) and abs(v) > limit_pct)
-            ax.text(j + 0.5, i + 0.40, dev_text, ha="center", va="center", fontsize=8, color=colour,
-                    fontweight="bold" if outside else "normal", gid=f"value:{o}|{s}|{a}")
-            ax.text(j + 0.5, i + 0.75, n_text, ha="center", va="center", fontsize=6.5, color=colour,
-                    gid=f"n:{o}|{s}|{a}")
-            if outside:
-                ax.add_patch(Rectangle((j + 0.06, i + 0.06), 0.88, 0.88, fill=False, edgecolor="black",
-                                       linewidth=1.8, gid=f"{OUTSIDE_GID}:{o}|{s}|{a}"))
-            if r is not None and np.isfinite(v) and not is_tested(r):
-                untested += 1
-                ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="//", edgecolor="#8c8c8c", linewidth=0,
-                                       gid=f"{UNTESTED_GID}:{o}|{s}|{a}"))
-    kinds = [subgroup_kind(s, a) for s, a in groups]
-    for j in range(1, len(groups)):
-        if kinds[j] != kinds[j - 1]:
-            ax.axvline(j, color="black", linewidth=1.2)
-    ax.set_xticks(np.arange(len(groups)) + 0.5, [subgroup_label(s, a) for s, a in groups],
-                  rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(np.arange(len(organs)) + 0.5, [o.replace("_", " ") for o in organs])
-    ax.set_xlim(0, len(groups))
-    ax.set_ylim(len(organs), 0)
-    ax.tick_params(length=0)
-    ax.set_xlabel("subgroup (sex, age group in years)")
+    fig = Figure(figsize=(max(7.0, 3.6 + 0.72 * len(groups)), 1.9 + 0.52 * len(organs)), layout="constrained")
+    ax = fig.add_subplot()  # the title needs ~7 in
+    mesh = ax.pcolormesh(np.ma.masked_invalid(values), cmap=deviation_cmap(), norm=Normalize(-vmax, vmax),
+                         edgecolors="white", linewidth=1.0)
+    untested = sum(_annotate_cell(ax, i, j, f"{o}|{s}|{a}", lookup.get((o, s, a)), values[i, j], vmax, limit_pct)
+                   for i, o in enumerate(organs) for j, (s, a) in enumerate(groups))
+    _heatmap_axes(ax, organs, groups)
     hatched = "; hatched: too few cases, not tested" if untested else ""
-    ax.set_title(f"{metric_label(metric)}: synthetic vs real, deviation of the mean (%)\n"
+    ax.set_title(f"{metric_label(metric)}: synthetic vs real, ratio of geometric means - 1 (%)\n"
                  f"outlined: |deviation| > {limit_pct:g}% margin; small print: n real/synthetic; grey: n/a{hatched}",
                  fontsize=9, loc="left")
     clipped = bool(finite.any() and np.nanmax(np.abs(values)) > vmax)
