@@ -110,6 +110,49 @@ def sample_figure(real_cohort, synth_cohort, path: Path, n: int = 3) -> None:
     plt.close(fig)
 
 
+def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work: Path,
+                     reports: Path | None) -> dict:
+    """Organ tables of the held-out phantoms (true labels), their phantom twins and the synthetic twins
+    (``segmenter``), compared: shares within the margins, median |deviation|, effects, heatmaps."""
+    from totalgen_eval.metrics import organ_metrics
+    from totalgen_eval.plots import deviation_heatmap
+    from totalgen_eval.stats import compare_tables
+
+    result: dict = {}
+    tables = {}
+    for name, cohort, seg in (("real", real_c, "labels"), ("twins", twin_c, "labels"), ("synth", synth_c, segmenter)):
+        tables[name] = organ_metrics(cohort, segmenter=seg, workers=workers, cache_dir=work / "cache" / name,
+                                     cohort_name=name, progress=False)
+    comparisons = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), seed=0)
+                   for k in ("synth", "twins")}
+    for k, comp in comparisons.items():
+        suv_share, suv_cells = share_within(comp.concordance, "suv_mean", SUV_MARGIN)
+        vol_share, vol_cells = share_within(comp.concordance, "volume_ml", VOLUME_MARGIN)
+        overall = comp.concordance[(comp.concordance["sex"] == "all") & (comp.concordance["age_group"] == "all")]
+        median_abs = overall.groupby("metric")["deviation_pct"].apply(lambda d: float(d.abs().median()))
+        result[k] = {"suv_mean_share_within_5pct": suv_share, "suv_mean_cells": suv_cells,
+                     "volume_share_within_10pct": vol_share, "volume_cells": vol_cells,
+                     "suv_mean_median_abs_dev_pct": median_abs.get("suv_mean", float("nan")),
+                     "volume_median_abs_dev_pct": median_abs.get("volume_ml", float("nan")),
+                     "effects": effect_checks(comp.trends)}
+        comp.concordance.to_csv(work / f"concordance_{k}.csv", index=False)
+    conc = comparisons["synth"].concordance
+    allrows = conc[(conc["sex"] == "all") & (conc["age_group"] == "all")]
+    result["per_organ_all"] = allrows[["organ", "metric", "real_mean", "synth_mean", "deviation_pct"]].round(3).to_dict("records")
+    if reports is not None:
+        for metric in ("suv_mean", "volume_ml"):
+            fig = deviation_heatmap(conc, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
+            fig.savefig(reports / f"generator_fidelity_{metric}.png", dpi=80)
+            fig.clf()
+    s = result["synth"]
+    result["goals_met"] = {
+        "suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
+        "volume": bool(s["volume_share_within_10pct"] >= GOAL_SHARE),
+        "effects": bool(any(e["judged"] for e in s["effects"])
+                        and all(e["reproduced"] for e in s["effects"] if e["judged"]))}
+    return result
+
+
 def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed: int = 777, twin_seed: int = 778,
         seed: int = 0, segmenter: str = "model:bundled", checkpoint: Path | None = None, workers: int = 1,
         reports: Path | None = None, guidance: float | None = None) -> dict:
@@ -146,42 +189,7 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
     result["whole_body"] = {"synthetic": body.round(3).to_dict("records"),
                             "phantom_twins": body_ref.round(3).to_dict("records")}
     try:
-        from totalgen_eval.metrics import organ_metrics
-        from totalgen_eval.plots import deviation_heatmap
-        from totalgen_eval.stats import compare_tables
-
-        tables = {}
-        for name, cohort, seg in (("real", real_c, "labels"), ("twins", twin_c, "labels"),
-                                  ("synth", synth_c, segmenter)):
-            tables[name] = organ_metrics(cohort, segmenter=seg, workers=workers, cache_dir=work / "cache" / name,
-                                         cohort_name=name, progress=False)
-        comparisons = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), seed=0)
-                       for k in ("synth", "twins")}
-        for k, comp in comparisons.items():
-            suv_share, suv_cells = share_within(comp.concordance, "suv_mean", SUV_MARGIN)
-            vol_share, vol_cells = share_within(comp.concordance, "volume_ml", VOLUME_MARGIN)
-            overall = comp.concordance[(comp.concordance["sex"] == "all") & (comp.concordance["age_group"] == "all")]
-            median_abs = overall.groupby("metric")["deviation_pct"].apply(lambda d: float(d.abs().median()))
-            result[k] = {"suv_mean_share_within_5pct": suv_share, "suv_mean_cells": suv_cells,
-                         "volume_share_within_10pct": vol_share, "volume_cells": vol_cells,
-                         "suv_mean_median_abs_dev_pct": median_abs.get("suv_mean", float("nan")),
-                         "volume_median_abs_dev_pct": median_abs.get("volume_ml", float("nan")),
-                         "effects": effect_checks(comp.trends)}
-            comp.concordance.to_csv(work / f"concordance_{k}.csv", index=False)
-        conc = comparisons["synth"].concordance
-        allrows = conc[(conc["sex"] == "all") & (conc["age_group"] == "all")]
-        result["per_organ_all"] = allrows[["organ", "metric", "real_mean", "synth_mean", "deviation_pct"]].round(3).to_dict("records")
-        if reports is not None:
-            for metric in ("suv_mean", "volume_ml"):
-                fig = deviation_heatmap(conc, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
-                fig.savefig(reports / f"generator_fidelity_{metric}.png", dpi=80)
-                fig.clf()
-        s = result["synth"]
-        result["goals_met"] = {
-            "suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
-            "volume": bool(s["volume_share_within_10pct"] >= GOAL_SHARE),
-            "effects": bool(any(e["judged"] for e in s["effects"])
-                            and all(e["reproduced"] for e in s["effects"] if e["judged"]))}
+        result.update(organ_comparison(real_c, twin_c, synth_c, segmenter, workers, work, reports))
         result["organ_part"] = "run"
     except Exception as exc:  # the segmenter or another module is missing: say which part could not run
         result["organ_part"] = f"not run: {type(exc).__name__}: {exc}".splitlines()[0]
