@@ -152,6 +152,28 @@ def _check_segmenters(cfg: CompareConfig) -> None:
         make_segmenter(spec, device=cfg.device, organs=cfg.organs)
 
 
+def _run_config(cfg: CompareConfig, real: Cohort, synth: Cohort, train: Cohort | None, segmenters: tuple[str, str],
+                synth_table: pd.DataFrame, excluded: pd.DataFrame, started: float) -> dict:
+    """config.json of a comparison: options, segmenters, cohorts, phantom flags, exclusions, time, versions."""
+    seg_real, seg_synth = segmenters
+    cohorts = {"real": {"path": str(cfg.real), "layout": real.layout, "cases": len(real)},
+               "synth": {"path": str(cfg.synth), "layout": synth.layout, "cases": len(synth)}}
+    if train is not None:
+        cohorts["train"] = {"path": str(cfg.train), "layout": train.layout, "cases": len(train)}
+    return {
+        "tool": "totalgen-eval compare", "version": __version__,
+        "options": to_jsonable(cfg),
+        "segmenters": {"real": seg_real, "synth": seg_synth},
+        "segmenters_differ": seg_real != seg_synth,
+        "cohorts": cohorts,
+        "real_is_phantom": bool(real.is_phantom), "synth_is_phantom": bool(synth.is_phantom),
+        "synth_has_demographics": _has_demographics(synth_table),
+        "n_excluded": {side: int((excluded["cohort"] == side).sum()) for side in ("real", "synth")},
+        "seconds": round(time.perf_counter() - started, 2),
+        "versions": package_versions(),
+    }
+
+
 def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     """Compare two cohort folders; writes every output under ``cfg.out`` and returns the tables."""
     from .metrics import LESION_MODES, excluded_table, lesion_table, organ_metrics
@@ -189,22 +211,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     _check_overlap(real_t, synth_t, cfg)
     comparison = compare_tables(real_t, synth_t, cfg.stats, twins=twin_map(synth.to_frame()))
     comparison.summary["images"], image_tables = _compare_images(cfg, real, synth, train, extractor, progress)
-    config = {
-        "tool": "totalgen-eval compare", "version": __version__,
-        "options": to_jsonable(cfg),
-        "segmenters": {"real": seg_real, "synth": seg_synth},
-        "segmenters_differ": seg_real != seg_synth,
-        "cohorts": {"real": {"path": str(cfg.real), "layout": real.layout, "cases": len(real)},
-                    "synth": {"path": str(cfg.synth), "layout": synth.layout, "cases": len(synth)},
-                    **({"train": {"path": str(cfg.train), "layout": train.layout, "cases": len(train)}}
-                       if train is not None else {})},
-        "real_is_phantom": bool(real.is_phantom), "synth_is_phantom": bool(synth.is_phantom),
-        "synth_has_demographics": _has_demographics(synth_t),
-        "n_excluded": {"real": int((excluded["cohort"] == "real").sum()),
-                       "synth": int((excluded["cohort"] == "synth").sum())},
-        "seconds": round(time.perf_counter() - started, 2),
-        "versions": package_versions(),
-    }
+    config = _run_config(cfg, real, synth, train, (seg_real, seg_synth), synth_t, excluded, started)
     paths = write_results(cfg.out, pd.concat(tables, ignore_index=True), comparison, config,
                           extra={"lesions.csv": lesions, "excluded.csv": excluded, **image_tables})
     return CompareResult(pd.concat(tables, ignore_index=True), comparison, Path(paths["report.html"]), config)
