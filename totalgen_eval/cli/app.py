@@ -143,6 +143,10 @@ Segmenter = Annotated[Optional[str], typer.Option(
                         "cohort has them, else TotalSegmentator where its weights exist).")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave bad cases out (listed with the reason in "
                                                           "excluded.csv) instead of stopping at the first.")]
+Lesions = Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
+                                      "lesion mask leave the organ SUV/HU statistics; include: keep them.")]
+LesionMargin = Annotated[float, typer.Option("--lesion-margin", metavar="MM", help="With --lesions exclude, also "
+                                             "leave out organ voxels within MM of a lesion (PET blur spill).")]
 Scheduler = Annotated[Optional[str], typer.Option(
     "--scheduler", help="Where cases run: the in-process pool of --workers (default), local:N (a Dask "
                         "LocalCluster of N processes) or tcp://host:port (a running Dask cluster).")]

@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError, check_number, printable
-from .app import (DEFAULT_MAX_VOXELS, MAX_CASES, Device, MaxVoxels, Progress, Scheduler, Seed, Segmenter, SkipBad,
-                  Workers, _command, _parse, out, output_folder, protect, say, set_max_voxels)
+from .app import (DEFAULT_MAX_VOXELS, MAX_CASES, Device, LesionMargin, Lesions, MaxVoxels, Progress, Scheduler, Seed,
+                  Segmenter, SkipBad, Workers, _command, _parse, out, output_folder, protect, say, set_max_voxels)
 
 
 # inspect / phantoms / doctor --------------------------------------------------------------------------
@@ -204,10 +204,8 @@ def metrics(
     skip_bad: SkipBad = False,
     progress: Progress = True,
     max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
-    lesions: Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
-                                         "lesion mask leave the organ SUV/HU statistics; include: keep them.")] = "exclude",
-    lesion_margin: Annotated[float, typer.Option("--lesion-margin", metavar="MM", help="With --lesions exclude, also "
-                                                 "leave out organ voxels within MM of a lesion (PET blur spill).")] = 0.0,
+    lesions: Lesions = "exclude",
+    lesion_margin: LesionMargin = 0.0,
     output_old: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Deprecated: --out.")] = None,
 ) -> None:
     """Per-case organ table: volume (mL), SUV mean/median/SD/max/peak, HU mean, lesion volume inside the organ,

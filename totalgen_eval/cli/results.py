@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import (DEFAULT_MAX_VOXELS, Device, MaxVoxels, Progress, Scheduler, Seed, Segmenter, SkipBad, Workers,
-                  _command, _parse, out, output_folder, say, set_max_voxels)
+from .app import (DEFAULT_MAX_VOXELS, Device, LesionMargin, Lesions, MaxVoxels, Progress, Scheduler, Seed, Segmenter,
+                  SkipBad, Workers, _command, _parse, out, output_folder, say, set_max_voxels)
 
 
 @_command()
@@ -61,10 +61,8 @@ def compare(
     skip_bad: SkipBad = False,
     progress: Progress = True,
     max_voxels: MaxVoxels = DEFAULT_MAX_VOXELS,
-    lesions: Annotated[str, typer.Option("--lesions", metavar="MODE", help="exclude (default): voxels of a case's "
-                                         "lesion mask leave the organ SUV/HU statistics; include: keep them.")] = "exclude",
-    lesion_margin: Annotated[float, typer.Option("--lesion-margin", metavar="MM", help="With --lesions exclude, also "
-                                                 "leave out organ voxels within MM of a lesion (PET blur spill).")] = 0.0,
+    lesions: Lesions = "exclude",
+    lesion_margin: LesionMargin = 0.0,
     diagnosis: Annotated[Optional[str], typer.Option("--diagnosis", metavar="VALUE", help="Keep only the real cases "
                                                      "with this diagnosis (e.g. NEGATIVE; any value of the cohort's "
                                                      "diagnosis column, case-insensitive).")] = None,
