@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# the CPU builds of torch and torchvision (PyPI's Linux torch is a CUDA build with nvidia-* packages); an extra
-# index, so an offline mirror or a local wheel folder still serves them
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# Where the CPU builds of torch and torchvision come from. Empty: pip's own configuration (a machine whose pip
+# serves the CPU wheels, as this project's CI does). PyPI's Linux torch is a CUDA build with nvidia-* packages, so
+# on a machine with internet pass the PyTorch CPU index: make test TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_CPU_INDEX ?=
+TORCH_INDEX_OPT := $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX),)
 
 .PHONY: demo test quick install clean
 
 $(BIN)/totalgen-eval: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt --extra-index-url $(TORCH_CPU_INDEX) torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install -q -c constraints.txt $(TORCH_INDEX_OPT) torch==2.13.0 torchvision==0.28.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,seg]"
 	touch $@
 
