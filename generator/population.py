@@ -48,7 +48,7 @@ SEX_CODES = {"F": "F", "FEMALE": "F", "0": "F", "0.0": "F", "M": "M", "MALE": "M
 def parse_sex(value: Any) -> str:
     """"F"/"M" from F/M/female/male (any case) or the paper's coding 0/1 (F=0, M=1); ValueError otherwise.
 
-    The same words as ``totalgen_eval.demographics.parse_sex`` (this library does not import totalgen_eval;
+    The same words as the toolkit's ``demographics.parse_sex`` (this library does not import the toolkit;
     ``tests/test_demographics.py`` checks that the two agree)."""
     text = str(value).strip().upper()
     if text not in SEX_CODES:

@@ -45,21 +45,10 @@ METRIC_COLUMNS: tuple[str, ...] = ("organ", "n_voxels", "volume_ml", "suv_mean",
                                    "suv_max", "suv_peak", "hu_mean", "touches_border", "lesion_ml")
 LESION_COLUMNS: tuple[str, ...] = ("mtv_ml", "tlg", "lesion_count")  # per case (lesions.csv)
 LESION_MODES = ("exclude", "include")
-PEAK_SPHERE_ML = 1.0
-PEAK_RADIUS_MM = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # 6.2035 mm
-PEAK_BLOCK = 4  # SUVpeak search: centres bounded in blocks of 4 along i
-PEAK_SEEDS = 64  # SUVpeak search: centres with the highest bounds summed first
+from .peak import peak_mean, sphere_kernel
 
 
 # --- one case -------------------------------------------------------------------------------------------
-
-def sphere_kernel(spacing_mm: Sequence[float], radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
-    """Boolean (i, j, k) kernel: voxels whose centres lie within ``radius_mm`` of the centre voxel's."""
-    half = [int(math.floor(radius_mm / s + 1e-9)) for s in spacing_mm]
-    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    dist2 = sum((g * s) ** 2 for g, s in zip(grids, spacing_mm))
-    return dist2 <= radius_mm ** 2 + 1e-9
-
 
 def check_label_ids(labels: np.ndarray) -> np.ndarray:
     """The label map as a non-negative integer array; InputError naming ids that are not TS "total" classes."""
@@ -80,130 +69,6 @@ def check_label_ids(labels: np.ndarray) -> np.ndarray:
         bad = np.flatnonzero(counts[N_TOTAL_CLASSES + 1:]) + N_TOTAL_CLASSES + 1
     shown = ", ".join(str(int(b)) for b in bad[:10]) + (" ..." if len(bad) > 10 else "")
     raise InputError(f"label ids {shown} are not TotalSegmentator 'total' classes (valid: 0..{N_TOTAL_CLASSES})")
-
-
-def _sphere_rows(kernel: np.ndarray) -> list[tuple[int, int, int]]:
-    """The sphere as rows along axis i: (dj, dk, h) for each column, covering i offsets -h..h."""
-    cj, ck = kernel.shape[1] // 2, kernel.shape[2] // 2
-    rows = []
-    for j in range(kernel.shape[1]):
-        for k in range(kernel.shape[2]):
-            n = int(kernel[:, j, k].sum())
-            if n:
-                rows.append((j - cj, k - ck, (n - 1) // 2))
-    return rows
-
-
-def _padded_prefix(values: np.ndarray, keep: np.ndarray | None, half: np.ndarray) -> np.ndarray:
-    """Cumulative sums along axis i (float64, F order) of ``values`` where ``keep`` (everywhere if None), zero
-    elsewhere, padded by ``half`` on every side (PEAK_BLOCK more rows at the end of i), after a zero row."""
-    shape = (values.shape[0] + 2 * half[0] + PEAK_BLOCK + 1, values.shape[1] + 2 * half[1],
-             values.shape[2] + 2 * half[2])
-    prefix = np.zeros(shape, np.float64, order="F")
-    inside = tuple(slice(h + (a == 0), h + (a == 0) + n) for a, (h, n) in enumerate(zip(half, values.shape)))
-    prefix[inside] = values if keep is None else np.where(keep, values, 0.0)
-    np.cumsum(prefix, axis=0, out=prefix)
-    return prefix
-
-
-def _gather_rows(prefix: np.ndarray, at: np.ndarray, rows: list[tuple[int, int, int]]) -> np.ndarray:
-    """Sphere sums at ``at`` (N x 3 indices into the padded array) from the prefix sums along i: per row of
-    half-length h, prefix[i + h + 1] - prefix[i - h] at (j + dj, k + dk). With points in memory order the
-    gathers walk memory forwards."""
-    s0, s1, s2 = (st // prefix.itemsize for st in prefix.strides)
-    flat = prefix.ravel(order="K")
-    base = at[:, 0] * s0 + at[:, 1] * s1 + at[:, 2] * s2
-    total = np.zeros(len(at), np.float64)
-    for dj, dk, h in rows:
-        here = base + (dj * s1 + dk * s2)
-        total += flat[here + (h + 1) * s0] - flat[here - h * s0]
-    return total
-
-
-def _block_bounds(prefix: np.ndarray, rows: list[tuple[int, int, int]], half: np.ndarray,
-                  firsts: np.ndarray, reduce: np.ufunc) -> np.ndarray:
-    """Bounds of the sphere sums of the blocks whose first centres (box indices) are ``firsts``.
-
-    A block is PEAK_BLOCK consecutive positions along i. ``reduce`` np.maximum: per row of the sphere, the
-    largest row sum over the block's positions, summed over the rows: no sphere sum in the block exceeds it;
-    np.minimum: a lower bound. Row sums are the same float differences ``_gather_rows`` takes, and rounded
-    additions are monotone, so the bounds hold for the sums it computes, not only for exact ones.
-    """
-    b = PEAK_BLOCK
-    nq = -(-(prefix.shape[0] - 2 * int(half[0]) - b - 1) // b)
-    s0, s1, s2 = (st // 8 for st in np.empty((nq,) + prefix.shape[1:], order="F").strides)
-    base = (firsts[:, 0] // b) * s0 + (firsts[:, 1] + half[1]) * s1 + (firsts[:, 2] + half[2]) * s2
-    total = np.zeros(len(firsts), np.float64)
-    for h in sorted({r[2] for r in rows}):
-        start = int(half[0]) - h  # the row-sum index of box row 0
-        block = np.empty((nq,) + prefix.shape[1:], np.float64, order="F")
-        part = np.empty_like(block)
-        for t in range(b):
-            lo = start + t
-            np.subtract(prefix[lo + 2 * h + 1: lo + 2 * h + 1 + nq * b: b], prefix[lo: lo + nq * b: b],
-                        out=block if t == 0 else part)
-            if t:
-                reduce(block, part, out=block)
-        flat = block.ravel(order="K")
-        for dj, dk, hh in rows:
-            if hh == h:
-                total += flat[base + (dj * s1 + dk * s2)]
-    return total
-
-
-def _peak(pet_box: np.ndarray, valid_box: np.ndarray, centres: np.ndarray, kernel: np.ndarray,
-          clipped: bool, order: str = "C") -> float:
-    """Highest sphere mean over ``centres`` (N x 3 indices into a box that holds the margin or the array edge,
-    sorted in the arrays' memory ``order``).
-
-    ``clipped``: the box was cut by the array border, so spheres there hold fewer voxels. Exact, but summed
-    only near the hottest spheres: the centres fall into blocks of PEAK_BLOCK positions along the first
-    (fastest) axis; a block's bound (per row of the sphere, the largest row sum over the block, summed; no
-    sphere mean in the block exceeds it) is compared with the best mean of the PEAK_SEEDS centres with the
-    highest bounds, and only the centres of blocks that could beat it are summed.
-    """
-    if kernel.size == 1:
-        vals = pet_box[tuple(centres.T)]
-        vals = vals[~np.isnan(vals)]
-        return float(vals.max()) if vals.size else math.nan
-    if order == "C":  # reversed axes make the arrays F-ordered and the centres sorted in F order
-        return _peak(pet_box.T, valid_box.T, centres[:, ::-1], kernel.T, clipped, "F")
-    half = np.asarray([k // 2 for k in kernel.shape])
-    rows = _sphere_rows(kernel)
-    uniform = not clipped and bool(valid_box.all())
-    sums = _padded_prefix(pet_box, None if uniform else valid_box, half)
-    firsts, sizes = _blocks_of(centres)
-    bound = _block_bounds(sums, rows, half, centres[firsts], np.maximum)
-    padded = centres + half
-    if uniform:
-        bound = bound / float(kernel.sum())
-
-        def means(at: np.ndarray) -> np.ndarray:
-            return _gather_rows(sums, padded[at], rows) / float(kernel.sum())
-    else:
-        counts = _padded_prefix(valid_box.astype(np.float32), None, half)
-        low = _block_bounds(counts, rows, half, centres[firsts], np.minimum)
-        high = _block_bounds(counts, rows, half, centres[firsts], np.maximum)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            bound = np.where(low < 0.5, np.inf, np.where(bound >= 0, bound / low, bound / high))
-
-        def means(at: np.ndarray) -> np.ndarray:
-            s, n = _gather_rows(sums, padded[at], rows), _gather_rows(counts, padded[at], rows)
-            return s[n > 0.5] / n[n > 0.5]
-    bound = np.repeat(bound, sizes)
-    seeds = np.argpartition(-bound, PEAK_SEEDS - 1)[:PEAK_SEEDS] if len(bound) > PEAK_SEEDS else np.arange(len(bound))
-    found = means(np.sort(seeds))
-    best = float(found.max()) if found.size else -np.inf
-    found = means(np.flatnonzero(bound >= best))
-    return float(found.max()) if found.size else math.nan
-
-
-def _blocks_of(centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of each block's first centre, centres per block) for centres sorted in F order: a block is the
-    centres sharing j, k and i // PEAK_BLOCK (consecutive in that order)."""
-    key = centres[:, 0] // PEAK_BLOCK + (centres[:, 1] + centres[:, 2].astype(np.int64) * (1 << 21)) * (1 << 21)
-    firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    return firsts, np.diff(np.r_[firsts, len(centres)])
 
 
 def class_voxels(labels: np.ndarray, classes: Sequence[int]) -> dict[int, tuple[np.ndarray, ...]]:
@@ -250,7 +115,7 @@ def _organ_peak(parts: list[tuple[np.ndarray, ...]], pet: np.ndarray, kernel: np
         pet_wide = pet[wide]
         valid = ~np.isnan(pet_wide) if lesion is None else ~np.isnan(pet_wide) & ~lesion[wide]
         centres = np.stack([c - w.start for c, w in zip(part, wide)], axis=1)
-        peaks.append(_peak(pet_wide, valid, centres, kernel, clipped, order))
+        peaks.append(peak_mean(pet_wide, valid, centres, kernel, clipped, order))
     return float(np.nanmax(peaks)) if peaks and not np.all(np.isnan(peaks)) else math.nan
 
 

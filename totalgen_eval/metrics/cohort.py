@@ -20,7 +20,8 @@ from ..organs import ORGAN_NAMES
 from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Mapped, Scheduler, excluded_frame, map_cases,
                         write_excluded)
 from ..volumes import Grid, read_volume
-from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, PEAK_RADIUS_MM, case_metrics
+from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, case_metrics
+from .peak import PEAK_RADIUS_MM
 
 if TYPE_CHECKING:
     from ..cohort import Case, Cohort
