@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .config import FOV_MM, NetworkConfig, StageConfig, check_stage, default_lowres, default_sr
+from .config import FOV_MM, StageConfig, check_stage, default_lowres, default_sr
 
 STAGE_NAMES = ("lowres", "sr")
 PRECISIONS = ("auto", "bf16", "fp32")

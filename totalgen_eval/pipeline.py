@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import __version__
-from .demographics import DEFAULT_AGE_BINS, parse_age_bins
+from .demographics import parse_age_bins
 from .errors import InputError
 from .organs import ORGAN_NAMES, parse_organs
 from .provenance import package_versions, to_jsonable
@@ -53,6 +53,11 @@ class CompareConfig:
     features: str = "bundled"  # their feature extractor: bundled or model:PATH
     train: Path | None = None  # the generator's training cohort: the memorization check (memorization.csv)
 
+    def __post_init__(self) -> None:
+        """The statistics take the comparison's organs and seed: one value of each, set here."""
+        if (self.stats.organs, self.stats.seed) != (tuple(self.organs), self.seed):
+            object.__setattr__(self, "stats", self.stats.with_(organs=tuple(self.organs), seed=self.seed))
+
     @property
     def metrics(self) -> tuple[str, ...]:
         return self.stats.metrics
@@ -79,8 +84,7 @@ class CompareConfig:
             raise InputError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_COLUMNS)}", "--metrics")
         organ_names = parse(parse_organs, organs, "--organs")
         stats = StatsParams(margin=margin, alpha=alpha, min_n=min_n, robust=robust, metrics=metric_names,
-                            age_bins=parse(parse_age_bins, age_bins, "--age-bins"), organs=organ_names,
-                            seed=int(rest.get("seed", 0)))
+                            age_bins=parse(parse_age_bins, age_bins, "--age-bins"))
         return cls(real=Path(real), synth=Path(synth), out=Path(out),
                    real_segmenter=real_segmenter or segmenter, synth_segmenter=synth_segmenter or segmenter,
                    organs=organ_names, stats=stats, **rest)
@@ -212,9 +216,10 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     comparison = compare_tables(real_t, synth_t, cfg.stats, twins=twin_map(synth.to_frame()))
     comparison.summary["images"], image_tables = _compare_images(cfg, real, synth, train, extractor, progress)
     config = _run_config(cfg, real, synth, train, (seg_real, seg_synth), synth_t, excluded, started)
-    paths = write_results(cfg.out, pd.concat(tables, ignore_index=True), comparison, config,
+    table = pd.concat(tables, ignore_index=True)
+    paths = write_results(cfg.out, table, comparison, config,
                           extra={"lesions.csv": lesions, "excluded.csv": excluded, **image_tables})
-    return CompareResult(pd.concat(tables, ignore_index=True), comparison, Path(paths["report.html"]), config)
+    return CompareResult(table, comparison, Path(paths["report.html"]), config)
 
 
 def _image_inputs(cfg: CompareConfig) -> tuple[Cohort | None, FeatureExtractor | None]:

@@ -11,9 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from .style import (OUTSIDE_GID, SYNTH_COLOUR, UNTESTED_GID, deviation_cmap, fmt_n, is_tested,
-                    label_bottom_row, metric_label, metric_rows, organ_order, populated_subgroups, subgroup_kind,
-                    subgroup_label, title_legend)
+from .style import (OUTSIDE_GID, SYNTH_COLOUR, UNTESTED_GID, deviation_cmap, fmt_n, is_tested, metric_label,
+                    metric_rows, organ_order, populated_subgroups, subgroup_kind, subgroup_label, title_legend)
 
 
 def _heatmap_values(lookup: dict, organs: list[str], groups: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:

@@ -92,11 +92,6 @@ def verdict_rule(params: StatsParams) -> list[str]:
     ]
 
 
-def _ci(low: Any, high: Any) -> str:
-    a, b = fmt_pct(low), fmt_pct(high)
-    return f"[{a}, {b}]" if a and b else ""
-
-
 def headline_blocks(comparison: Comparison) -> list[Block]:
     """The headline: verdict counts over the primary cells per metric (summary.json's own figures)."""
     head = comparison.summary.get("headline") or {}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -107,7 +107,7 @@ def compare_tables(real: pd.DataFrame, synth: pd.DataFrame, params: StatsParams 
         result = compare_tables(real_table, synth_table, margin=0.05)
         result.concordance.query("family == 'primary'")[["organ", "metric", "sex", "deviation_pct", "verdict"]]
     """
-    params = (params or StatsParams()).with_(**options) if options else (params or StatsParams())
+    params = (params or StatsParams()).with_(**options)
     check_columns(real, params.metrics, "real table")
     check_columns(synth, params.metrics, "synthetic table")
     twins = dict(twins) if twins is not None else twin_map(synth)

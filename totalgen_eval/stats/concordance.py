@@ -191,11 +191,10 @@ def _pct_interval(effect: models.Effect, level: float) -> tuple[float, float]:
     return float(models.to_pct(low)), float(models.to_pct(high))
 
 
-def finish_family(rows: list[dict], settings: CellSettings) -> None:
-    """BH, interval levels, equivalence, verdicts and paired columns for the rows of one family (in place)."""
+def finish_family(rows: list[dict], fam: str, settings: CellSettings) -> None:
+    """BH, interval levels, equivalence, verdicts and paired columns for the rows of family ``fam`` (in place)."""
     alpha = settings.alpha
     adjusted = bh_adjust(np.array([r["p_value"] for r in rows], dtype=float), alpha)
-    fam = rows[0]["family"] if rows else "descriptive"
     level = fcr_level(adjusted, alpha) if fam != "descriptive" else 1.0 - alpha
     paired_p = np.array([models.p_value(r["_paired"]) if "_paired" in r else math.nan for r in rows])
     paired_adjusted = bh_adjust(paired_p, alpha) if fam != "descriptive" else np.full(len(rows), math.nan)
@@ -234,7 +233,7 @@ def concordance_table(real: pd.DataFrame, synth: pd.DataFrame, *, organs: Sequen
             rows += got
             notes += [{"organ": organ, "metric": metric, "reason": w} for w in why]
     for fam in ("primary", "secondary", "descriptive"):
-        finish_family([r for r in rows if r["family"] == fam], settings)
+        finish_family([r for r in rows if r["family"] == fam], fam, settings)
     table = pd.DataFrame(rows, columns=list(CONCORDANCE_COLUMNS))
     table["equivalent"] = table["equivalent"].astype("boolean")
     for c in ("n_real", "n_synth", "n_left_out", "paired_n"):
