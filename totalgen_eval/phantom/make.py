@@ -199,15 +199,7 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
     ``lesions`` and ``diagnosis`` columns of cohort.csv) or SEG.nii.gz, their truth (volume, SUV, radius,
     host) to truth.csv as rows ``lesion_1``, ``lesion_2`` ...; the organ truth stays lesion-free.
     """
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    check_number(config.voxel_mm, "voxel_mm", 1.0, 32.0)  # finite, and a canvas that fits in memory
-    if demographics is not None:
-        n = len(demographics)
-    if n is None or n < 0:
-        raise InputError("n must be a non-negative number of cases")
-    if not 0.0 <= float(lesions) <= 1.0:
-        raise InputError(f"lesions={lesions!r}: the share of cases with lesions lies between 0 and 1")
+    n = _checked_inputs(n, config, layout, demographics, lesions)
     root = Path(out)
     params = _parameters(config, layout, demographics)
     if lesions:
@@ -222,21 +214,47 @@ def make_cohort(out: str | os.PathLike, n: int | None = 20, seed: int = 0, confi
         truths += truth
         rows.append(row)
     written = _run(specs, root, config, workers, progress)
-    truth_table = pd.concat(truths, ignore_index=True) if truths else pd.DataFrame(
-        columns=["case_id", "organ", "volume_ml", "suv_mean"])
-    cohort = pd.DataFrame(rows, columns=["case_id", *DEMOGRAPHIC_COLUMNS, "ct", "pet", "labels"]
-                          + (["lesions", "diagnosis"] if lesions else []))
-    cohort["source"] = "phantom"
-    if layout == "ours":
-        write_table(cohort, root / "cohort.csv")
-    else:
-        write_table(tcia_metadata(specs), root / TCIA_METADATA_NAME)
-    demo_cols = cohort.set_index("case_id")[DEMOGRAPHIC_COLUMNS]
-    write_table(truth_table.join(demo_cols, on="case_id"), root / "truth.csv")
+    _write_tables(root, layout, specs, _cohort_table(rows, bool(lesions)), truths)
     write_json({**stamp(params, seed), "n": n, "source": "phantom",
                 "note": "procedural phantoms with known truth, not patient data", "bytes_written_last_run": written},
                root / "phantom.json")
     return root
+
+
+def _checked_inputs(n: int | None, config: PhantomConfig, layout: str, demographics: pd.DataFrame | None,
+                    lesions: float) -> int:
+    """The number of cases (the length of ``demographics`` when given), after checking every argument."""
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    check_number(config.voxel_mm, "voxel_mm", 1.0, 32.0)  # finite, and a canvas that fits in memory
+    if demographics is not None:
+        n = len(demographics)
+    if n is None or n < 0:
+        raise InputError("n must be a non-negative number of cases")
+    if not 0.0 <= float(lesions) <= 1.0:
+        raise InputError(f"lesions={lesions!r}: the share of cases with lesions lies between 0 and 1")
+    return n
+
+
+def _cohort_table(rows: list[dict], lesions: bool) -> pd.DataFrame:
+    """cohort.csv's table: one row per case (demographics, file paths, source="phantom")."""
+    cohort = pd.DataFrame(rows, columns=["case_id", *DEMOGRAPHIC_COLUMNS, "ct", "pet", "labels"]
+                          + (["lesions", "diagnosis"] if lesions else []))
+    cohort["source"] = "phantom"
+    return cohort
+
+
+def _write_tables(root: Path, layout: str, specs: list[CaseSpec], cohort: pd.DataFrame,
+                  truths: list[pd.DataFrame]) -> None:
+    """Write the layout's case table (cohort.csv or the TCIA metadata CSV) and truth.csv (with demographics)."""
+    if layout == "ours":
+        write_table(cohort, root / "cohort.csv")
+    else:
+        write_table(tcia_metadata(specs), root / TCIA_METADATA_NAME)
+    truth_table = pd.concat(truths, ignore_index=True) if truths else pd.DataFrame(
+        columns=["case_id", "organ", "volume_ml", "suv_mean"])
+    demo_cols = cohort.set_index("case_id")[DEMOGRAPHIC_COLUMNS]
+    write_table(truth_table.join(demo_cols, on="case_id"), root / "truth.csv")
 
 
 def dicom_age(age: float) -> str:

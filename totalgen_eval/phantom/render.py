@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from .anatomy import LUNG_LOBES, Anatomy, OrganPart, build_anatomy
 from .lesions import LesionPlan, add_lesions
+from .shapes import Shape
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # 2.3548
 
@@ -144,6 +145,22 @@ def paint_tissues(anatomy: Anatomy, config: PhantomConfig) -> tuple[np.ndarray, 
     ct = np.full(shape, HU["air"], np.float32)
     act = np.zeros(shape, np.float32)
     body = np.zeros(shape, bool)
+    _paint_soft_tissue(ct, act, body, anatomy, axes)
+    bones = dict(anatomy.bones)
+    _paint_skull(ct, act, bones, axes)
+    for kind, solid in anatomy.bones:
+        if kind in ("spine", "femur"):
+            _paint(ct, solid, axes, HU["bone_spine" if kind == "spine" else "femur"])
+            _paint(act, solid, axes, BACKGROUND_SUV["bone"])
+    _paint_ribs(ct, bones["rib_zone"], axes)
+    _paint_pelvis(ct, act, bones["pelvis_zone"], axes)
+    return ct, act, body
+
+
+def _paint_soft_tissue(ct: np.ndarray, act: np.ndarray, body: np.ndarray, anatomy: Anatomy,
+                       axes: tuple[np.ndarray, ...]) -> None:
+    """Paint, in place, the body (fat outside, soft tissue in each core, a fat/soft mix in the visceral
+    cavity) into CT (HU), activity (SUV) and the body mask."""
     for seg in anatomy.body:
         _paint(ct, seg.outer, axes, HU["fat"])
         _paint(act, seg.outer, axes, BACKGROUND_SUV["fat"])
@@ -155,35 +172,40 @@ def paint_tissues(anatomy: Anatomy, config: PhantomConfig) -> tuple[np.ndarray, 
         if seg.visceral is not None:  # fat-marbled cavity: a fat/soft-tissue mix
             _paint(ct, seg.visceral, axes, f * HU["fat"] + (1 - f) * HU["soft"])
             _paint(act, seg.visceral, axes, f * BACKGROUND_SUV["fat"] + (1 - f) * BACKGROUND_SUV["soft"])
-    bones = dict(anatomy.bones)
-    # skull: a shell between two ellipsoids
-    skull = np.zeros(shape, bool)
+
+
+def _paint_skull(ct: np.ndarray, act: np.ndarray, bones: dict[str, Shape], axes: tuple[np.ndarray, ...]) -> None:
+    """Paint, in place, the skull: a shell between two ellipsoids (CT in HU, activity in SUV)."""
+    skull = np.zeros(ct.shape, bool)
     _paint(skull, bones["skull_outer"], axes, True)
     _paint(skull, bones["skull_inner"], axes, False)
     ct[skull], act[skull] = HU["skull"], BACKGROUND_SUV["bone"]
-    for kind, solid in anatomy.bones:
-        if kind in ("spine", "femur"):
-            _paint(ct, solid, axes, HU["bone_spine" if kind == "spine" else "femur"])
-            _paint(act, solid, axes, BACKGROUND_SUV["bone"])
-    # ribs: bands of a thin elliptic shell just inside the thorax core
-    got = _box(bones["rib_zone"], axes)
-    if got is not None:
-        sl, (x, y, z) = got
-        rho = bones["rib_zone"].radius(x, y)
-        ribs = (rho > 0.88) & (rho <= 0.95) & (np.sin(2 * np.pi * z / RIB_PITCH_MM) > 0.2)
-        ribs = np.broadcast_to(ribs, ct[sl].shape) & bones["rib_zone"].inside(x, y, z)
-        ct[sl][ribs] = HU["rib"]
-    # pelvic bones: the back and sides of a shell inside the pelvis core, its upper two thirds
-    zone = bones["pelvis_zone"]
+
+
+def _paint_ribs(ct: np.ndarray, zone: Shape, axes: tuple[np.ndarray, ...]) -> None:
+    """Paint, in place, the ribs into CT (HU): bands of a thin elliptic shell just inside the thorax core."""
     got = _box(zone, axes)
-    if got is not None:
-        sl, (x, y, z) = got
-        rho = zone.radius(x, y)
-        z_lo = zone.z0 + (zone.z1 - zone.z0) / 3
-        wing = (rho > 0.80) & (rho <= 0.87) & (y < zone.center_xy[1] + 0.3 * zone.axes_xy[1]) & (z >= z_lo)
-        wing = np.broadcast_to(wing, ct[sl].shape) & zone.inside(x, y, z)
-        ct[sl][wing], act[sl][wing] = HU["bone_cortical"] * 0.7, BACKGROUND_SUV["bone"]
-    return ct, act, body
+    if got is None:
+        return
+    sl, (x, y, z) = got
+    rho = zone.radius(x, y)
+    ribs = (rho > 0.88) & (rho <= 0.95) & (np.sin(2 * np.pi * z / RIB_PITCH_MM) > 0.2)
+    ribs = np.broadcast_to(ribs, ct[sl].shape) & zone.inside(x, y, z)
+    ct[sl][ribs] = HU["rib"]
+
+
+def _paint_pelvis(ct: np.ndarray, act: np.ndarray, zone: Shape, axes: tuple[np.ndarray, ...]) -> None:
+    """Paint, in place, the pelvic bones (CT in HU, activity in SUV): the back and sides of a shell inside
+    the pelvis core, its upper two thirds."""
+    got = _box(zone, axes)
+    if got is None:
+        return
+    sl, (x, y, z) = got
+    rho = zone.radius(x, y)
+    z_lo = zone.z0 + (zone.z1 - zone.z0) / 3
+    wing = (rho > 0.80) & (rho <= 0.87) & (y < zone.center_xy[1] + 0.3 * zone.axes_xy[1]) & (z >= z_lo)
+    wing = np.broadcast_to(wing, ct[sl].shape) & zone.inside(x, y, z)
+    ct[sl][wing], act[sl][wing] = HU["bone_cortical"] * 0.7, BACKGROUND_SUV["bone"]
 
 
 def blur_pet(activity: np.ndarray, config: PhantomConfig) -> np.ndarray:
