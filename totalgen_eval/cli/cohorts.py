@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.text import Text
 from ..errors import InputError, check_number, printable
 from .app import (DEFAULT_MAX_VOXELS, MAX_CASES, Device, LesionMargin, Lesions, MaxVoxels, Progress, Scheduler, Seed,
                   Segmenter, SkipBad, Workers, _command, _parse, out, output_folder, protect, say, set_max_voxels)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # inspect / phantoms / doctor --------------------------------------------------------------------------
@@ -211,26 +214,46 @@ def metrics(
     """Per-case organ table: volume (mL), SUV mean/median/SD/max/peak, HU mean, lesion volume inside the organ,
     one row per case x organ; lesions.csv (MTV, TLG, lesion count per case) when cases have lesion masks."""
     from ..demographics import parse_age_bins
-    from ..metrics import LESION_MODES, excluded_table, lesions_path, write_metrics
+    from ..metrics import write_metrics
     from ..organs import parse_organs
-    from ..metrics.cohort import default_cache_dir
     from ..parallel import load_checked, make_scheduler
 
     organ_names = _parse(parse_organs, organs, "--organs")
     bins = _parse(parse_age_bins, age_bins, "--age-bins")
-    if lesions not in LESION_MODES:
-        raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
-    check_number(lesion_margin, "--lesion-margin", 0.0, 1000.0)
+    _check_lesion_options(lesions, lesion_margin)
     make_scheduler(scheduler, workers)  # a bad --scheduler fails before any work
     if output_old is not None:
         output = _one_out(None, output_old)
     set_max_voxels(max_voxels)
     c = load_checked(cohort, skip_bad)
-    protect([output, output.with_name(output.name + ".json"), lesions_path(output),
-             output.parent / "excluded.csv"], c)
+    protect(_metrics_outputs(output), c)
     table = write_metrics(c, output, segmenter=segmenter, workers=workers, device=device, progress=progress,
                           organs=organ_names, age_bins=bins, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
                           lesion_margin_mm=lesion_margin)
+    _print_metrics_written(table, output)
+
+
+def _check_lesion_options(lesions: str, lesion_margin: float) -> None:
+    """Refuse (InputError) an unknown --lesions mode or a --lesion-margin (mm) outside 0-1000."""
+    from ..metrics import LESION_MODES
+
+    if lesions not in LESION_MODES:
+        raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
+    check_number(lesion_margin, "--lesion-margin", 0.0, 1000.0)
+
+
+def _metrics_outputs(output: Path) -> list[Path]:
+    """Every file the metrics command writes beside the organ table ``output`` (itself included)."""
+    from ..metrics import lesions_path
+
+    return [output, output.with_name(output.name + ".json"), lesions_path(output), output.parent / "excluded.csv"]
+
+
+def _print_metrics_written(table: pd.DataFrame, output: Path) -> None:
+    """Print what the metrics command wrote: cases x organs, the per-case cache, the cases left out."""
+    from ..metrics import excluded_table
+    from ..metrics.cohort import default_cache_dir
+
     out.print(f"{table['case_id'].nunique()} cases x {table['organ'].nunique()} organs written to {output} "
               f"(per-case cache: {default_cache_dir(output)})", highlight=False, markup=False)
     n_excluded = len(excluded_table(table))

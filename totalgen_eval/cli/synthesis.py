@@ -1,6 +1,7 @@
 """Commands of the generator: generate, train, benchmark."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -56,21 +57,27 @@ def generate(
 
     Examples: `totalgen-eval generate --n 500`, `totalgen-eval generate --match real/ --out twins/`,
     `totalgen-eval generate --n 100 --sex F --age 40-70`."""
-    from ..provenance import refuse_inputs
     from ..synthesis import generate_cohort
 
-    if n is None and match is None:
-        n = 500
-    if guidance is not None:
-        check_number(guidance, "--guidance", 0.0, MAX_GUIDANCE)
+    n = _checked_generate_options(n, match, guidance, out_dir)
     set_max_voxels(max_voxels)
-    if match is not None:
-        refuse_inputs([out_dir], [match], f"--match {match}")
     with output_folder(out_dir, "generate"):
         path = generate_cohort(out_dir, n=n, match=match, sex=sex, age=age, height=height, weight=weight,
                                steps=steps, guidance=guidance, batch_size=batch_size, checkpoint=checkpoint, seed=seed,
                                device=device, force=force, progress=progress, sr_steps=sr_steps, skip_bad=skip_bad)
     say(f"synthetic cohort written to {path}")
+
+
+def _checked_generate_options(n: int | None, match: Path | None, guidance: float | None, out_dir: Path) -> int | None:
+    """The number of cases to generate (500 without --n and --match; None with --match), after checking
+    --guidance and that the output folder is not inside (or the parent of) the --match cohort."""
+    from ..provenance import refuse_inputs
+
+    if guidance is not None:
+        check_number(guidance, "--guidance", 0.0, MAX_GUIDANCE)
+    if match is not None:
+        refuse_inputs([out_dir], [match], f"--match {match}")
+    return 500 if n is None and match is None else n
 
 
 @_command()
@@ -105,22 +112,30 @@ def train(
     Data-parallel on several GPUs or processes with the same command under torchrun (batch size per
     process; rank 0 writes the files), e.g. `torchrun --standalone --nproc-per-node 4 -m totalgen_eval
     train data/ --stage lowres --out run/ --device cuda --precision bf16`."""
-    import os
-
     from ..training_data import train_stage
 
-    if stage not in ("lowres", "sr"):
-        raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
-    if precision is not None and precision not in ("auto", "bf16", "fp32"):
-        raise InputError(f"unknown precision {precision!r} (auto, bf16 or fp32)", "--precision")
-    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes (and locks) the folder
+    _check_train_options(stage, precision)
+    writer = _is_writer()
     with output_folder(out_dir, "train") if writer else nullcontext():
         path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
                            device=device, progress=progress, precision=precision, checkpointing=checkpointing,
                            config_path=config, demographics_csv=demographics, workers=workers,
                            checkpoint_every=checkpoint_every)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if writer:
         say(f"checkpoint written to {path}")
+
+
+def _check_train_options(stage: str, precision: str | None) -> None:
+    """Refuse (InputError) an unknown --stage or --precision."""
+    if stage not in ("lowres", "sr"):
+        raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
+    if precision is not None and precision not in ("auto", "bf16", "fp32"):
+        raise InputError(f"unknown precision {precision!r} (auto, bf16 or fp32)", "--precision")
+
+
+def _is_writer() -> bool:
+    """True in a process that writes files: the only one, or rank 0 under torchrun (it alone locks the folder)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @_command()
