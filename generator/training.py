@@ -223,33 +223,60 @@ def train_stage(config: StageConfig, volumes, demographics: torch.Tensor, out: s
     world = join_world(device)
     precision = resolve_precision(precision, world.device)
     trainee = prepare(config, out, seed, world, checkpointing)
-    source = TensorVolumes(volumes, config.sr_factor) if isinstance(volumes, torch.Tensor) else volumes
-    dataset = CanvasCases(source, demographics, config, seed)
+    dataset = canvas_cases(volumes, demographics, config, seed)
     train_cases, val_cases = split_cases(len(dataset), recipe.val_fraction, seed)
     log = LossLog(out / f"{config.kind}-loss.csv", log_every, fresh=trainee.start == 0) if world.is_main else None
-    info = dict(meta or {}, seed=seed, precision=precision, world_size=world.size, grad_accum=recipe.grad_accum,
-                global_batch=config.batch_size * recipe.grad_accum * world.size, validation_cases=len(val_cases))
+    info = run_info(meta, seed, precision, world, config, recipe, len(val_cases))
     t0 = time.perf_counter() - trainee.seconds
     batches = step_loader(dataset, train_cases, config.batch_size * recipe.grad_accum,
                           range(trainee.start + 1, config.steps + 1), seed, world.rank, world.size, recipe.workers)
     for step, items, item_ids in batches:
         lr = learning_rate(step, config.lr, recipe.warmup_steps, config.steps, recipe.lr_final)
         batch = noise_batch(config, items, item_ids, step, seed, world.device)
-        value = world_mean(optimise(trainee, batch, lr, config.grad_clip, precision, world.device,
-                                    recipe.grad_accum), world)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss is {value} at step {step}; lower the learning rate")
-        update_ema(trainee.ema, trainee.model, ema_decay_at(step, config.ema_decay))
+        value = train_step(trainee, batch, lr, step, config, recipe, precision, world)
         seconds = time.perf_counter() - t0
-        if log is not None:
-            log.add(step, value, lr, seconds, last=step == config.steps)
-        if callback is not None:
-            callback(TrainProgress(step, config.steps, value, seconds))
+        report_step(log, callback, TrainProgress(step, config.steps, value, seconds), lr)
         if world.is_main:
             after_step(trainee, dataset, val_cases or train_cases[:1], recipe, step, out, seed, world.device,
                        dict(info, seconds=round(seconds, 1), loss_recent=log.recent_mean() if log else None),
                        checkpoint_every)
     return finish(trainee, config, out, world, info)
+
+
+def canvas_cases(volumes, demographics: torch.Tensor, config: StageConfig, seed: int) -> CanvasCases:
+    """The stage's training items from ``volumes`` ((N, 2, X, Y, Z) tensor, normalised, or a volume source
+    streamed from disk) and ``demographics`` (N, 4)."""
+    source = TensorVolumes(volumes, config.sr_factor) if isinstance(volumes, torch.Tensor) else volumes
+    return CanvasCases(source, demographics, config, seed)
+
+
+def run_info(meta: dict | None, seed: int, precision: str, world: World, config: StageConfig, recipe: TrainConfig,
+             n_validation: int) -> dict:
+    """What every checkpoint records about the run: ``meta`` and the seed, precision, world size, gradient
+    accumulation, global batch (items a step over all processes) and number of held-out cases."""
+    return dict(meta or {}, seed=seed, precision=precision, world_size=world.size, grad_accum=recipe.grad_accum,
+                global_batch=config.batch_size * recipe.grad_accum * world.size, validation_cases=n_validation)
+
+
+def train_step(trainee: Trainee, batch: Batch, lr: float, step: int, config: StageConfig, recipe: TrainConfig,
+               precision: str, world: World) -> float:
+    """One optimiser step on ``batch`` at learning rate ``lr``, then the EMA update; returns the loss averaged
+    over the processes (FloatingPointError when it is not finite)."""
+    value = world_mean(optimise(trainee, batch, lr, config.grad_clip, precision, world.device, recipe.grad_accum),
+                       world)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss is {value} at step {step}; lower the learning rate")
+    update_ema(trainee.ema, trainee.model, ema_decay_at(step, config.ema_decay))
+    return value
+
+
+def report_step(log: LossLog | None, callback: Callable[[TrainProgress], None] | None, progress: TrainProgress,
+                lr: float) -> None:
+    """Add the step's loss to the loss log (rank 0 holds one) and hand ``progress`` to ``callback``."""
+    if log is not None:
+        log.add(progress.step, progress.loss, lr, progress.seconds, last=progress.step == progress.total)
+    if callback is not None:
+        callback(progress)
 
 
 def after_step(trainee: Trainee, dataset: CanvasCases, held_out: list[int], recipe: TrainConfig, step: int,

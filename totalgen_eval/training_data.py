@@ -15,7 +15,7 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from scipy import ndimage
 from .errors import InputError
 from .provenance import package_versions, to_jsonable, write_json
 from .volumes import Grid, resample_to_grid
+
+if TYPE_CHECKING:
+    from generator.distributed import World
 
 TOP_MARGIN_MM = 16.0
 CANVAS_VOXEL_MM = 8.0
@@ -241,8 +244,7 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
     (``generator/configs/``); the other options override it. Re-running the same command resumes.
     Under ``torchrun`` the loop runs data-parallel (DDP): rank 0 caches the cohort and writes the files.
     """
-    from generator.distributed import barrier, join_world, leave_world
-    from generator.train_config import train_config_dict
+    from generator.distributed import join_world, leave_world
 
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r} (lowres or sr)", "--stage")
@@ -256,24 +258,38 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
     world = join_world(device)
     bar = _progress_bar(progress and world.is_main)
     try:
-        if not world.is_main:
-            barrier(world)  # rank 0 fills the cache first
-        source, demo = _load_cohort(cohort_path, out, recipe, side, bar)
-        config = stage_config(recipe, out, source, demographics_table(demo))
-        if world.is_main:
-            _write_population(demo, out)
-            write_json(train_config_dict(recipe), out / f"{stage}-train-config.json")
-            barrier(world)
+        source, demo, config = _prepared_stage(world, cohort_path, out, recipe, side, bar)
         path, settings = _run_training(cohort_path, stage, out, config, recipe, source, demo, bar,
                                        dict(seed=seed, device=world.device))
-        if world.is_main:
-            write_json(dict(settings, world_size=world.size, versions=package_versions()),
-                       out / f"train-{stage}.json")
+        _write_run_record(world, settings, out / f"train-{stage}.json")
         leave_world(world)
         return path
     finally:
         if bar is not None:
             bar.stop()
+
+
+def _prepared_stage(world: World, cohort_path: str | Path, out: Path, recipe, side: dict | None, bar):
+    """(the cohort cached on the data grid, its demographics columns, the stage's config). Rank 0 caches the
+    cohort and writes population.json and ``<stage>-train-config.json`` while the other ranks wait."""
+    from generator.distributed import barrier
+    from generator.train_config import train_config_dict
+
+    if not world.is_main:
+        barrier(world)  # rank 0 fills the cache first
+    source, demo = _load_cohort(cohort_path, out, recipe, side, bar)
+    config = stage_config(recipe, out, source, demographics_table(demo))
+    if world.is_main:
+        _write_population(demo, out)
+        write_json(train_config_dict(recipe), out / f"{recipe.stage}-train-config.json")
+        barrier(world)
+    return source, demo, config
+
+
+def _write_run_record(world: World, record: dict, path: Path) -> None:
+    """On rank 0 only: ``path`` (train-<stage>.json) holds ``record`` with the world size and package versions."""
+    if world.is_main:
+        write_json(dict(record, world_size=world.size, versions=package_versions()), path)
 
 
 def _load_cohort(cohort_path: str | Path, out: Path, recipe, side, bar):
