@@ -49,6 +49,28 @@ def _extra_value(value: object) -> object:
 def discover_ours(root: Path, resample_ct: bool = False) -> tuple[list[Case], list[tuple[str, InputError]]]:
     """Cases listed in ``root/cohort.csv`` and per-row problems (bad values, duplicate ids)."""
     path = root / COHORT_CSV
+    frame = _read_cohort_csv(path)
+    extras = [c for c in frame.columns if c not in CORE_COLUMNS and c != "lesions"]
+    cases, problems, seen = [], [], {}
+    for i, rec in enumerate(frame.to_dict("records")):
+        line, case_id = i + 2, _text(rec["case_id"])
+        where = f"row {line} (case {case_id or '?'})"
+        try:
+            _check_case_id(case_id, line, seen, path)
+            seen[case_id] = line
+            demographics = _row_demographics(rec, where, path)
+            for role in ("ct", "pet"):
+                if not _text(rec[role]):
+                    raise InputError(f"{where}: empty {role} path", path)
+        except InputError as err:
+            problems.append((case_id or f"row {line}", err))
+            continue
+        cases.append(_row_case(rec, case_id, demographics, root, extras, resample_ct))
+    return cases, problems
+
+
+def _read_cohort_csv(path: Path) -> pd.DataFrame:
+    """cohort.csv as read (ids, sex and paths as text); InputError when unreadable or a required column lacks."""
     text_columns = {c: str for c in ("case_id", "sex", "ct", "pet", "labels", "lesions")}
     try:
         frame = pd.read_csv(path, dtype=text_columns)
@@ -58,43 +80,42 @@ def discover_ours(root: Path, resample_ct: bool = False) -> tuple[list[Case], li
     if missing:
         raise InputError(f"cohort.csv lacks column(s) {', '.join(missing)} "
                          f"(needs {', '.join(CORE_COLUMNS)}; height_m, weight_kg, labels may be empty)", path)
-    extras = [c for c in frame.columns if c not in CORE_COLUMNS and c != "lesions"]
-    cases, problems, seen = [], [], {}
-    for i, rec in enumerate(frame.to_dict("records")):
-        line, case_id = i + 2, _text(rec["case_id"])
-        where = f"row {line} (case {case_id or '?'})"
-        try:
-            if not case_id:
-                raise InputError(f"row {line}: empty case_id", path)
-            if case_id in seen:
-                raise InputError(f"duplicate case id {case_id!r} (rows {seen[case_id]} and {line})", path)
-            seen[case_id] = line
-            try:
-                age = parse_age(rec["age"])
-            except ValueError as exc:
-                raise InputError(f"{where}: {exc}", path) from None
-            try:
-                sex = parse_sex(rec["sex"]) if _text(rec["sex"]) else None
-            except ValueError as exc:
-                raise InputError(f"{where}: {exc}", path) from None
-            height = _float(rec.get("height_m"), "height_m", where, path)
-            weight = _float(rec.get("weight_kg"), "weight_kg", where, path)
-            implausible = demographic_problem(age, height, weight)
-            if implausible:
-                raise InputError(f"{where}: {implausible}", path)
-            for role in ("ct", "pet"):
-                if not _text(rec[role]):
-                    raise InputError(f"{where}: empty {role} path", path)
-        except InputError as err:
-            problems.append((case_id or f"row {line}", err))
-            continue
-        labels = _text(rec.get("labels"))
-        lesions = _text(rec.get("lesions"))
-        extra = {c: _extra_value(rec[c]) for c in extras}
-        cases.append(Case(case_id, age, sex, height, weight, root / _text(rec["ct"]), root / _text(rec["pet"]),
-                          root / labels if labels else None, extra=extra, resample_ct=resample_ct,
-                          lesions=root / lesions if lesions else None))
-    return cases, problems
+    return frame
+
+
+def _check_case_id(case_id: str, line: int, seen: dict[str, int], path: Path) -> None:
+    """InputError when the case id of CSV line ``line`` is empty or already ``seen`` (id -> line)."""
+    if not case_id:
+        raise InputError(f"row {line}: empty case_id", path)
+    if case_id in seen:
+        raise InputError(f"duplicate case id {case_id!r} (rows {seen[case_id]} and {line})", path)
+
+
+def _row_demographics(rec: dict, where: str, path: Path) -> tuple[float, str | None, float, float]:
+    """(age years, sex M/F or None, height m, weight kg; NaN when empty) of a row; InputError when one is
+    unreadable or implausible."""
+    try:
+        age = parse_age(rec["age"])
+        sex = parse_sex(rec["sex"]) if _text(rec["sex"]) else None
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}", path) from None
+    height = _float(rec.get("height_m"), "height_m", where, path)
+    weight = _float(rec.get("weight_kg"), "weight_kg", where, path)
+    implausible = demographic_problem(age, height, weight)
+    if implausible:
+        raise InputError(f"{where}: {implausible}", path)
+    return age, sex, height, weight
+
+
+def _row_case(rec: dict, case_id: str, demographics: tuple[float, str | None, float, float], root: Path,
+              extras: list[str], resample_ct: bool) -> Case:
+    """The Case of a checked row: paths resolved against ``root``, the ``extras`` columns in ``Case.extra``."""
+    labels = _text(rec.get("labels"))
+    lesions = _text(rec.get("lesions"))
+    extra = {c: _extra_value(rec[c]) for c in extras}
+    return Case(case_id, *demographics, root / _text(rec["ct"]), root / _text(rec["pet"]),
+                root / labels if labels else None, extra=extra, resample_ct=resample_ct,
+                lesions=root / lesions if lesions else None)
 
 
 def write_cohort_csv(root: str | Path, frame: pd.DataFrame) -> Path:
