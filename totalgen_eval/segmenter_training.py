@@ -26,6 +26,8 @@ from .organs import ORGAN_NAMES, organ, organ_label_map
 from .segment.model import ModelConfig, build_network, load_model, network_input, predict_labels, save_model
 
 if TYPE_CHECKING:
+    import torch
+
     from .cohort import Case
 
 REPRESENTATIVE_IDS = tuple(organ(name).classes[0] for name in ORGAN_NAMES)  # 90, 10, 51, 52, 5, 1, 2, 21, 80
@@ -129,22 +131,15 @@ def train(cfg: TrainConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    data = Path(cfg.data_dir)
-    ct, pet, target = load_arrays(phantom_cohort(data / "train", cfg.n_train, cfg.train_seed), cfg.inputs)
+    arrays = load_arrays(phantom_cohort(Path(cfg.data_dir) / "train", cfg.n_train, cfg.train_seed), cfg.inputs)
     mcfg = model_config(cfg)
     net = build_network(mcfg)
     if cfg.init:
-        from safetensors.torch import load_file
-        from .segment.model import resolve_model_path
-        init_json, init_weights = resolve_model_path(cfg.init)
-        net.load_state_dict(load_file(str(init_weights)))
-        if ModelConfig.from_json(init_json).mirror_x:  # x-mirrored weights keep training in their mirrored frame
-            mcfg = replace(mcfg, mirror_x=True)
-            ct, pet, target = (np.ascontiguousarray(a[:, ::-1]) for a in (ct, pet, target))
+        mcfg, arrays = _start_from(cfg.init, net, mcfg, arrays)
+    ct, pet, target = arrays
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    log_path = Path(cfg.out).with_suffix(".log")
     started = time.perf_counter()
     net.train()
     for step in range(1, cfg.steps + 1):
@@ -156,17 +151,37 @@ def train(cfg: TrainConfig) -> Path:
         sched.step()
         minutes = (time.perf_counter() - started) / 60
         if step % 10 == 0:
-            with open(log_path, "a") as fh:
+            with open(Path(cfg.out).with_suffix(".log"), "a") as fh:
                 fh.write(f"step {step} loss {loss.item():.4f} minutes {minutes:.1f}\n")
         last = step == cfg.steps or minutes > cfg.max_minutes
         if step % cfg.checkpoint_every == 0 or last:
-            done = replace(cfg, steps=step)
-            save_model(net.eval(), replace(mcfg, training={**portable(asdict(done)), "planned_steps": cfg.steps,
-                                                            "wall_minutes": round(minutes, 1)}), cfg.out)
-            net.train()
+            _save_checkpoint(net, mcfg, cfg, step, minutes)
         if last:
             break
     return Path(cfg.out).with_suffix(".json")
+
+
+def _start_from(init: str, net: torch.nn.Module, mcfg: ModelConfig, arrays: tuple[np.ndarray, ...]
+                ) -> tuple[ModelConfig, tuple[np.ndarray, ...]]:
+    """Load the weights of the model ``init`` into ``net``; returns the model config and the training arrays
+    (CT, PET, target; (N, X, Y, Z)), both x-mirrored when those weights were trained in a mirrored frame."""
+    from safetensors.torch import load_file
+
+    from .segment.model import resolve_model_path
+
+    init_json, init_weights = resolve_model_path(init)
+    net.load_state_dict(load_file(str(init_weights)))
+    if not ModelConfig.from_json(init_json).mirror_x:
+        return mcfg, arrays
+    return replace(mcfg, mirror_x=True), tuple(np.ascontiguousarray(a[:, ::-1]) for a in arrays)
+
+
+def _save_checkpoint(net: torch.nn.Module, mcfg: ModelConfig, cfg: TrainConfig, step: int, minutes: float) -> None:
+    """Save the network at ``step`` (its JSON records the steps done, those planned and the wall minutes)."""
+    done = replace(cfg, steps=step)
+    save_model(net.eval(), replace(mcfg, training={**portable(asdict(done)), "planned_steps": cfg.steps,
+                                                    "wall_minutes": round(minutes, 1)}), cfg.out)
+    net.train()
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
