@@ -122,9 +122,12 @@ def closeness(r: dict) -> str:
 
 
 def markdown(r: dict) -> str:
-    g, h = r["generated_distance_min_q1_median_q3"], r["heldout_distance_min_q1_median_q3"]
-    verdict = ("no generated case is closer to a training phantom than held-out phantoms are"
-               if r["generated_flagged"] == 0 else f"{r['generated_flagged']} generated cases are flagged")
+    """reports/memorization.md from the run's record ``r``: set-up, result, controls, figures."""
+    return "\n".join([_setup_section(r), _result_section(r), _controls_section(r), _figures_section(r)])
+
+
+def _setup_section(r: dict) -> str:
+    """Title and how the check was run: training draw, generated cases, reference, distance and threshold."""
     return f"""# Memorization check: the bundled generator against its own training draw
 
 **Phantom data, not patients.** Produced by `python benchmarks/bench_memorization.py --write`
@@ -140,8 +143,15 @@ def markdown(r: dict) -> str:
 - Distance: RMS difference of CT (window -1000..1000 HU) and PET (log SUV) scaled to [0, 1], on a 32 x 24 x 96
   grid fitted to each body; a case is flagged when its nearest training case is closer than the held-out
   cases' 1st percentile (threshold **{r['threshold']}**).
+"""
 
-## Result
+
+def _result_section(r: dict) -> str:
+    """The verdict, the flagged count and the distance quartiles of generated and held-out cases."""
+    g, h = r["generated_distance_min_q1_median_q3"], r["heldout_distance_min_q1_median_q3"]
+    verdict = ("no generated case is closer to a training phantom than held-out phantoms are"
+               if r["generated_flagged"] == 0 else f"{r['generated_flagged']} generated cases are flagged")
+    return f"""## Result
 **{verdict}**: {r['generated_flagged']} of {r['n_generated']} flagged.
 
 | distance to the nearest training case | min | Q1 | median | Q3 |
@@ -150,15 +160,23 @@ def markdown(r: dict) -> str:
 | held-out phantoms | {h[0]} | {h[1]} | {h[2]} | {h[3]} |
 
 {closeness(r)}
+"""
 
-## Controls
+
+def _controls_section(r: dict) -> str:
+    """The positive (noisy training copies) and negative (independent phantoms) controls."""
+    return f"""## Controls
 - Positive: {r['copies_n']} training cases with 1 % noise: **{r['copies_flagged']} of {r['copies_n']} flagged**, each matched
   to its source: {'yes' if r['copies_matched_to_source'] else 'no'} (largest distance {r['copies_distance_max']}).
 - Negative: {r['n_heldout']} independent phantoms (seed {INDEPENDENT_SEED}): {r['independent_flagged']} flagged, a false-flag
   rate of {100 * r['independent_flag_rate']:.1f}% (Monte Carlo SE {100 * r['independent_flag_rate_se']:.1f}%; the rule
   flags about 1% of an independent draw by construction).
+"""
 
-## Figures
+
+def _figures_section(r: dict) -> str:
+    """The three figures and the run's wall times (s)."""
+    return f"""## Figures
 ![histogram](memorization_histogram.png)
 
 ![closest pairs](memorization_closest.png)

@@ -13,6 +13,7 @@ small configurations that the baselines were recorded with.
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import tempfile
@@ -235,36 +236,68 @@ def run_suite(name: str, update: bool = False, publish: bool = False, fast: bool
     ok = True
     for suite in suites(name):
         baselines = load_baselines(suite)
-        figures: Figures = {}
-        for provider, func in PROVIDERS[suite].items():
-            start = time.perf_counter()
-            got = func(fast, publish)
-            if set(got) != set(func.figures):
-                raise RuntimeError(f"{provider} returned {sorted(got)}, declared {sorted(func.figures)}")
-            figures.update(got)
-            echo(f"[{suite}] {provider}: {time.perf_counter() - start:.1f} s")
+        figures = suite_figures(suite, fast, publish, echo)
         verdicts, unbased, orphaned = judge(figures, baselines)
         for v in verdicts:
-            mark = "REGRESSED" if v.regressed else "ok"
-            echo(f"  {v.figure:<40} {v.value:>9.4g} vs {v.baseline:>9.4g} +-{v.tolerance:<7.2g} {v.better:<6} {mark}")
+            echo(verdict_line(v))
         if update:
-            for fig, value in figures.items():
-                entry = baselines.setdefault(fig, {"better": "near"})
-                entry["value"] = value
-                if entry.get("tolerance") is None:  # a new figure: a quarter of its value until someone decides
-                    entry["tolerance"] = abs(value) * 0.25
-            for fig in orphaned:
-                baselines.pop(fig)
-            BASELINES.mkdir(parents=True, exist_ok=True)
-            (BASELINES / f"{suite}.json").write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
+            write_baselines(suite, updated_baselines(baselines, figures, orphaned))
             echo(f"  baselines of {suite} updated ({len(figures)} figures)")
             continue
-        for fig in unbased:
-            echo(f"  {fig}: no baseline (run with --update)")
-        for fig in orphaned:
-            echo(f"  {fig}: baseline without a figure")
-        failed = [v.figure for v in verdicts if v.regressed]
-        if failed or unbased or orphaned:
-            ok = False
-            echo(f"[{suite}] FAILED: " + ", ".join(failed + unbased + orphaned))
+        ok = suite_passed(suite, verdicts, unbased, orphaned, echo) and ok
     return ok
+
+
+def suite_figures(suite: str, fast: bool, publish: bool, echo: Callable[[str], None]) -> Figures:
+    """Every figure of ``suite`` from its providers (each must return exactly what it declares), echoing
+    each provider's wall time (s)."""
+    figures: Figures = {}
+    for provider, func in PROVIDERS[suite].items():
+        start = time.perf_counter()
+        got = func(fast, publish)
+        if set(got) != set(func.figures):
+            raise RuntimeError(f"{provider} returned {sorted(got)}, declared {sorted(func.figures)}")
+        figures.update(got)
+        echo(f"[{suite}] {provider}: {time.perf_counter() - start:.1f} s")
+    return figures
+
+
+def verdict_line(v: Verdict) -> str:
+    """One printed line: figure, value, baseline, tolerance, direction and ok / REGRESSED."""
+    mark = "REGRESSED" if v.regressed else "ok"
+    return f"  {v.figure:<40} {v.value:>9.4g} vs {v.baseline:>9.4g} +-{v.tolerance:<7.2g} {v.better:<6} {mark}"
+
+
+def updated_baselines(baselines: dict[str, dict], figures: Figures, orphaned: list[str]) -> dict[str, dict]:
+    """The baselines with the figures' current values (tolerances and notes kept; a new figure's tolerance a
+    quarter of its value until someone decides) and without the ``orphaned`` ones."""
+    updated = copy.deepcopy(baselines)
+    for fig, value in figures.items():
+        entry = updated.setdefault(fig, {"better": "near"})
+        entry["value"] = value
+        if entry.get("tolerance") is None:
+            entry["tolerance"] = abs(value) * 0.25
+    for fig in orphaned:
+        updated.pop(fig)
+    return updated
+
+
+def write_baselines(suite: str, baselines: dict[str, dict]) -> None:
+    """Write ``baselines/<suite>.json`` (sorted keys, indent 2)."""
+    BASELINES.mkdir(parents=True, exist_ok=True)
+    (BASELINES / f"{suite}.json").write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
+
+
+def suite_passed(suite: str, verdicts: list[Verdict], unbased: list[str], orphaned: list[str],
+                 echo: Callable[[str], None]) -> bool:
+    """Echo the figures without a baseline and the baselines without a figure; True when none of them and no
+    regression (else echo the FAILED line)."""
+    for fig in unbased:
+        echo(f"  {fig}: no baseline (run with --update)")
+    for fig in orphaned:
+        echo(f"  {fig}: baseline without a figure")
+    failed = [v.figure for v in verdicts if v.regressed]
+    if failed or unbased or orphaned:
+        echo(f"[{suite}] FAILED: " + ", ".join(failed + unbased + orphaned))
+        return False
+    return True
