@@ -26,7 +26,7 @@ from .intensity import from_unit
 from .population import PopulationModel, parse_sex
 from .precision import autocast, resolve_precision
 from .sampling import chunked, get_sampler, guided
-from .stages import canvas_affine, flip_x, lowres_condition, sr_condition
+from .stages import canvas_affine, flip_x, lowres_condition, sr_condition, sr_in_channels
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -74,7 +74,8 @@ class SamplingPlan:
     lowres_sampler: Callable[..., torch.Tensor]
     sr_sampler: Callable[..., torch.Tensor]
     lowres_positions: bool  # stage 1 takes the 3 position channels
-    noise_shapes: tuple[tuple[int, ...], ...]  # stage 1 and stage 2 noise (C, X, Y, Z)
+    noise_shapes: tuple[tuple[int, ...], ...]  # stage 1, stage 2 (and augmentation) noise (C, X, Y, Z)
+    lowres_noise: float | None = None  # stage 2's augmentation level (None: a stage 2 without augmentation)
 
 
 @dataclass
@@ -178,11 +179,14 @@ class Cascade:
                                   lo_cfg.schedule.rho, self.device)
         sr_sigmas = karras_sigmas(s.sr_steps, sr_cfg.schedule.sigma_min, sr_cfg.schedule.sigma_max,
                                   sr_cfg.schedule.rho, self.device)
+        shapes = ((lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape))
+        augmented = sr_cfg.lowres_noise_max > 0
         return SamplingPlan(lo_sigmas, sr_sigmas, guided(self.lowres, s.guidance),
                             chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr,
                             get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler),
                             lo_cfg.network.in_channels > lo_cfg.network.out_channels,
-                            ((lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape)))
+                            shapes + ((shapes[0],) if augmented else ()),
+                            sr_cfg.schedule.lowres_noise if augmented else None)
 
     def sample_batch(self, plan: SamplingPlan, noises: Sequence[Sequence[torch.Tensor]], demographics: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +198,11 @@ class Cascade:
             lo_cond = dict(cond, image=lowres_condition(x) if plan.lowres_positions else None)
             with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
                 x_lo = plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, lo_cond).float()
-            up, image = sr_condition(x_lo, self.sr_config.sr_factor)
+            level = aug = None
+            if plan.lowres_noise is not None:  # noise-conditioning augmentation at the checkpoint's level
+                level = torch.full((x_lo.shape[0],), plan.lowres_noise, device=self.device)
+                aug = torch.stack([z[2] for z in noises]).to(self.device)
+            up, image = sr_condition(x_lo, self.sr_config.sr_factor, level, aug)
             r = torch.stack([z[1] for z in noises]).to(self.device) * plan.sr_sigmas[0]
             with autocast(self.precision, self.device):
                 residual = plan.sr_sampler(plan.sr_model, r, plan.sr_sigmas, dict(cond, image=image)).float()
@@ -234,9 +242,9 @@ def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -
     if lowres.network.in_channels not in (lowres.network.out_channels, lowres.network.out_channels + 3):
         raise CheckpointError(f"{source}: lowres network takes {lowres.network.in_channels} channels, expected "
                               f"{lowres.network.out_channels} or {lowres.network.out_channels + 3} (with positions)")
-    if sr.network.in_channels != 2 * lowres.network.out_channels + 3:
-        raise CheckpointError(f"{source}: sr network takes {sr.network.in_channels} channels, expected "
-                              f"{2 * lowres.network.out_channels + 3}")
+    expected = sr_in_channels(lowres.network.out_channels, sr.lowres_noise_max > 0)
+    if sr.network.in_channels != expected:
+        raise CheckpointError(f"{source}: sr network takes {sr.network.in_channels} channels, expected {expected}")
 
 
 def load_cascade(path: str | Path | None = None, device: str | torch.device = "cpu",

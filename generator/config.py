@@ -46,7 +46,8 @@ class ScheduleConfig:
     """Karras sigma schedule and the default sampler of a stage.
 
     sampler: "dpmpp_2m" or "heun"; steps: number of sigma intervals; guidance: classifier-free guidance
-    scale (1 = conditional model only, no extra network call).
+    scale (1 = conditional model only, no extra network call). lowres_noise (stage 2 with
+    ``StageConfig.lowres_noise_max`` > 0): the augmentation level of the low-res input at sampling.
     """
 
     sigma_min: float = 0.002
@@ -55,6 +56,7 @@ class ScheduleConfig:
     steps: int = 16
     sampler: str = "dpmpp_2m"
     guidance: float = 1.0
+    lowres_noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class StageConfig:
     patch_size: stage 2 trains on random 3D patches (X, Y, Z) voxels of its grid (the paper: 56 x 56 x 96);
     it wins over patch_slices. sr_factor: stage 2's grid is this many times finer than stage 1's on each axis.
     field_dropout: probability, per case and demographic field, of training with that field missing (NaN).
+    lowres_noise_max: noise-conditioning augmentation of stage 2 (0: off): in training its normalised low-res
+    input is corrupted by Gaussian noise of a level drawn uniformly in [0, lowres_noise_max], and the level is
+    one more input channel (so stage 1's errors look like what stage 2 was trained to see through).
     """
 
     kind: str = "lowres"
@@ -98,6 +103,7 @@ class StageConfig:
     patch_size: tuple[int, int, int] | None = None
     sr_factor: int = 2
     field_dropout: float = 0.0
+    lowres_noise_max: float = 0.0
 
 
 def default_lowres() -> StageConfig:
@@ -242,6 +248,7 @@ def check_schedule(schedule: ScheduleConfig) -> None:
     _number(schedule.sigma_min, "schedule.sigma_min", 0, 1e4, low_open=True)
     _number(schedule.sigma_max, "schedule.sigma_max", schedule.sigma_min, 1e4, low_open=True)
     _number(schedule.rho, "schedule.rho", 0, 100, low_open=True)
+    _number(schedule.lowres_noise, "schedule.lowres_noise", 0, 10)
     check_sampling(schedule.steps, schedule.guidance)
     if schedule.sampler not in SAMPLER_NAMES:
         raise ValueError(f"schedule.sampler = {schedule.sampler!r}: one of {', '.join(SAMPLER_NAMES)} expected")
@@ -285,7 +292,7 @@ def check_stage(config: StageConfig) -> None:
         _number(f, f"fov_mm[{i}]", 0, 1e5, low_open=True)
     for name, low, high, low_open in (("sigma_data", 0, 1e3, True), ("p_mean", -20, 20, False),
                                       ("p_std", 0, 20, True), ("cond_dropout", 0, 1, False), ("lr", 0, 10, True),
-                                      ("field_dropout", 0, 1, False),
+                                      ("field_dropout", 0, 1, False), ("lowres_noise_max", 0, 10, False),
                                       ("weight_decay", 0, 10, False), ("ema_decay", 0, 1, False),
                                       ("grad_clip", 0, 1e6, True)):
         _number(getattr(config, name), name, low, high, low_open)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .config import StageConfig
-from .stages import downsample, lowres_condition, position_channels, sr_training_pair, upsample
+from .stages import downsample, lowres_condition, position_channels, sr_condition, sr_training_pair
 
 
 def keyed_generator(*key: int) -> torch.Generator:
@@ -118,27 +118,39 @@ def patch_origin(shape: Sequence[int], patch: Sequence[int], factor: int, genera
     return tuple(starts)
 
 
-def sr_patch(source, i: int, config: StageConfig, origin: Sequence[int], patch: Sequence[int]
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(residual target (2, *patch), conditioning image (5, *patch)) of a stage-2 patch at ``origin``.
+def augmentation_draw(config: StageConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Generator] | None:
+    """Stage 2's noise-conditioning augmentation of one item: (level (1,), the generator that draws its unit
+    noise), level uniform in [0, ``config.lowres_noise_max``]; None when the stage has no augmentation."""
+    if config.kind != "sr" or not config.lowres_noise_max:
+        return None
+    return torch.rand(1, generator=generator) * config.lowres_noise_max, generator
+
+
+def sr_patch(source, i: int, config: StageConfig, origin: Sequence[int], patch: Sequence[int],
+             aug: tuple[torch.Tensor, torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(residual target (2, *patch), conditioning image (5 or 6, *patch)) of a stage-2 patch at ``origin``.
 
     The upsampled low-res is computed on the low-res region around the patch (one low-res voxel of margin,
     enough for trilinear interpolation), so it equals the whole volume's upsampling cut to the patch.
+    ``aug`` (``augmentation_draw``): the region's noise-conditioning augmentation.
     """
     f = config.sr_factor
     low = source.low(i)
     lo_start = [max(o // f - 1, 0) for o in origin]
     lo_stop = [min((o + p) // f + 1, n) for o, p, n in zip(origin, patch, low.shape[1:])]
-    region = low[:, lo_start[0]:lo_stop[0], lo_start[1]:lo_stop[1], lo_start[2]:lo_stop[2]]
-    up = upsample(region[None], f)[0]
+    region = low[None, :, lo_start[0]:lo_stop[0], lo_start[1]:lo_stop[1], lo_start[2]:lo_stop[2]]
+    level, noise = (None, None) if aug is None else (aug[0], torch.randn(region.shape, generator=aug[1]))
+    up, image = sr_condition(region, f, level, noise)
     cut = [o - s * f for o, s in zip(origin, lo_start)]
-    up = up[:, cut[0]:cut[0] + patch[0], cut[1]:cut[1] + patch[1], cut[2]:cut[2] + patch[2]]
+    crop = (slice(None), slice(cut[0], cut[0] + patch[0]), slice(cut[1], cut[1] + patch[1]),
+            slice(cut[2], cut[2] + patch[2]))
+    up, image = up[0][crop], image[0][crop]
     array = source.high_array(i) if hasattr(source, "high_array") else source.high(i).numpy()
     cube = array[:, origin[0]:origin[0] + patch[0], origin[1]:origin[1] + patch[1], origin[2]:origin[2] + patch[2]]
     high = torch.from_numpy(np.array(cube, dtype=np.float32))
     pos = position_channels(tuple(config.shape))[0]
     pos = pos[:, origin[0]:origin[0] + patch[0], origin[1]:origin[1] + patch[1], origin[2]:origin[2] + patch[2]]
-    return high - up, torch.cat([up, pos], dim=0)
+    return high - up, torch.cat([image[:2], pos, image[5:]], dim=0)
 
 
 class CanvasCases(Dataset):
@@ -162,12 +174,16 @@ class CanvasCases(Dataset):
                 out["image"] = lowres_condition(out["x0"][None])[0]
             return out
         patch = patch_shape(config)
+        aug = augmentation_draw(config, keyed_generator(self.seed, step, item, 2))
         if patch is None:
-            x0, image = sr_training_pair(self.source.high(case)[None], config.sr_factor)
+            high = self.source.high(case)[None]
+            noise = None if aug is None else torch.randn((1, 2, *(n // config.sr_factor for n in high.shape[2:])),
+                                                         generator=aug[1])
+            x0, image = sr_training_pair(high, config.sr_factor, None if aug is None else aug[0], noise)
             out.update(x0=x0[0], image=image[0])
             return out
         origin = patch_origin(config.shape, patch, config.sr_factor, keyed_generator(self.seed, step, item, 1))
-        out["x0"], out["image"] = sr_patch(self.source, case, config, origin, patch)
+        out["x0"], out["image"] = sr_patch(self.source, case, config, origin, patch, aug)
         return out
 
 

@@ -53,6 +53,8 @@ class TrainConfig:
     workers: int = 0
     cond_dropout: float = 0.1
     field_dropout: float = 0.1
+    lowres_noise_max: float = 0.0
+    lowres_noise: float = 0.0
 
     @property
     def stage_voxel_mm(self) -> float:
@@ -75,7 +77,7 @@ def check_train_config(tc: TrainConfig) -> None:
         value = getattr(tc, name)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name} = {value!r}: a whole number in [{low}, {high}] expected")
-    for name in ("lr_final", "val_fraction", "cond_dropout", "field_dropout"):
+    for name in ("lr_final", "val_fraction", "cond_dropout", "field_dropout", "lowres_noise_max", "lowres_noise"):
         value = getattr(tc, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name} = {value!r}: a number in [0, 1] expected")
@@ -83,6 +85,8 @@ def check_train_config(tc: TrainConfig) -> None:
         raise ValueError(f"val_fraction = {tc.val_fraction!r}: below 0.5 expected")
     if tc.patch_size is not None and tc.stage != "sr":
         raise ValueError("patch_size: only stage 2 (sr) trains on patches")
+    if (tc.lowres_noise_max or tc.lowres_noise) and tc.stage != "sr":
+        raise ValueError("lowres_noise_max, lowres_noise: only stage 2 (sr) augments its low-res input")
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -127,13 +131,16 @@ def stage_config(tc: TrainConfig, sigma_data: float) -> StageConfig:
     shape = tuple(int(round(f / voxel)) for f in tc.fov_mm)
     if any(abs(s * voxel - f) > 1e-6 * f for s, f in zip(shape, tc.fov_mm)):
         raise ValueError(f"fov_mm = {tc.fov_mm} is not a whole number of {voxel:g} mm voxels")
-    network = dataclasses.replace(base.network, channels=tc.channels or base.network.channels,
+    in_channels = base.network.in_channels + int(tc.lowres_noise_max > 0)  # + the augmentation level channel
+    network = dataclasses.replace(base.network, channels=tc.channels or base.network.channels, in_channels=in_channels,
                                   blocks_per_level=tc.blocks_per_level, emb_dim=tc.emb_dim, field_nulls=True)
     config = dataclasses.replace(
         base, voxel_mm=voxel, shape=shape, fov_mm=tuple(tc.fov_mm), sigma_data=sigma_data, network=network,
         sr_factor=tc.sr_factor, patch_size=tc.patch_size, cond_dropout=tc.cond_dropout,
         field_dropout=tc.field_dropout, lr=tc.lr or base.lr, batch_size=tc.batch_size or base.batch_size,
-        steps=tc.steps or base.steps, patch_slices=None if tc.patch_size else base.patch_slices)
+        steps=tc.steps or base.steps, patch_slices=None if tc.patch_size else base.patch_slices,
+        lowres_noise_max=tc.lowres_noise_max,
+        schedule=dataclasses.replace(base.schedule, lowres_noise=tc.lowres_noise))
     check_stage(config)
     return config
 

@@ -219,3 +219,52 @@ def test_a_cascade_with_sr_factor_4_samples_on_the_fine_grid():
     assert ct.shape == pet.shape == (32, 32, 64) and affine[0, 0] == 8.0 and np.isfinite(pet).all()
     with pytest.raises(CheckpointError, match="4 times lowres"):
         check_stages_fit(dataclasses.replace(lowres, shape=(16, 16, 32)), sr, "test")
+
+
+def test_noise_augmented_patches_equal_the_whole_volume_condition_cut_to_the_patch():
+    config = dataclasses.replace(tiny_sr((8, 8, 16)), shape=(16, 16, 32), lowres_noise_max=0.3,
+                                 network=dataclasses.replace(tiny_sr().network, in_channels=8))
+    volumes = torch.rand(1, 2, 16, 16, 32) * 0.5
+    level = torch.tensor([0.2])
+    whole_noise = torch.randn(1, 2, 8, 8, 16)
+    x0, image = sr_training_pair(volumes, 2, level, whole_noise)
+    up_clean = sr_training_pair(volumes, 2)[1][:, :2]
+    assert image.shape[1] == 6 and torch.all(image[:, 5] == 0.2)
+    assert torch.allclose(x0 + up_clean, volumes, atol=1e-5)  # the residual is to the clean upsampling
+    assert not torch.allclose(image[:, :2], up_clean)  # the network sees the augmented one
+    # a patch sees the augmentation of its low-res region: with the region's noise equal to the whole
+    # volume's noise there, it is the whole volume's condition cut to the patch
+    origin, patch = (4, 0, 12), (8, 16, 16)
+    gen = torch.Generator().manual_seed(5)
+    px0, pimage = sr_patch(TensorVolumes(volumes, 2), 0, config, origin, patch, (level, gen))
+    region_noise = torch.randn((1, 2, 6, 8, 10), generator=torch.Generator().manual_seed(5))
+    noise = torch.zeros_like(whole_noise)
+    noise[:, :, 1:7, 0:8, 5:15] = region_noise  # the low-res region around the patch, one voxel of margin
+    _, image_cut = sr_training_pair(volumes, 2, level, noise)
+    cut = (slice(None), slice(4, 12), slice(0, 16), slice(12, 28))
+    torch.testing.assert_close(px0, x0[0][cut], rtol=0, atol=1e-5)
+    torch.testing.assert_close(pimage, image_cut[0][cut], rtol=0, atol=1e-5)
+
+
+def test_a_noise_augmented_stage_2_trains_and_samples_at_its_level(tmp_path):
+    from generator.cascade import random_cascade
+    from generator.stages import sr_condition
+
+    recipe = tiny_recipe(tmp_path, "sr", lowres_noise_max=0.1, lowres_noise=0.05)
+    sr = stage_config(load_train_config(recipe), 0.1)
+    assert (sr.network.in_channels, sr.lowres_noise_max, sr.schedule.lowres_noise) == (8, 0.1, 0.05)
+    items = CanvasCases(TensorVolumes(torch.rand(2, 2, 56, 40, 144) * 0.5), torch.zeros(2, 4), sr, seed=3)
+    levels = {float(items[(0, step, 0)]["image"][5, 0, 0, 0]) for step in range(20)}
+    assert len(levels) == 20 and 0 <= min(levels) and max(levels) <= 0.1  # uniform in [0, lowres_noise_max]
+    item = items[(1, 7, 2)]
+    torch.testing.assert_close(item["image"], items[(1, 7, 2)]["image"])  # keyed by (case, step, item)
+    lowres = stage_config(TrainConfig(stage="lowres", channels=(4, 8), emb_dim=16), 0.5)
+    one_step = [dataclasses.replace(c, schedule=dataclasses.replace(c.schedule, steps=1)) for c in (lowres, sr)]
+    cascade = random_cascade(*one_step)
+    plan = cascade.plan(cascade.settings())
+    assert plan.lowres_noise == 0.05 and len(plan.noise_shapes) == 3
+    seen = []
+    cascade.sr = (lambda model: lambda x, sigma, cond: seen.append(cond["image"]) or model(x, sigma, cond))(cascade.sr)
+    cascade.generate({"age": [50.0], "sex": ["F"], "height_m": [1.7], "weight_kg": [70.0]})
+    image = seen[0]
+    assert image.shape[1] == 6 and torch.all(image[:, 5] == 0.05)
