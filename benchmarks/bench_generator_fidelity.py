@@ -125,6 +125,7 @@ def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work
                                      cohort_name=name, progress=False)
     comparisons = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), seed=0)
                    for k in ("synth", "twins")}
+    result["texture"] = texture_section(real_c, synth_c, tables, segmenter, work)
     for k, comp in comparisons.items():
         suv_share, suv_cells = share_within(comp.concordance, "suv_mean", SUV_MARGIN)
         vol_share, vol_cells = share_within(comp.concordance, "volume_ml", VOLUME_MARGIN)
@@ -153,9 +154,21 @@ def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work
     return result
 
 
+def texture_section(real_c, synth_c, tables: dict, segmenter: str, work: Path) -> dict:
+    """Voxel noise inside eroded organs (true labels vs ``segmenter``) and organ SUVmax, real vs synthetic."""
+    from benchmarks.generator_texture import noise_comparison, noise_table, suv_max_comparison, texture_summary
+    from totalgen_eval.organs import ORGAN_NAMES
+
+    noise = noise_comparison(noise_table(real_c, "labels", work / "cache" / "real", ORGAN_NAMES),
+                             noise_table(synth_c, segmenter, work / "cache" / "synth", ORGAN_NAMES))
+    suv_max = suv_max_comparison(tables["real"], tables["synth"])
+    return {"noise": noise.round(4).to_dict("records"), "suv_max": suv_max.round(3).to_dict("records"),
+            **texture_summary(noise, suv_max)}
+
+
 def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed: int = 777, twin_seed: int = 778,
         seed: int = 0, segmenter: str = "model:bundled", checkpoint: Path | None = None, workers: int = 1,
-        reports: Path | None = None, guidance: float | None = None) -> dict:
+        reports: Path | None = None, guidance: float | None = None, response: dict | None = None) -> dict:
     """Run the benchmark in ``work``; the result dict (see the module docstring). With ``reports`` set, write
     generator_fidelity.{md,json} and its figures there."""
     from totalgen_eval.cohort import load_cohort
@@ -194,6 +207,7 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
     except Exception as exc:  # the segmenter or another module is missing: say which part could not run
         result["organ_part"] = f"not run: {type(exc).__name__}: {exc}".splitlines()[0]
         result["organ_traceback"] = traceback.format_exc().splitlines()[-3:]
+    result["response"] = response
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["versions"] = package_versions()
     if reports is not None:
@@ -216,65 +230,110 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--reports", type=Path, default=ROOT / "reports")
     ap.add_argument("--no-write", action="store_true", help="print only; leave reports/ alone")
+    ap.add_argument("--response", type=Path, default=None,
+                    help="a bench_generator_response --json result to publish with this report")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(n=args.n, work=args.work, heldout_seed=args.heldout_seed, twin_seed=args.twin_seed, seed=args.seed,
                  segmenter=args.segmenter, checkpoint=args.checkpoint, workers=args.workers, guidance=args.guidance,
-                 reports=None if args.no_write else args.reports)
+                 reports=None if args.no_write else args.reports,
+                 response=json.loads(args.response.read_text()) if args.response else None)
     print(markdown(result))
     return result
 
 
 def markdown(r: dict) -> str:
-    g = r["generator"]
-    lines = ["# Generator fidelity against held-out phantoms", "",
-             "Phantoms, not patients: the bundled generator was trained on procedural phantoms and is judged here "
-             f"against {r['n']} held-out phantoms (seed {r['heldout_seed']}) and their synthetic twins (same "
-             "demographics). A second phantom draw with the same demographics (seed "
-             f"{r['twin_seed']}) is the reference of a perfect generator: its deviations are sampling noise.", "",
-             f"Generator settings: stage 1 {g['lowres_sampler']} {g['lowres_steps']} steps, guidance {g['guidance']}; "
-             f"stage 2 {g['sr_sampler']} {g['sr_steps']} steps; checkpoint {g['checkpoint_id']}; generation took "
-             f"{r['generate_seconds']} s for {r['n']} cases on a shared 2-core CPU. Labels: true labels on the phantom "
-             f"sides, segmenter `{r['segmenter']}` on the synthetic side.", ""]
+    """The published report: settings, goals, effects, per organ, texture, response, whole body."""
+    sections = [_header(r)]
     if r.get("organ_part") == "run":
-        s, t = r["synth"], r["twins"]
-        lines += ["## Goals", "",
-                  "| figure | synthetic | perfect-generator reference | goal |", "|---|---|---|---|",
-                  f"| SUVmean cells within 5% | {s['suv_mean_share_within_5pct']:.0%} of {s['suv_mean_cells']} | "
-                  f"{t['suv_mean_share_within_5pct']:.0%} of {t['suv_mean_cells']} | >= 80% |",
-                  f"| volume cells within 10% | {s['volume_share_within_10pct']:.0%} of {s['volume_cells']} | "
-                  f"{t['volume_share_within_10pct']:.0%} of {t['volume_cells']} | >= 80% |",
-                  f"| median over organs of abs. SUVmean deviation (all cases) | {s['suv_mean_median_abs_dev_pct']:.1f}% | "
-                  f"{t['suv_mean_median_abs_dev_pct']:.1f}% | |",
-                  f"| median over organs of abs. volume deviation (all cases) | {s['volume_median_abs_dev_pct']:.1f}% | "
-                  f"{t['volume_median_abs_dev_pct']:.1f}% | |", "",
-                  "Goals met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["goals_met"].items()), "",
-                  f"The 80%-of-cells goals are judged cell by cell (organ x sex x age group, {r['n']} cases in all): a "
-                  "perfect generator (the second phantom draw) reaches the share in the reference column from sampling "
-                  "noise alone, so that column, not 100%, is the ceiling at this n.", "",
-                  "## Demographic effects (trends: real vs synthetic effect)", "",
-                  "Effects per kg (weight) or men minus women (sex), adjusted for the other demographics. Judged where "
-                  "the real cohort shows the effect (95% CI excludes 0); reproduced = same sign; interaction p = "
-                  "whether real and synthetic sizes differ.", "",
-                  "| effect | real | synthetic | interaction p | reproduced |", "|---|---|---|---|---|"]
-        lines += [f"| {e['effect']} | {e['real']:.4g} | {e['synth']:.4g} | {e['interaction_p']:.2g} | "
-                  f"{('yes' if e['reproduced'] else 'no') if e['judged'] else 'not shown in the real cohort'} |"
-                  for e in s["effects"]]
-        lines += ["", "## Per organ (all cases)", "", "| organ | metric | phantom mean | synthetic mean | deviation % |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {x['organ']} | {x['metric']} | {x['real_mean']:.4g} | {x['synth_mean']:.4g} | {x['deviation_pct']:+.1f} |"
-                  for x in r["per_organ_all"]]
-        lines += ["", "Figures: `generator_fidelity_suv_mean.png`, `generator_fidelity_volume_ml.png` (deviation "
-                  "heatmaps), `generator_fidelity_samples.png` (coronal slices).", ""]
+        sections += [_goals(r), _effects(r), _per_organ(r), _texture(r.get("texture"))]
     else:
-        lines += ["## Organ-level comparison", "", f"{r.get('organ_part')}", ""]
-    lines += ["## Whole body (no segmenter needed)", "", "| figure | sex | phantom mean | synthetic mean | deviation % | "
-              "phantom-twin deviation % |", "|---|---|---|---|---|---|"]
+        sections.append(f"## Organ-level comparison\n\n{r.get('organ_part')}\n")
+    if r.get("response"):
+        from benchmarks.bench_generator_response import markdown as response_markdown
+        sections.append("## Demographic response (one input varied at a time, truth beside it)\n\n"
+                        + response_markdown(r["response"]))
+    sections += [_whole_body(r), f"Total benchmark time {r['seconds']} s. Regenerate: "
+                 "`python -m benchmarks.bench_generator_fidelity`.\n"]
+    return "\n".join(sections)
+
+
+def _header(r: dict) -> str:
+    g = r["generator"]
+    return "\n".join([
+        "# Generator fidelity against held-out phantoms", "",
+        "Phantoms, not patients: the bundled generator was trained on procedural phantoms and is judged here "
+        f"against {r['n']} held-out phantoms (seed {r['heldout_seed']}) and their synthetic twins (same "
+        "demographics). A second phantom draw with the same demographics (seed "
+        f"{r['twin_seed']}) is the reference of a perfect generator: its deviations are sampling noise.", "",
+        f"Generator settings: stage 1 {g['lowres_sampler']} {g['lowres_steps']} steps, guidance {g['guidance']}; "
+        f"stage 2 {g['sr_sampler']} {g['sr_steps']} steps; checkpoint {g['checkpoint_id']}; generation took "
+        f"{r['generate_seconds']} s for {r['n']} cases on a shared 2-core CPU. Labels: true labels on the phantom "
+        f"sides, segmenter `{r['segmenter']}` on the synthetic side.", ""])
+
+
+def _goals(r: dict) -> str:
+    s, t = r["synth"], r["twins"]
+    return "\n".join([
+        "## Goals", "", "| figure | synthetic | perfect-generator reference | goal |", "|---|---|---|---|",
+        f"| SUVmean cells within 5% | {s['suv_mean_share_within_5pct']:.0%} of {s['suv_mean_cells']} | "
+        f"{t['suv_mean_share_within_5pct']:.0%} of {t['suv_mean_cells']} | >= 80% |",
+        f"| volume cells within 10% | {s['volume_share_within_10pct']:.0%} of {s['volume_cells']} | "
+        f"{t['volume_share_within_10pct']:.0%} of {t['volume_cells']} | >= 80% |",
+        f"| median over organs of abs. SUVmean deviation (all cases) | {s['suv_mean_median_abs_dev_pct']:.1f}% | "
+        f"{t['suv_mean_median_abs_dev_pct']:.1f}% | |",
+        f"| median over organs of abs. volume deviation (all cases) | {s['volume_median_abs_dev_pct']:.1f}% | "
+        f"{t['volume_median_abs_dev_pct']:.1f}% | |", "",
+        "Goals met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["goals_met"].items()), "",
+        f"The 80%-of-cells goals are judged cell by cell (organ x sex x age group, {r['n']} cases in all): a "
+        "perfect generator (the second phantom draw) reaches the share in the reference column from sampling "
+        "noise alone, so that column, not 100%, is the ceiling at this n.", ""])
+
+
+def _effects(r: dict) -> str:
+    lines = ["## Demographic effects (trends: real vs synthetic effect)", "",
+             "Effects per kg (weight) or men minus women (sex), adjusted for the other demographics. Judged where "
+             "the real cohort shows the effect (95% CI excludes 0); reproduced = same sign; interaction p = "
+             "whether real and synthetic sizes differ.", "",
+             "| effect | real | synthetic | interaction p | reproduced |", "|---|---|---|---|---|"]
+    lines += [f"| {e['effect']} | {e['real']:.4g} | {e['synth']:.4g} | {e['interaction_p']:.2g} | "
+              f"{('yes' if e['reproduced'] else 'no') if e['judged'] else 'not shown in the real cohort'} |"
+              for e in r["synth"]["effects"]]
+    return "\n".join(lines + [""])
+
+
+def _per_organ(r: dict) -> str:
+    lines = ["## Per organ (all cases)", "", "| organ | metric | phantom mean | synthetic mean | deviation % |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {x['organ']} | {x['metric']} | {x['real_mean']:.4g} | {x['synth_mean']:.4g} | {x['deviation_pct']:+.1f} |"
+              for x in r["per_organ_all"]]
+    return "\n".join(lines + ["", "Figures: `generator_fidelity_suv_mean.png`, `generator_fidelity_volume_ml.png` "
+                               "(deviation heatmaps), `generator_fidelity_samples.png` (coronal slices).", ""])
+
+
+def _texture(t: dict | None) -> str:
+    if not t:
+        return ""
+    lines = ["## Voxel noise and SUVmax", "",
+             "SUV standard deviation over the voxels of each organ eroded by one voxel (mean over cases): voxel "
+             "noise, what stage 2 draws. Goal: synthetic / real within 20 % in every organ "
+             f"({t['noise_organs_within']} of {t['noise_organs']}: {'met' if t['noise_goal_met'] else 'not met'}).",
+             "", "| organ | real SD | synthetic SD | ratio | organ SUVmax real | synthetic | deviation % |",
+             "|---|---|---|---|---|---|---|"]
+    for n, m in zip(t["noise"], t["suv_max"]):
+        lines.append(f"| {n['organ']} | {n['real_sd']:.3f} | {n['synth_sd']:.3f} | {n['ratio']:.2f} | "
+                     f"{m['real_suv_max']:.2f} | {m['synth_suv_max']:.2f} | {m['deviation_pct']:+.1f} |")
+    return "\n".join(lines + ["", f"Median over organs of |SUVmax deviation|: {t['suv_max_median_abs_dev_pct']:.1f} % "
+                               f"(goal <= 10 %: {'met' if t['suv_max_goal_met'] else 'not met'}).", ""])
+
+
+def _whole_body(r: dict) -> str:
+    lines = ["## Whole body (no segmenter needed)", "", "| figure | sex | phantom mean | synthetic mean | deviation % | "
+             "phantom-twin deviation % |", "|---|---|---|---|---|---|"]
     for a, b in zip(r["whole_body"]["synthetic"], r["whole_body"]["phantom_twins"]):
         lines.append(f"| {a['figure']} | {a['sex']} | {a['real_mean']:.4g} | {a['synth_mean']:.4g} | "
                      f"{a['deviation_pct']:+.1f} | {b['deviation_pct']:+.1f} |")
-    lines += ["", f"Total benchmark time {r['seconds']} s. Regenerate: `python benchmarks/bench_generator_fidelity.py`.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + [""])
 
 
 if __name__ == "__main__":

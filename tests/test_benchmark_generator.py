@@ -1,0 +1,70 @@
+"""The generator benchmarks' arithmetic: voxel noise in eroded organs, SUVmax deviations, the paired
+demographic-response effects and the issue's rule that judges them."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import bench_generator_response as response
+from benchmarks.generator_texture import eroded_organ_sd, noise_comparison, suv_max_comparison, texture_summary
+
+
+def test_eroded_organ_sd_is_the_sd_of_the_core_voxels():
+    rng = np.random.default_rng(0)
+    pet = rng.normal(2.0, 0.3, (12, 12, 12))
+    organ_map = np.zeros(pet.shape, np.uint8)
+    organ_map[2:9, 3:8, 1:11] = 1  # 7 x 5 x 10: one voxel off each face leaves 5 x 3 x 8
+    organ_map[10, 10, 10] = 2  # too small to keep a core
+    sd = eroded_organ_sd(pet, organ_map, ("liver", "spleen"))
+    assert sd["liver"] == pytest.approx(float(np.std(pet[3:8, 4:7, 2:10])), rel=1e-12)
+    assert np.isnan(sd["spleen"])
+
+
+def test_noise_and_suv_max_comparisons_and_their_goals():
+    real = pd.DataFrame({"case_id": ["a", "b", "a", "b"], "organ": ["liver", "liver", "brain", "brain"],
+                         "suv_sd_core": [0.2, 0.4, 1.0, 1.0], "suv_max": [4.0, 6.0, 10.0, 10.0]})
+    synth = real.assign(suv_sd_core=[0.3, 0.5, 1.5, 1.5], suv_max=[5.0, 5.0, 11.5, 11.5])
+    noise = noise_comparison(real, synth).set_index("organ")
+    assert noise.loc["liver", "ratio"] == pytest.approx(0.4 / 0.3) and bool(noise.loc["liver", "within_goal"]) is False
+    assert noise.loc["brain", "ratio"] == pytest.approx(1.5)
+    suv_max = suv_max_comparison(real, synth).set_index("organ")
+    assert suv_max.loc["liver", "deviation_pct"] == pytest.approx(0.0)
+    assert suv_max.loc["brain", "deviation_pct"] == pytest.approx(15.0)
+    summary = texture_summary(noise.reset_index(), suv_max.reset_index())
+    assert summary["suv_max_median_abs_dev_pct"] == pytest.approx(7.5) and summary["suv_max_goal_met"]
+    assert summary["noise_organs_within"] == 0 and not summary["noise_goal_met"]
+
+
+def test_truth_effects_follow_the_phantom_formulas():
+    from totalgen_eval.phantom.population import ORGAN_MODEL
+
+    truth = response.truth_effects().set_index(["contrast", "organ", "metric"])["truth_pct"]
+    brain = ORGAN_MODEL["brain"]  # volume x vol_age_ratio per decade after its onset (40 y): 30 -> 70 y is 3 decades
+    assert truth[("age 30 -> 70 y", "brain", "volume_ml")] == pytest.approx(100 * (brain.vol_age_ratio ** 3 - 1))
+    liver = ORGAN_MODEL["liver"]  # volume x (w / 75) ** exponent
+    assert truth[("weight 60 -> 90 kg", "liver", "volume_ml")] == pytest.approx(100 * (1.5 ** liver.vol_weight_exp - 1))
+    assert truth[("sex F -> M", "heart", "volume_ml")] == pytest.approx(100 * (700 / 560 - 1))
+    assert truth[("sex F -> M", "heart", "suv_mean")] == 0.0  # no sex term in the heart's uptake
+
+
+def test_paired_effects_take_the_mean_log_ratio_over_paired_cases():
+    names = response.settings()
+    base = pd.DataFrame({"case_index": [0, 1, 2], "organ": "liver", "volume_ml": [1000.0, 1200.0, 900.0],
+                         "suv_mean": [2.0, 2.0, 2.0]})
+    tables = {name: base.copy() for name in names}
+    tables["M-base"] = base.assign(volume_ml=base["volume_ml"] * [1.1, 1.2, 1.3])
+    effects = response.paired_effects(tables, "synth_pct").set_index(["contrast", "organ", "metric"])
+    logs = np.log([1.1, 1.2, 1.3])
+    expected = 100 * (np.exp(logs.mean()) - 1)
+    assert effects.loc[("sex F -> M", "liver", "volume_ml"), "synth_pct"] == pytest.approx(expected)
+    se = 100 * np.exp(logs.mean()) * logs.std(ddof=1) / np.sqrt(3)
+    assert effects.loc[("sex F -> M", "liver", "volume_ml"), "synth_pct_se"] == pytest.approx(se)
+    assert effects.loc[("age 30 -> 70 y", "liver", "volume_ml"), "synth_pct"] == 0.0
+
+
+@pytest.mark.parametrize("truth, synth, verdict", [(0.0, 4.9, "ok"), (0.0, -5.1, "spurious"), (14.8, -9.9, "wrong sign"),
+                                                   (20.0, 13.0, "size off"), (20.0, 15.0, "ok"), (3.0, 0.5, "ok"),
+                                                   (-3.0, 1.0, "wrong sign"), (10.0, np.nan, "not measured")])
+def test_the_issue_rule_judges_each_effect(truth, synth, verdict):
+    assert response.judge(pd.Series({"truth_pct": truth, "synth_pct": synth})) == verdict
