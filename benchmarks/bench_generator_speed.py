@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from generator import default_lowres, default_sr, load_cascade, random_cascade
-from generator.diffusion import karras_sigmas
-from generator.sampling import get_sampler, guided
+from generator.cascade import case_noise
 from generator.precision import autocast, resolve_precision
-from generator.stages import lowres_condition, sr_condition
+from generator.stages import lowres_condition
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +50,48 @@ def time_stage(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def stage_seconds(cascade, settings, batch: int, repeats: int) -> tuple[float, float]:
+    """(stage 1, stage 2) seconds per volume at ``settings``: stage 1 timed alone, stage 2 as the whole
+    batch (``Cascade.sample_batch``) minus stage 1."""
+    plan = cascade.plan(settings)
+    demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * batch)
+    noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
+    x = torch.stack([z[0] for z in noises]) * plan.lowres_sigmas[0]
+    cond = {"demographics": demo, "image": lowres_condition(x) if plan.lowres_positions else None}
+
+    def stage1() -> None:
+        with torch.inference_mode(), autocast(cascade.precision, cascade.device):
+            plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, cond)
+
+    t1 = time_stage(stage1, repeats) / batch
+    both = time_stage(lambda: cascade.sample_batch(plan, noises, demo), repeats) / batch
+    return t1, both - t1
+
+
+def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3) -> dict:
+    """Seconds per volume (``Cascade.sample_batch``, each cascade at its defaults) of the cascade in ``before``
+    as it ran before this version (contiguous memory) and of the bundled one, timed alternately in one run;
+    the ratio before / now is the speed-up."""
+    torch.set_num_threads(threads)
+    cascades = {"before": load_cascade(before), "now": load_cascade()}
+    for net in (cascades["before"].lowres, cascades["before"].sr):
+        net.to(memory_format=torch.contiguous_format)
+    demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * batch)
+    times: dict[str, list[float]] = {k: [] for k in cascades}
+    for _ in range(rounds):
+        for name, c in cascades.items():
+            plan = c.plan(c.settings())
+            noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
+            t = time.perf_counter()
+            c.sample_batch(plan, noises, demo)
+            times[name].append((time.perf_counter() - t) / batch)
+    best = {k: min(v) for k, v in times.items()}
+    return {"before_s_per_volume": round(best["before"], 3), "now_s_per_volume": round(best["now"], 3),
+            "speedup": round(best["before"] / best["now"], 3), "rounds": rounds, "threads": threads, "batch": batch,
+            "settings": {k: c.settings().__dict__ for k, c in cascades.items()},
+            "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
 def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, precision: str = "auto",
         out: Path | None = None) -> dict:
     """Seconds per volume of each stage and of `generate --n {n}`; written as JSON to ``out`` when given."""
@@ -59,20 +100,7 @@ def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, pr
     cascade.precision = resolve_precision(precision, cascade.device)
     s = cascade.settings()
     b = batch_size
-    lo, sr = cascade.lowres_config, cascade.sr_config
-    demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * b)
-    lo_sig = karras_sigmas(s.lowres_steps, lo.schedule.sigma_min, lo.schedule.sigma_max, lo.schedule.rho)
-    sr_sig = karras_sigmas(s.sr_steps, sr.schedule.sigma_min, sr.schedule.sigma_max, sr.schedule.rho)
-    x_lo = torch.randn(b, 2, *lo.shape) * lo_sig[0]
-    lo_cond = {"demographics": demo, "image": lowres_condition(x_lo)}
-    with torch.inference_mode(), autocast(cascade.precision, "cpu"):
-        low = get_sampler(s.lowres_sampler)(guided(cascade.lowres, s.guidance), x_lo, lo_sig, lo_cond).float()
-        up, image = sr_condition(low)
-        r = torch.randn(b, 2, *sr.shape) * sr_sig[0]
-        t1 = time_stage(lambda: get_sampler(s.lowres_sampler)(guided(cascade.lowres, s.guidance), x_lo, lo_sig,
-                                                              lo_cond), repeats) / b
-        t2 = time_stage(lambda: get_sampler(s.sr_sampler)(cascade.sr, r, sr_sig, {"demographics": demo, "image": image}),
-                        repeats) / b
+    t1, t2 = stage_seconds(cascade, s, b, repeats)
     from totalgen_eval.provenance import package_versions
     from totalgen_eval.synthesis import generate_cohort
 
@@ -112,7 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="auto", help="auto (bf16 where fast), bf16 or fp32")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "generator_speed.json")
     ap.add_argument("--no-write", action="store_true", help="print only; leave reports/ alone")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="a cascade folder to time side by side with the bundled one (prints the speed-up only)")
     args = ap.parse_args(argv)
+    if args.before is not None:
+        result = side_by_side(args.before, args.threads, args.batch_size, args.repeats)
+        print(json.dumps(result, indent=2))
+        return result
     return run(threads=args.threads, n=args.n, batch_size=args.batch_size, repeats=args.repeats,
                precision=args.precision, out=None if args.no_write else args.out)
 
