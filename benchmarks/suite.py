@@ -106,9 +106,11 @@ def phantom_speed_figures(fast: bool, publish: bool) -> Figures:
 
 
 @provides("generator.suv_mean_median_abs_dev_pct", "generator.volume_median_abs_dev_pct",
-          "generator.liver_suv_mean_dev_pct", "generator.effects_reproduced_share")
+          "generator.liver_suv_mean_dev_pct", "generator.effects_reproduced_share",
+          "generator.suv_max_median_abs_dev_pct", "generator.noise_sd_ratio_worst_dev")
 def generator_fidelity_figures(fast: bool, publish: bool) -> Figures:
-    """Bundled cascade vs held-out phantoms: organ SUVmean/volume deviations (all cases) and demographic effects."""
+    """Bundled cascade vs held-out phantoms: organ SUVmean/volume deviations (all cases), demographic effects,
+    organ SUVmax and voxel noise (the worst organ's |SD ratio - 1|)."""
     from benchmarks import bench_generator_fidelity
 
     with tempfile.TemporaryDirectory(prefix="bench_fidelity_") as work:
@@ -124,6 +126,8 @@ def generator_fidelity_figures(fast: bool, publish: bool) -> Figures:
         "generator.volume_median_abs_dev_pct": float(synth["volume_median_abs_dev_pct"]),
         "generator.liver_suv_mean_dev_pct": float(liver[0]),
         "generator.effects_reproduced_share": sum(e["reproduced"] for e in effects) / max(len(effects), 1),
+        "generator.suv_max_median_abs_dev_pct": float(res["texture"]["suv_max_median_abs_dev_pct"]),
+        "generator.noise_sd_ratio_worst_dev": max(abs(n["ratio"] - 1) for n in res["texture"]["noise"]),
     }
 
 

@@ -1,0 +1,92 @@
+"""Choose stage 2's sampling schedule by measurement on validation phantoms (not the held-out ones).
+
+For each candidate (final sigma of stage 2, augmentation level of its low-res input), the cascade generates
+the twins of ``--n`` validation phantoms (seed 555; the fidelity benchmark holds out seed 777) with the same
+stage-1 noise, and the twins are judged as in the fidelity report: voxel noise in eroded organs (SD ratio
+synthetic / real per organ), organ SUVmax and SUVmean deviations (all cases, bundled segmenter on the
+synthetic side). Weights are untouched: each candidate is a copy of the cascade folder with its sr.json
+schedule changed (``generator.checkpoints.set_schedule``).
+
+    python -m benchmarks.bench_generator_schedule --checkpoint DIR [--n 24] [--sigma-min 0.002 0.02 0.05]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VALIDATION_SEED = 555
+
+
+def candidate_folder(checkpoint: Path, work: Path, sigma_min: float, lowres_noise: float) -> Path:
+    """A copy of ``checkpoint`` whose stage 2 samples down to ``sigma_min`` at augmentation ``lowres_noise``."""
+    from generator.checkpoints import read_stage_json, set_schedule
+
+    folder = work / f"cascade-smin{sigma_min:g}-aug{lowres_noise:g}"
+    if not folder.is_dir():
+        shutil.copytree(checkpoint, folder, ignore=shutil.ignore_patterns("*-state.*", "cache", "previews", ".totalgen*"))
+        config, _ = read_stage_json(folder / "sr.json")
+        set_schedule(folder, "sr", dataclasses.replace(config.schedule, sigma_min=sigma_min, lowres_noise=lowres_noise))
+    return folder
+
+
+def judge_twins(real_c, synth_c, work: Path, name: str) -> dict:
+    """Noise ratios, SUVmax and SUVmean deviations of one candidate's twins (see the module docstring)."""
+    from benchmarks.generator_texture import noise_comparison, noise_table, suv_max_comparison
+    from totalgen_eval.metrics import organ_metrics
+    from totalgen_eval.organs import ORGAN_NAMES
+
+    tables = {side: organ_metrics(c, segmenter=seg, workers=1, cache_dir=work / "cache" / f"{side}-{name}",
+                                  cohort_name=side, progress=False)
+              for side, c, seg in (("real", real_c, "labels"), ("synth", synth_c, "model:bundled"))}
+    noise = noise_comparison(noise_table(real_c, "labels", work / "cache" / f"real-{name}", ORGAN_NAMES),
+                             noise_table(synth_c, "model:bundled", work / "cache" / f"synth-{name}", ORGAN_NAMES))
+    suv_max = suv_max_comparison(tables["real"], tables["synth"])
+    means = [t.groupby("organ")["suv_mean"].apply(lambda v: np.exp(np.log(v).mean())) for t in tables.values()]
+    suv_dev = 100 * (means[1] / means[0] - 1)
+    return {"noise_ratio_worst": float((noise["ratio"] - 1).abs().max()), "noise_ratios": noise.set_index("organ")["ratio"].round(3).to_dict(),
+            "suv_max_median_abs_dev_pct": float(suv_max["deviation_pct"].abs().median()),
+            "suv_mean_median_abs_dev_pct": float(suv_dev.abs().median()), "suv_mean_dev_pct": suv_dev.round(2).to_dict()}
+
+
+def run(checkpoint: Path, n: int = 24, work: Path = Path("/tmp/totalgen-schedule"), sigma_mins=(0.002, 0.02, 0.05),
+        lowres_noises=(0.0, 0.02), guidance: float | None = None) -> pd.DataFrame:
+    """One row per candidate: sigma_min, lowres_noise and the figures of ``judge_twins``."""
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.phantom import make_cohort
+    from totalgen_eval.synthesis import generate_cohort
+
+    real = load_cohort(make_cohort(work / "validation", n=n, seed=VALIDATION_SEED, progress=False))
+    rows = []
+    for sigma_min, level in itertools.product(sigma_mins, lowres_noises):
+        folder = candidate_folder(checkpoint, work, sigma_min, level)
+        synth = generate_cohort(work / f"synth-{folder.name}", match=real.root, checkpoint=folder, guidance=guidance,
+                                progress=False)
+        figures = judge_twins(real, load_cohort(synth), work, folder.name)
+        rows.append({"sigma_min": sigma_min, "lowres_noise": level, **figures})
+        print(json.dumps(rows[-1]), flush=True)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/totalgen-schedule"))
+    ap.add_argument("--sigma-min", type=float, nargs="+", default=[0.002, 0.02, 0.05])
+    ap.add_argument("--lowres-noise", type=float, nargs="+", default=[0.0, 0.02])
+    ap.add_argument("--guidance", type=float, default=None)
+    args = ap.parse_args(argv)
+    table = run(args.checkpoint, args.n, args.work, tuple(args.sigma_min), tuple(args.lowres_noise), args.guidance)
+    print(table.drop(columns=["noise_ratios", "suv_mean_dev_pct"]).to_string(index=False))
+    return table
+
+
+if __name__ == "__main__":
+    main()
