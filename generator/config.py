@@ -273,23 +273,9 @@ def check_stage(config: StageConfig) -> None:
     """
     if config.kind not in ("lowres", "sr"):
         raise ValueError(f"kind = {config.kind!r}: lowres or sr expected")
-    if not isinstance(config.shape, tuple) or len(config.shape) != 3:
-        raise ValueError(f"shape = {config.shape!r}: three voxel counts (X, Y, Z) expected")
-    for i, s in enumerate(config.shape):
-        _whole(s, f"shape[{i}]", 1, LIMITS["canvas_edge"])
-    voxels = math.prod(config.shape)
-    if voxels > LIMITS["canvas_voxels"]:
-        raise ValueError(f"shape = {config.shape}: {voxels:,} voxels exceed the limit of {LIMITS['canvas_voxels']:,.0f}")
     check_network(config.network)
-    multiple = 2 ** (len(config.network.channels) - 1)
-    if any(s % multiple for s in config.shape):
-        raise ValueError(f"shape = {config.shape}: every axis must be divisible by {multiple} "
-                         f"({len(config.network.channels)} UNet levels)")
-    _number(config.voxel_mm, "voxel_mm", 0, 1000, low_open=True)
-    if not isinstance(config.fov_mm, tuple) or len(config.fov_mm) != 3:
-        raise ValueError(f"fov_mm = {config.fov_mm!r}: three lengths (mm) expected")
-    for i, f in enumerate(config.fov_mm):
-        _number(f, f"fov_mm[{i}]", 0, 1e5, low_open=True)
+    multiple = 2 ** (len(config.network.channels) - 1)  # each axis halves at every UNet level below the first
+    _check_grid(config, multiple)
     for name, low, high, low_open in (("sigma_data", 0, 1e3, True), ("p_mean", -20, 20, False),
                                       ("p_std", 0, 20, True), ("cond_dropout", 0, 1, False), ("lr", 0, 10, True),
                                       ("field_dropout", 0, 1, False), ("lowres_noise_max", 0, 10, False),
@@ -298,14 +284,42 @@ def check_stage(config: StageConfig) -> None:
         _number(getattr(config, name), name, low, high, low_open)
     _whole(config.batch_size, "batch_size", 1, LIMITS["batch_size"])
     _whole(config.steps, "steps", 0, 10**9)
+    _check_patches(config, multiple)
+    check_schedule(config.schedule)
+
+
+def _voxel_counts(value: Any, name: str, high: Any) -> None:
+    """ValueError unless ``value`` is a tuple of three whole voxel counts in [1, high] (high: a number or a
+    per-axis tuple)."""
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise ValueError(f"{name} = {value!r}: three voxel counts (X, Y, Z) expected")
+    for i, v in enumerate(value):
+        _whole(v, f"{name}[{i}]", 1, high[i] if isinstance(high, tuple) else high)
+
+
+def _check_grid(config: StageConfig, multiple: int) -> None:
+    """The canvas: shape (voxels, within LIMITS, each axis divisible by ``multiple``), voxel_mm and fov_mm."""
+    _voxel_counts(config.shape, "shape", LIMITS["canvas_edge"])
+    voxels = math.prod(config.shape)
+    if voxels > LIMITS["canvas_voxels"]:
+        raise ValueError(f"shape = {config.shape}: {voxels:,} voxels exceed the limit of {LIMITS['canvas_voxels']:,.0f}")
+    if any(s % multiple for s in config.shape):
+        raise ValueError(f"shape = {config.shape}: every axis must be divisible by {multiple} "
+                         f"({len(config.network.channels)} UNet levels)")
+    _number(config.voxel_mm, "voxel_mm", 0, 1000, low_open=True)
+    if not isinstance(config.fov_mm, tuple) or len(config.fov_mm) != 3:
+        raise ValueError(f"fov_mm = {config.fov_mm!r}: three lengths (mm) expected")
+    for i, f in enumerate(config.fov_mm):
+        _number(f, f"fov_mm[{i}]", 0, 1e5, low_open=True)
+    _whole(config.sr_factor, "sr_factor", 1, 8)
+
+
+def _check_patches(config: StageConfig, multiple: int) -> None:
+    """Stage 2's training windows: patch_slices (z-window) and patch_size (inside the canvas, each axis
+    divisible by ``multiple``)."""
     if config.patch_slices is not None:
         _whole(config.patch_slices, "patch_slices", 1, LIMITS["canvas_edge"])
-    _whole(config.sr_factor, "sr_factor", 1, 8)
     if config.patch_size is not None:
-        if not isinstance(config.patch_size, tuple) or len(config.patch_size) != 3:
-            raise ValueError(f"patch_size = {config.patch_size!r}: three voxel counts (X, Y, Z) expected")
-        for i, (p, s) in enumerate(zip(config.patch_size, config.shape)):
-            _whole(p, f"patch_size[{i}]", 1, s)
-            if p % multiple:
-                raise ValueError(f"patch_size = {config.patch_size}: every axis must be divisible by {multiple}")
-    check_schedule(config.schedule)
+        _voxel_counts(config.patch_size, "patch_size", tuple(config.shape))
+        if any(p % multiple for p in config.patch_size):
+            raise ValueError(f"patch_size = {config.patch_size}: every axis must be divisible by {multiple}")
