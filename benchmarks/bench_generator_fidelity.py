@@ -84,6 +84,13 @@ def compare_body(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def whole_body(real_c, synth_c, twin_c) -> dict:
+    """Whole-body figures compared with the real side: {"synthetic": rows, "phantom_twins": rows}."""
+    real = body_table(real_c)
+    return {name: compare_body(real, body_table(c)).round(3).to_dict("records")
+            for name, c in (("synthetic", synth_c), ("phantom_twins", twin_c))}
+
+
 def sample_figure(real_cohort, synth_cohort, path: Path, n: int = 3) -> None:
     """Coronal slices through the body centre: phantom (held-out) and its synthetic twin, CT and PET."""
     import matplotlib
@@ -110,47 +117,60 @@ def sample_figure(real_cohort, synth_cohort, path: Path, n: int = 3) -> None:
     plt.close(fig)
 
 
+def side_summary(comp) -> dict:
+    """Shares within the margins, median |deviation| over organs (all cases) and effects of one comparison."""
+    suv_share, suv_cells = share_within(comp.concordance, "suv_mean", SUV_MARGIN)
+    vol_share, vol_cells = share_within(comp.concordance, "volume_ml", VOLUME_MARGIN)
+    overall = comp.concordance[(comp.concordance["sex"] == "all") & (comp.concordance["age_group"] == "all")]
+    median_abs = overall.groupby("metric")["deviation_pct"].apply(lambda d: float(d.abs().median()))
+    return {"suv_mean_share_within_5pct": suv_share, "suv_mean_cells": suv_cells,
+            "volume_share_within_10pct": vol_share, "volume_cells": vol_cells,
+            "suv_mean_median_abs_dev_pct": median_abs.get("suv_mean", float("nan")),
+            "volume_median_abs_dev_pct": median_abs.get("volume_ml", float("nan")),
+            "effects": effect_checks(comp.trends)}
+
+
+def goals_met(s: dict) -> dict[str, bool]:
+    """The issue-6 goals of the synthetic side's summary ``s``."""
+    return {"suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
+            "volume": bool(s["volume_share_within_10pct"] >= GOAL_SHARE),
+            "effects": bool(any(e["judged"] for e in s["effects"])
+                            and all(e["reproduced"] for e in s["effects"] if e["judged"]))}
+
+
+def write_heatmaps(concordance: pd.DataFrame, reports: Path) -> None:
+    """generator_fidelity_{suv_mean,volume_ml}.png: deviation heatmaps at the goals' margins."""
+    from totalgen_eval.plots import deviation_heatmap
+
+    for metric in ("suv_mean", "volume_ml"):
+        fig = deviation_heatmap(concordance, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
+        fig.savefig(reports / f"generator_fidelity_{metric}.png", dpi=80)
+        fig.clf()
+
+
 def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work: Path,
                      reports: Path | None) -> dict:
     """Organ tables of the held-out phantoms (true labels), their phantom twins and the synthetic twins
-    (``segmenter``), compared: shares within the margins, median |deviation|, effects, heatmaps."""
+    (``segmenter``), compared: shares within the margins, median |deviation|, effects, texture, heatmaps."""
     from totalgen_eval.metrics import organ_metrics
-    from totalgen_eval.plots import deviation_heatmap
     from totalgen_eval.stats import compare_tables
 
-    result: dict = {}
-    tables = {}
-    for name, cohort, seg in (("real", real_c, "labels"), ("twins", twin_c, "labels"), ("synth", synth_c, segmenter)):
-        tables[name] = organ_metrics(cohort, segmenter=seg, workers=workers, cache_dir=work / "cache" / name,
-                                     cohort_name=name, progress=False)
-    comparisons = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), seed=0)
-                   for k in ("synth", "twins")}
-    result["texture"] = texture_section(real_c, synth_c, tables, segmenter, work)
-    for k, comp in comparisons.items():
-        suv_share, suv_cells = share_within(comp.concordance, "suv_mean", SUV_MARGIN)
-        vol_share, vol_cells = share_within(comp.concordance, "volume_ml", VOLUME_MARGIN)
-        overall = comp.concordance[(comp.concordance["sex"] == "all") & (comp.concordance["age_group"] == "all")]
-        median_abs = overall.groupby("metric")["deviation_pct"].apply(lambda d: float(d.abs().median()))
-        result[k] = {"suv_mean_share_within_5pct": suv_share, "suv_mean_cells": suv_cells,
-                     "volume_share_within_10pct": vol_share, "volume_cells": vol_cells,
-                     "suv_mean_median_abs_dev_pct": median_abs.get("suv_mean", float("nan")),
-                     "volume_median_abs_dev_pct": median_abs.get("volume_ml", float("nan")),
-                     "effects": effect_checks(comp.trends)}
+    tables = {name: organ_metrics(cohort, segmenter=seg, workers=workers, cache_dir=work / "cache" / name,
+                                  cohort_name=name, progress=False)
+              for name, cohort, seg in (("real", real_c, "labels"), ("twins", twin_c, "labels"),
+                                        ("synth", synth_c, segmenter))}
+    result: dict = {"texture": texture_section(real_c, synth_c, tables, segmenter, work)}
+    comps = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), seed=0)
+             for k in ("synth", "twins")}
+    for k, comp in comps.items():
+        result[k] = side_summary(comp)
         comp.concordance.to_csv(work / f"concordance_{k}.csv", index=False)
-    conc = comparisons["synth"].concordance
+    conc = comps["synth"].concordance
     allrows = conc[(conc["sex"] == "all") & (conc["age_group"] == "all")]
     result["per_organ_all"] = allrows[["organ", "metric", "real_mean", "synth_mean", "deviation_pct"]].round(3).to_dict("records")
     if reports is not None:
-        for metric in ("suv_mean", "volume_ml"):
-            fig = deviation_heatmap(conc, metric, SUV_MARGIN / 100 if metric == "suv_mean" else VOLUME_MARGIN / 100)
-            fig.savefig(reports / f"generator_fidelity_{metric}.png", dpi=80)
-            fig.clf()
-    s = result["synth"]
-    result["goals_met"] = {
-        "suv_mean": bool(s["suv_mean_share_within_5pct"] >= GOAL_SHARE),
-        "volume": bool(s["volume_share_within_10pct"] >= GOAL_SHARE),
-        "effects": bool(any(e["judged"] for e in s["effects"])
-                        and all(e["reproduced"] for e in s["effects"] if e["judged"]))}
+        write_heatmaps(conc, reports)
+    result["goals_met"] = goals_met(result["synth"])
     return result
 
 
@@ -164,6 +184,15 @@ def texture_section(real_c, synth_c, tables: dict, segmenter: str, work: Path) -
     suv_max = suv_max_comparison(tables["real"], tables["synth"])
     return {"noise": noise.round(4).to_dict("records"), "suv_max": suv_max.round(3).to_dict("records"),
             **texture_summary(noise, suv_max)}
+
+
+def generate_settings(synth: Path) -> dict:
+    """The generate run's settings (generate.json), the matched cohort named by its folder only (the
+    published report does not carry this machine's paths)."""
+    settings = json.loads((synth / "generate.json").read_text())["settings"]
+    if settings.get("match"):
+        settings["match"] = Path(settings["match"]).name
+    return settings
 
 
 def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed: int = 777, twin_seed: int = 778,
@@ -184,23 +213,15 @@ def run(n: int = 100, work: Path = Path("/tmp/totalgen-fidelity"), heldout_seed:
     synth = generate_cohort(work / "synth", match=heldout, seed=seed, checkpoint=checkpoint, guidance=guidance,
                             progress=False)
     generate_seconds = time.perf_counter() - t
-    gen_info = json.loads((synth / "generate.json").read_text())
-    if gen_info["settings"].get("match"):  # the published report names the folder, not this machine's path
-        gen_info["settings"]["match"] = Path(gen_info["settings"]["match"]).name
     real_c, twin_c, synth_c = load_cohort(heldout), load_cohort(twins), load_cohort(synth)
     if reports is not None:
         reports.mkdir(parents=True, exist_ok=True)
         sample_figure(real_c, synth_c, reports / "generator_fidelity_samples.png")
-
-    result: dict = {"n": n, "heldout_seed": heldout_seed, "twin_seed": twin_seed,
-                    "generator_seed": seed, "generator": gen_info["settings"],
-                    "generate_seconds": round(generate_seconds, 1), "segmenter": segmenter,
-                    "goals": {"suv_mean_margin_pct": SUV_MARGIN, "volume_margin_pct": VOLUME_MARGIN,
-                              "share": GOAL_SHARE}}
-    body = compare_body(body_table(real_c), body_table(synth_c))
-    body_ref = compare_body(body_table(real_c), body_table(twin_c))
-    result["whole_body"] = {"synthetic": body.round(3).to_dict("records"),
-                            "phantom_twins": body_ref.round(3).to_dict("records")}
+    result: dict = {"n": n, "heldout_seed": heldout_seed, "twin_seed": twin_seed, "generator_seed": seed,
+                    "generator": generate_settings(synth), "generate_seconds": round(generate_seconds, 1),
+                    "segmenter": segmenter, "goals": {"suv_mean_margin_pct": SUV_MARGIN,
+                                                      "volume_margin_pct": VOLUME_MARGIN, "share": GOAL_SHARE},
+                    "whole_body": whole_body(real_c, synth_c, twin_c)}
     try:
         result.update(organ_comparison(real_c, twin_c, synth_c, segmenter, workers, work, reports))
         result["organ_part"] = "run"
