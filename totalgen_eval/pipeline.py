@@ -23,6 +23,7 @@ from .stats import DEFAULT_METRICS, Comparison, StatsParams
 if TYPE_CHECKING:
     from .cohort import Cohort
     from .images import FeatureExtractor
+    from .parallel import Scheduler
 
 METRIC_COLUMNS: tuple[str, ...] = ("volume_ml", "suv_mean", "suv_median", "suv_std", "suv_max", "suv_peak", "hu_mean")
 # the options that make a comparison "the same one" (statistics options may change between runs)
@@ -180,8 +181,8 @@ def _run_config(cfg: CompareConfig, real: Cohort, synth: Cohort, train: Cohort |
 
 def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     """Compare two cohort folders; writes every output under ``cfg.out`` and returns the tables."""
-    from .metrics import LESION_MODES, excluded_table, lesion_table, organ_metrics
-    from .parallel import EXCLUDED_COLUMNS, load_checked, make_scheduler
+    from .metrics import LESION_MODES
+    from .parallel import make_scheduler
     from .report import write_results
     from .stats import compare_tables, twin_map
 
@@ -192,25 +193,16 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     _check_output_folder(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    real, synth = load_checked(cfg.real, cfg.skip_bad), load_checked(cfg.synth, cfg.skip_bad)
-    real = real.with_diagnosis(cfg.diagnosis) if cfg.diagnosis else real
+    real, synth = _loaded_cohorts(cfg)
     train, extractor = _image_inputs(cfg)
     for cohort in (real, synth):
         if len(cohort) == 0:
             raise InputError("holds no usable case", cohort.root)
     seg_real, seg_synth = choose_segmenters(cfg, real, synth)
-    tables = []
     with scheduler:
-        for name, cohort, seg in (("real", real, seg_real), ("synth", synth, seg_synth)):
-            tables.append(organ_metrics(cohort, segmenter=seg, workers=cfg.workers, organs=cfg.organs,
-                                        cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
-                                        age_bins=cfg.age_bins, progress=progress, skip_bad=cfg.skip_bad,
-                                        scheduler=scheduler, lesions=cfg.lesions,
-                                        lesion_margin_mm=cfg.lesion_margin_mm))
-    lesions = pd.concat([lesion_table(t) for t in tables if t.attrs.get("lesions")], ignore_index=True) \
-        if any(t.attrs.get("lesions") for t in tables) else None  # case_id, cohort, mtv_ml, tlg, lesion_count
-    excluded = pd.concat([excluded_table(t) for t in tables], ignore_index=True).reindex(
-        columns=list(EXCLUDED_COLUMNS))  # the report lists it (case_id, cohort, reason)
+        tables = [_metric_table(cfg, name, cohort, seg, scheduler, progress)
+                  for name, cohort, seg in (("real", real, seg_real), ("synth", synth, seg_synth))]
+    lesions, excluded = _lesions_table(tables), _excluded_table(tables)
     real_t, synth_t = tables
     _check_overlap(real_t, synth_t, cfg)
     comparison = compare_tables(real_t, synth_t, cfg.stats, twins=twin_map(synth.to_frame()))
@@ -220,6 +212,42 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     paths = write_results(cfg.out, table, comparison, config,
                           extra={"lesions.csv": lesions, "excluded.csv": excluded, **image_tables})
     return CompareResult(table, comparison, Path(paths["report.html"]), config)
+
+
+def _loaded_cohorts(cfg: CompareConfig) -> tuple[Cohort, Cohort]:
+    """(real, synthetic) cohorts, checked (bad cases left out with --skip-bad); the real one kept to the cases
+    of ``cfg.diagnosis`` when given."""
+    from .parallel import load_checked
+
+    real, synth = load_checked(cfg.real, cfg.skip_bad), load_checked(cfg.synth, cfg.skip_bad)
+    return (real.with_diagnosis(cfg.diagnosis) if cfg.diagnosis else real), synth
+
+
+def _metric_table(cfg: CompareConfig, name: str, cohort: Cohort, segmenter: str, scheduler: Scheduler,
+                  progress: bool) -> pd.DataFrame:
+    """One side's organ_metrics table (case x organ; its per-case cache under ``<out>/cache/<name>``)."""
+    from .metrics import organ_metrics
+
+    return organ_metrics(cohort, segmenter=segmenter, workers=cfg.workers, organs=cfg.organs,
+                         cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
+                         age_bins=cfg.age_bins, progress=progress, skip_bad=cfg.skip_bad, scheduler=scheduler,
+                         lesions=cfg.lesions, lesion_margin_mm=cfg.lesion_margin_mm)
+
+
+def _lesions_table(tables: list[pd.DataFrame]) -> pd.DataFrame | None:
+    """lesions.csv of both sides (case_id, cohort, mtv_ml, tlg, lesion_count), or None when no side has lesions."""
+    from .metrics import lesion_table
+
+    with_lesions = [t for t in tables if t.attrs.get("lesions")]
+    return pd.concat([lesion_table(t) for t in with_lesions], ignore_index=True) if with_lesions else None
+
+
+def _excluded_table(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The cases left out on both sides (case_id, cohort, reason): the report lists them."""
+    from .metrics import excluded_table
+    from .parallel import EXCLUDED_COLUMNS
+
+    return pd.concat([excluded_table(t) for t in tables], ignore_index=True).reindex(columns=list(EXCLUDED_COLUMNS))
 
 
 def _image_inputs(cfg: CompareConfig) -> tuple[Cohort | None, FeatureExtractor | None]:

@@ -21,7 +21,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from .errors import InputError
 from .parallel import EXCLUDED_COLUMNS, write_excluded
 from .provenance import foreign_files, package_versions, read_marker, to_jsonable, write_json
 from .volumes import write_volume
+
+if TYPE_CHECKING:
+    from generator.cascade import SamplingSettings
 
 GENERATE_JSON = "generate.json"
 MAX_CASES = 100_000
@@ -166,20 +169,13 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
     _check_options(n, match, steps, guidance, sr_steps)
     cascade = cascade if cascade is not None else _load_cascade(checkpoint, device)
     demo, used = _conditioning(cascade, n, seed, match, (sex, age, height, weight), skip_bad, checkpoint)
-    s = cascade.settings(steps, guidance, sr_steps)
-    settings = {"n": len(demo), "seed": int(seed), "match": str(Path(match).resolve()) if match else None,
-                "match_digest": frame_digest(demo) if match else None, "sex": sex, "age": age, "height": height,
-                "weight": weight, "lowres_sampler": s.lowres_sampler, "lowres_steps": s.lowres_steps,
-                "guidance": s.guidance, "sr_sampler": s.sr_sampler, "sr_steps": s.sr_steps,
-                "checkpoint_id": cascade.checkpoint_id}
+    settings = _run_settings(cascade, demo, seed, match, dict(sex=sex, age=age, height=height, weight=weight),
+                             cascade.settings(steps, guidance, sr_steps))
     _check_folder(root, settings, force)
     (root / CASE_DIR).mkdir(parents=True, exist_ok=True)
     if match is not None:
         write_excluded(pd.DataFrame(demo.attrs.get("excluded", []), columns=list(EXCLUDED_COLUMNS)), root)
-    record = {"settings": settings, "status": "running", "batch_size": batch_size, "device": str(device),
-              "precision": getattr(cascade, "precision", "fp32"),
-              "checkpoint": to_jsonable({k: v for k, v in cascade.meta.items() if k in ("folder", "lowres", "sr")}),
-              "n_clamped": int(demo["clamped"].sum()), "versions": package_versions()}
+    record = _running_record(settings, cascade, demo, batch_size, device)
     write_json(record, root / GENERATE_JSON)
     demo["generator"] = cascade.checkpoint_id
     demo["seed"] = int(seed)
@@ -191,6 +187,27 @@ def generate_cohort(out: str | Path, n: int | None = None, seed: int = 0, match:
                   generated_this_run=generated)
     write_json(record, root / GENERATE_JSON)
     return root
+
+
+def _run_settings(cascade: Any, demo: pd.DataFrame, seed: int, match: str | Path | None,
+                  constraints: dict[str, str | None], sampler: SamplingSettings) -> dict:
+    """What fixes the cases of a run (a resumed run must match them): case count, seed, the matched cohort
+    (path and content digest), the demographic constraints (sex, age, height, weight as given), the
+    sampler settings and the checkpoint's id."""
+    return {"n": len(demo), "seed": int(seed), "match": str(Path(match).resolve()) if match else None,
+            "match_digest": frame_digest(demo) if match else None, **constraints,
+            "lowres_sampler": sampler.lowres_sampler, "lowres_steps": sampler.lowres_steps,
+            "guidance": sampler.guidance, "sr_sampler": sampler.sr_sampler, "sr_steps": sampler.sr_steps,
+            "checkpoint_id": cascade.checkpoint_id}
+
+
+def _running_record(settings: dict, cascade: Any, demo: pd.DataFrame, batch_size: int, device: str) -> dict:
+    """generate.json while the run goes on: its settings, status "running", batch size, device, precision,
+    the checkpoint's files, the number of clamped conditions and the package versions."""
+    return {"settings": settings, "status": "running", "batch_size": batch_size, "device": str(device),
+            "precision": getattr(cascade, "precision", "fp32"),
+            "checkpoint": to_jsonable({k: v for k, v in cascade.meta.items() if k in ("folder", "lowres", "sr")}),
+            "n_clamped": int(demo["clamped"].sum()), "versions": package_versions()}
 
 
 def _check_options(n: int | None, match: str | Path | None, steps: int | None, guidance: float | None,
