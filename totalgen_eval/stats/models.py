@@ -126,15 +126,9 @@ def adjusted_effects(data: Columns, min_n: int, robust: bool = False) -> tuple[d
     """
     data = dict(data)
     covariates = model_covariates(data)
-    synth = data["synth"] == 1.0
-    sex = data["sex"]
-    known_sex = (sex == "F") | (sex == "M")
-    sex_known = all(known_sex[side].mean() >= MIN_KNOWN_SHARE for side in (~synth, synth) if side.any())
-    used = np.ones(len(sex), dtype=bool)
-    for c in covariates:
-        used &= np.isfinite(data[c])
-    if sex_known:
-        used &= known_sex
+    synth, sex = data["synth"] == 1.0, data["sex"]
+    sex_known = _sex_known(sex, synth)
+    used = _model_rows(data, covariates, sex_known)
     data["sex_M"] = (sex == "M").astype(float)
     data["synth_M"] = data["synth"] * data["sex_M"]
     counts = {s: [int((used & (sex == s) & side).sum()) for side in (~synth, synth)] for s in ("F", "M")}
@@ -145,18 +139,44 @@ def adjusted_effects(data: Columns, min_n: int, robust: bool = False) -> tuple[d
     fit = _fit(data, used, ["synth", *(["sex_M"] if both_sexes else []), *covariates], robust)
     if fit is not None and min(n_r, n_s) >= min_n:
         effects["all"] = _contrast(fit, np.eye(len(fit[0]))[1], n_r, n_s)
+    effects.update(_sex_effects(data, used, sexes, counts, covariates, robust))
+    return effects, len(sex) - int(used.sum()), covariates
+
+
+def _sex_known(sex: np.ndarray, synth: np.ndarray) -> bool:
+    """True when each side with cases has sex "F" or "M" for at least MIN_KNOWN_SHARE of them."""
+    known_sex = (sex == "F") | (sex == "M")
+    return all(known_sex[side].mean() >= MIN_KNOWN_SHARE for side in (~synth, synth) if side.any())
+
+
+def _model_rows(data: Columns, covariates: Sequence[str], sex_known: bool) -> np.ndarray:
+    """Boolean mask of the cases in the models: every covariate known, and the sex when ``sex_known``."""
+    used = np.ones(len(data["sex"]), dtype=bool)
+    for c in covariates:
+        used &= np.isfinite(data[c])
+    if sex_known:
+        used &= (data["sex"] == "F") | (data["sex"] == "M")
+    return used
+
+
+def _sex_effects(data: Columns, used: np.ndarray, sexes: list[str], counts: dict[str, list[int]],
+                 covariates: Sequence[str], robust: bool) -> dict[str, Effect]:
+    """Per-sex source effects of the ``sexes`` with enough cases: both from the model with the synth x sex
+    interaction (women: ``synth``; men: ``synth + synth:sex_M``), or one sex's from the model fitted within it.
+    ``counts``: sex -> [n real, n synthetic] of the used cases."""
     if len(sexes) == 2:
         fit = _fit(data, used, ["synth", "sex_M", "synth_M", *covariates], robust)
-        if fit is not None:
-            women = np.eye(len(fit[0]))[1]
-            effects["F"] = _contrast(fit, women, *counts["F"])
-            effects["M"] = _contrast(fit, women + np.eye(len(fit[0]))[3], *counts["M"])
-    elif sexes:
+        if fit is None:
+            return {}
+        women = np.eye(len(fit[0]))[1]
+        men = women + np.eye(len(fit[0]))[3]
+        return {"F": _contrast(fit, women, *counts["F"]), "M": _contrast(fit, men, *counts["M"])}
+    if sexes:
         s = sexes[0]
-        fit = _fit(data, used & (sex == s), ["synth", *covariates], robust)
+        fit = _fit(data, used & (data["sex"] == s), ["synth", *covariates], robust)
         if fit is not None:
-            effects[s] = _contrast(fit, np.eye(len(fit[0]))[1], *counts[s])
-    return effects, len(sex) - int(used.sum()), covariates
+            return {s: _contrast(fit, np.eye(len(fit[0]))[1], *counts[s])}
+    return {}
 
 
 def unadjusted_effect(real: np.ndarray, synth: np.ndarray) -> Effect:
