@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,38 +81,78 @@ def load_image(path: str | Path, use_isal: bool = True) -> nib.Nifti1Image:
     """Read a NIfTI file fully into memory; a corrupt or truncated file raises InputError.
 
     The header is read first: a volume that is not 3D or exceeds ``max_voxels()`` is refused before its
-    data are decompressed.
+    data are decompressed. Voxels stored without scaling (slope 1, intercept 0: nearly every PET, CT and
+    label file) are decompressed straight into the array, in the type stored; scaled ones go through nibabel.
     """
     path = Path(path)
-    check_grid_header(path)
+    header = check_grid_header(path)
     try:
+        if path.name.endswith((".nii", ".nii.gz")) and _unscaled(header.dataobj):
+            return _read_into_array(path, header, use_isal)
         if path.name.endswith(".gz"):
-            opener = _gzip.open if (use_isal and _gzip is not None) else gzip.open
-            with opener(path, "rb") as fh:
-                img = nib.Nifti1Image.from_bytes(fh.read())
-        else:
-            img = nib.load(path)
-            img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
-    except (EOFError, OSError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+            with _opener(path, use_isal)(path, "rb") as fh:
+                return nib.Nifti1Image.from_bytes(fh.read())
+        img = nib.load(path)
+        return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    except Exception as exc:  # zlib, isal, nibabel and numpy each raise their own types for damaged files
         raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
-    except Exception as exc:  # isal raises its own error types for corrupt streams
-        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
-    return img
+
+
+def _unscaled(proxy) -> bool:
+    """True when an image proxy's voxels are its values (scale slope 1, intercept 0)."""
+    return getattr(proxy, "slope", None) == 1.0 and getattr(proxy, "inter", None) == 0.0
+
+
+def _opener(path: Path, use_isal: bool):
+    """``open`` of a file, gzip's (isal's when installed and ``use_isal``) for names ending in .gz."""
+    if not path.name.endswith(".gz"):
+        return open
+    return _gzip.open if (use_isal and _gzip is not None) else gzip.open
+
+
+def _read_into_array(path: Path, header: nib.Nifti1Image, use_isal: bool) -> nib.Nifti1Image:
+    """The image of ``header`` (a proxy of ``path``) with its voxels decompressed into one array of the stored
+    type and order: no copy through a byte string. The stream is read to its end, so gzip's check sum is
+    verified; a file that ends early raises EOFError."""
+    proxy = header.dataobj
+    data = np.empty(proxy.shape, proxy.dtype, order=proxy.order)
+    with _opener(path, use_isal)(path, "rb") as fh:
+        if len(fh.read(proxy.offset)) != proxy.offset:
+            raise EOFError("file ends inside the header")
+        flat = data.reshape(-1, order="A")  # a view, in memory order
+        if data.size and fh.readinto(memoryview(flat).cast("B")) != data.nbytes:
+            raise EOFError("file ends inside the voxel data")
+        fh.read()
+    return type(header)(data, header.affine, header.header)
 
 
 def read_volume(path: str | Path, dtype: type | None = np.float32, use_isal: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Array (i, j, k) and its affine; ``dtype=None`` keeps the stored type (use it for label maps)."""
     img = load_image(path, use_isal=use_isal)
+    return _array_of(img, dtype, path), img.affine.copy()
+
+
+def read_values(path: str | Path, use_isal: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Image values (i, j, k) with no cast where none is needed, and the affine: unscaled integer voxels
+    (a CT in HU as int16) keep their stored type, float32 stays float32, anything else becomes float32."""
+    img = load_image(path, use_isal=use_isal)
+    stored = img.dataobj
+    keep = isinstance(stored, np.ndarray) and (stored.dtype.kind in "iu" or stored.dtype == np.float32)
+    return (stored if keep else _array_of(img, np.float32, path)), img.affine.copy()
+
+
+def _array_of(img: nib.Nifti1Image, dtype: type | None, path: str | Path) -> np.ndarray:
+    """The voxel values of an image read by :func:`load_image` as ``dtype`` (None: as stored)."""
     try:
         if dtype is None:
             data = np.asanyarray(img.dataobj)
-        elif getattr(img.dataobj, "slope", None) == 1.0 and getattr(img.dataobj, "inter", None) == 0.0:
-            data = np.asarray(img.dataobj.get_unscaled()).astype(dtype, copy=False)  # one cast, not via float64
+        elif isinstance(img.dataobj, np.ndarray):
+            data = img.dataobj.astype(dtype, copy=False)  # one cast, not via float64
         else:
             data = img.get_fdata(dtype=dtype)
     except Exception as exc:
         raise InputError(f"cannot decode voxel data ({exc})", path) from None
-    return np.asarray(data), img.affine.copy()
+    return np.asarray(data)
 
 
 def check_grid_header(path: str | Path) -> nib.Nifti1Image:
