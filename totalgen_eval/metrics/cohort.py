@@ -19,7 +19,8 @@ from ..errors import InputError, check_number
 from ..organs import ORGAN_NAMES
 from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Mapped, Scheduler, excluded_frame, map_cases,
                         write_excluded)
-from ..volumes import Grid, read_volume
+from ..provenance import stamp, write_json, write_table
+from ..volumes import Grid, read_values
 from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, case_metrics
 from .peak import PEAK_RADIUS_MM
 
@@ -76,7 +77,7 @@ def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = 
     pet, pet_affine = case.read_pet()
     grid = Grid(tuple(pet.shape), pet_affine)
     check_file_dtype(case.ct, "ct")
-    ct, ct_affine = read_volume(case.ct, dtype=np.float32)
+    ct, ct_affine = read_values(case.ct)  # HU as stored (int16 stays int16: no cast)
     check_ct(ct, case.ct)
     labels, labels_affine = case_labels(case, segmenter, cache_dir, device=device)
     lesion_mask = case.read_lesions()  # None without a lesion mask
@@ -107,8 +108,6 @@ def check_case_uptake(rows: pd.DataFrame, pet: np.ndarray, ct: np.ndarray, path:
 def measure_case(job: MetricsJob, case: Case) -> tuple[pd.DataFrame, bool]:
     """(rows, computed?) of one case: read from ``cache_dir/metrics/<case_id>_<key>.csv`` when present and
     ``job.resume`` (a corrupt cache file is recomputed with a warning), else computed and cached."""
-    from ..provenance import write_table
-
     path = None
     if job.cache_dir is not None:
         path = cache_file(Path(job.cache_dir) / "metrics", case.case_id, case_key(case, job), ".csv")
@@ -147,28 +146,34 @@ def organ_metrics(cohort: Cohort | Sequence[Case], segmenter: str | None = "labe
         lesion_margin_mm: with "exclude", also leave out the voxels within this distance (mm) of a lesion,
             where the PET blur spills lesion uptake (0: the lesion voxels only).
 
-    ``frame.attrs``: "n_computed" (cases computed, not read from the cache) and "excluded" (records
-    case_id, cohort, reason: the cohort's cases left out at load time, then those left out here; see
-    :func:`excluded_table`); "lesions" (records case_id, cohort, mtv_ml, tlg, lesion_count of the cases
-    with a lesion mask; see :func:`lesion_table`).
+    ``frame.attrs``: "n_computed" (cases computed, not read from the cache), "excluded" (records case_id,
+    cohort, reason: the cohort's cases left out at load time, then those left out here; :func:`excluded_table`),
+    "lesions" (case_id, cohort, mtv_ml, tlg, lesion_count of cases with a lesion mask; :func:`lesion_table`).
     """
+    job = _metrics_job(cohort, segmenter, tuple(organs), device, lesions, lesion_margin_mm)
+    name = cohort_name if cohort_name is not None else getattr(cohort, "name", None) or "cohort"
+    with _run_cache(cache_dir, job.segmenter, resume) as (cache, resume_here):
+        measure = functools.partial(measure_case, dataclasses.replace(job, cache_dir=cache, resume=resume_here))
+        mapped = map_cases(measure, list(cohort), scheduler=scheduler, workers=workers, skip_bad=skip_bad,
+                           progress=progress, description=f"metrics ({job.segmenter})")
+    results = {case.case_id: rows for case, (rows, _) in mapped.values}
+    frame = assemble_table([case for case, _ in mapped.values], results, name, age_bins)
+    left_out = [Excluded(cid, reason) for cid, reason in getattr(cohort, "problems", ())] + mapped.excluded
+    return _with_attrs(frame, mapped, left_out, name)
+
+
+def _metrics_job(cohort: Cohort | Sequence[Case], segmenter: str | None, organs: tuple[str, ...], device: str,
+                 lesions: str, lesion_margin_mm: float) -> MetricsJob:
+    """The job of a run (no cache yet): the lesion options checked, the segmenter picked (None: the cohort's
+    default) and its settings read once."""
     if lesions not in LESION_MODES:
         raise InputError(f"{lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     lesion_margin_mm = check_number(lesion_margin_mm, "--lesion-margin", 0.0, 1000.0)
     from ..segment import default_segmenter, make_segmenter
 
     segmenter = (segmenter or default_segmenter(cohort)).strip()
-    name = cohort_name if cohort_name is not None else getattr(cohort, "name", None) or "cohort"
     settings = None if segmenter == "labels" else make_segmenter(segmenter, device=device).settings()
-    with _run_cache(cache_dir, segmenter, resume) as (cache, resume_here):
-        job = MetricsJob(segmenter, tuple(organs), cache, device, resume_here, settings, lesions, lesion_margin_mm)
-        mapped = map_cases(functools.partial(measure_case, job), list(cohort), scheduler=scheduler,
-                           workers=workers, skip_bad=skip_bad, progress=progress,
-                           description=f"metrics ({segmenter})")
-    results = {case.case_id: rows for case, (rows, _) in mapped.values}
-    frame = assemble_table([case for case, _ in mapped.values], results, name, age_bins)
-    left_out = [Excluded(cid, reason) for cid, reason in getattr(cohort, "problems", ())] + mapped.excluded
-    return _with_attrs(frame, mapped, left_out, name)
+    return MetricsJob(segmenter, organs, None, device, True, settings, lesions, lesion_margin_mm)
 
 
 @contextmanager
@@ -239,8 +244,6 @@ def write_metrics(cohort: Cohort | Sequence[Case], out_csv: str | Path, segmente
     and package versions. ``excluded.csv`` beside ``out_csv`` lists the cases left out (written with
     ``skip_bad``, or when there are any, or to replace an older one).
     """
-    from ..provenance import stamp, write_json, write_table
-
     out_csv = Path(out_csv)
     if segmenter is None:
         from ..segment import default_segmenter
@@ -250,20 +253,33 @@ def write_metrics(cohort: Cohort | Sequence[Case], out_csv: str | Path, segmente
                           device=device, cohort_name=cohort_name, age_bins=age_bins, progress=progress,
                           resume=resume, skip_bad=skip_bad, scheduler=scheduler, lesions=lesions,
                           lesion_margin_mm=lesion_margin_mm)
+    _write_tables(frame, out_csv, skip_bad)
+    options = {"segmenter": segmenter, "organs": list(organs), "device": device, "age_bins": list(age_bins),
+               "cache_dir": str(cache), "skip_bad": skip_bad, "lesions": lesions,
+               "lesion_margin_mm": lesion_margin_mm}
+    write_json(stamp(_sidecar(cohort, frame, cohort_name, options)), out_csv.with_name(out_csv.name + ".json"))
+    return frame
+
+
+def _write_tables(frame: pd.DataFrame, out_csv: Path, skip_bad: bool) -> None:
+    """``frame`` to ``out_csv``; beside it lesions.csv (cases with a lesion mask) and excluded.csv (with
+    ``skip_bad``, or when cases were left out, or to replace an older one)."""
     write_table(frame, out_csv)
     if frame.attrs.get("lesions"):
         write_table(lesion_table(frame), lesions_path(out_csv))
     excluded = excluded_table(frame)
     if skip_bad or len(excluded) or (out_csv.parent / EXCLUDED_CSV).is_file():
         write_excluded(excluded, out_csv.parent)
-    params = {"cohort": str(getattr(cohort, "root", "")), "cohort_name": frame["cohort"].iloc[0] if len(frame)
-              else cohort_name, "n_cases": int(frame["case_id"].nunique()), "segmenter": segmenter,
-              "organs": list(organs), "device": device, "age_bins": list(age_bins), "cache_dir": str(cache),
-              "metrics_version": METRICS_VERSION, "peak_radius_mm": PEAK_RADIUS_MM, "suv_std_ddof": 0,
-              "n_computed": frame.attrs.get("n_computed"), "n_excluded": len(excluded), "skip_bad": skip_bad,
-              "lesions": lesions, "lesion_margin_mm": lesion_margin_mm}
-    write_json(stamp(params), out_csv.with_name(out_csv.name + ".json"))
-    return frame
+
+
+def _sidecar(cohort: Cohort | Sequence[Case], frame: pd.DataFrame, cohort_name: str | None,
+             options: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of the JSON sidecar: the cohort, the run's ``options`` and what the run found."""
+    return {"cohort": str(getattr(cohort, "root", "")),
+            "cohort_name": frame["cohort"].iloc[0] if len(frame) else cohort_name,
+            "n_cases": int(frame["case_id"].nunique()), **options, "metrics_version": METRICS_VERSION,
+            "peak_radius_mm": PEAK_RADIUS_MM, "suv_std_ddof": 0, "n_computed": frame.attrs.get("n_computed"),
+            "n_excluded": len(excluded_table(frame))}
 
 
 def lesions_path(out_csv: str | Path) -> Path:
