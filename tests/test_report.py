@@ -215,3 +215,43 @@ def test_statistics_notes_and_exclusions_are_reported(tmp_path):
     assert "synth.suv_mean.no_voxels | 3" in md and "missing_value" not in md
     assert r"too few \<cases\>" in md
     assert "p \\< 0.01" in md  # alpha from the comparison's parameters drives the verdict rule
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    """Each figure file's inode and modification time: a rewritten file (atomic replace) changes both."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_figures_are_redrawn_only_when_their_inputs_change(tmp_path):
+    from PIL import Image
+
+    from totalgen_eval.report.figures import DIGEST_KEY
+
+    table = make_organ_metrics(n=10, organs=("liver", "spleen"))
+    first = report.write_report(tmp_path, table, _comparison(table), _config())
+    before = _stamps(tmp_path / "figures")
+    with Image.open(tmp_path / "figures" / "heatmap_suv_mean.png") as png:
+        digest = png.info[DIGEST_KEY]
+    assert f"{DIGEST_KEY} {digest}" in (tmp_path / "figures" / "heatmap_suv_mean.svg").read_text(encoding="utf-8")
+    again = report.write_report(tmp_path, table, _comparison(table), _config())
+    assert again.keys() == first.keys() and _stamps(tmp_path / "figures") == before
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").count("data:image/png;base64,") == 5
+    changed = report.write_report(tmp_path, table, _comparison(table, liver_dev=30.0), _config())
+    after = _stamps(tmp_path / "figures")
+    redrawn = {name for name in after if after[name] != before[name]}
+    assert redrawn == {f"{kind}_suv_mean.{ext}" for kind in ("heatmap", "forest") for ext in ("png", "svg")}
+    assert "+30.0" in changed["report.md"].read_text(encoding="utf-8")
+
+
+def test_a_figure_file_replaced_by_another_is_redrawn(tmp_path):
+    table = make_organ_metrics(n=10, organs=("liver",))
+    report.write_report(tmp_path, table, _comparison(table), _config())
+    figures = tmp_path / "figures"
+    shutil.copy(figures / "forest_suv_mean.png", figures / "heatmap_suv_mean.png")  # another figure's digest
+    (figures / "suvmax.svg").write_text("<svg/>", encoding="utf-8")
+    before = _stamps(figures)
+    report.write_report(tmp_path, table, _comparison(table), _config())
+    after = _stamps(figures)
+    assert {name for name in after if after[name] != before[name]} == {
+        "heatmap_suv_mean.png", "heatmap_suv_mean.svg", "suvmax.png", "suvmax.svg"}
+    assert (figures / "heatmap_suv_mean.png").read_bytes() != (figures / "forest_suv_mean.png").read_bytes()

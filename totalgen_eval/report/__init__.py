@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from .. import plots
 from ..errors import InputError
@@ -22,15 +21,15 @@ from ..plots.style import truthy
 from ..provenance import atomic_path, write_json, write_table
 from ..stats import Comparison, StatsParams
 from .content import PHANTOM_NOTICE, report_blocks
+from .figures import FigurePlan, remove_stale, save_figures
 from .images import image_sections
 from .render import FigureRef, render_html, render_markdown
 
-__all__ = ["write_results", "write_report", "redraw", "write_tables", "read_results", "make_figures",
+__all__ = ["write_results", "write_report", "redraw", "write_tables", "read_results", "figure_plans",
            "PHANTOM_NOTICE", "FIGURE_METRICS"]
 
 FIGURE_METRICS: tuple[str, ...] = ("suv_mean", "volume_ml")  # drawn when present; else the first two compared
 TITLE = "totalgen-eval: synthetic vs real PET/CT, organ by organ"
-PNG_DPI = 110
 _FIGURE_FILE = re.compile(r"^(heatmap|forest|distributions|trends)_.+\.(png|svg)$")
 
 
@@ -41,47 +40,50 @@ def figure_metrics(concordance: pd.DataFrame) -> list[str]:
     return chosen or compared[:2]
 
 
-def make_figures(organ_metrics: pd.DataFrame, concordance: pd.DataFrame, trends: pd.DataFrame | None,
-                 margin: float, demographics: bool = True) -> tuple[list[tuple[FigureRef, Figure]], list[str]]:
-    """Every report figure with its name and caption, and a note for each figure that was skipped.
+PLOTTED_COLUMNS: tuple[str, ...] = ("cohort", "organ", "sex", "age", "age_group", "n_voxels")  # and the metric
 
-    ``margin`` is a fraction; ``demographics=False`` (synthetic cohort without ages) skips the trends.
+
+def _plotted(organ_metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The organ_metrics columns the distributions and trends figures of ``metric`` read."""
+    return organ_metrics[[c for c in (*PLOTTED_COLUMNS, metric) if c in organ_metrics.columns]]
+
+
+def _metric_plans(organ_metrics: pd.DataFrame, concordance: pd.DataFrame, trends: pd.DataFrame | None,
+                  margin: float, m: str, demographics: bool) -> list[FigurePlan]:
+    """The heatmap, forest, distributions and (with demographics) trends figures of metric ``m``."""
+    label = plots.metric_label(m)
+    cells, values = concordance[concordance["metric"].astype(str) == m], _plotted(organ_metrics, m)
+    plans = [
+        FigurePlan(FigureRef(f"heatmap_{m}", f"{label}: deviation (%, ratio of geometric means) of the synthetic "
+                             "from the real cohort per organ and subgroup; outlined cells lie outside the "
+                             f"{100 * margin:g}% margin; small print: n real/synthetic."),
+                   lambda: plots.deviation_heatmap(concordance, m, margin), (cells, margin)),
+        FigurePlan(FigureRef(f"forest_{m}", f"{label}: deviation (%, ratio of geometric means) with its CI per "
+                             "organ, one panel per subgroup (sex strata: the multiplicity-adjusted CI of the "
+                             f"verdict; age groups: 95% CI); shaded: the {100 * margin:g}% margin."),
+                   lambda: plots.forest_plot(concordance, m, margin), (cells, margin)),
+        FigurePlan(FigureRef(f"distributions_{m}", f"{label}: real (left, blue) and synthetic (right, orange) "
+                             "distributions per organ, by sex and age group."),
+                   lambda: plots.distributions(organ_metrics, m), (values,))]
+    if demographics:
+        plans.append(FigurePlan(FigureRef(f"trends_{m}", f"{label} against age, by sex: real (blue) and synthetic "
+                                          "(orange) cases with least-squares lines."),
+                                lambda: plots.trend_plot(organ_metrics, trends, m),
+                                (values, trends if trends is not None else pd.DataFrame())))
+    return plans
+
+
+def figure_plans(organ_metrics: pd.DataFrame, concordance: pd.DataFrame, trends: pd.DataFrame | None,
+                 margin: float, demographics: bool = True) -> tuple[list[FigurePlan], list[str]]:
+    """Every table figure of the report (reference, how to draw it, from what), and a note for each figure
+    left out. ``margin`` is a fraction; ``demographics=False`` (synthetic cohort without ages) skips the trends.
     """
-    figures, notes = [], []
+    plans, notes = [], []
     for m in figure_metrics(concordance):
-        label = plots.metric_label(m)
-        todo: list[tuple[str, str, Callable[[], Figure]]] = [
-            (f"heatmap_{m}", f"{label}: deviation (%, ratio of geometric means) of the synthetic from the real cohort "
-             "per organ and subgroup; "
-             f"outlined cells lie outside the {100 * margin:g}% margin; small print: n real/synthetic.",
-             lambda m=m: plots.deviation_heatmap(concordance, m, margin)),
-            (f"forest_{m}", f"{label}: deviation (%, ratio of geometric means) with its CI per organ, one panel per "
-             f"subgroup (sex strata: the multiplicity-adjusted CI of the verdict; age groups: 95% CI); shaded: the "
-             f"{100 * margin:g}% margin.", lambda m=m: plots.forest_plot(concordance, m, margin)),
-            (f"distributions_{m}", f"{label}: real (left, blue) and synthetic (right, orange) distributions per "
-             "organ, by sex and age group.", lambda m=m: plots.distributions(organ_metrics, m)),
-        ]
-        if demographics:
-            todo.append((f"trends_{m}", f"{label} against age, by sex: real (blue) and synthetic (orange) cases with "
-                         "least-squares lines.", lambda m=m: plots.trend_plot(organ_metrics, trends, m)))
-        else:
+        plans += _metric_plans(organ_metrics, concordance, trends, margin, m, demographics)
+        if not demographics:
             notes.append(f"trends_{m}: skipped, the synthetic cohort has no demographics.")
-        for name, caption, draw in todo:
-            try:
-                figures.append((FigureRef(name, caption), draw()))
-            except (ValueError, KeyError) as exc:
-                notes.append(f"{name}: skipped ({exc}).")
-    return figures, notes
-
-
-def _save_figure(fig: Figure, figures_dir: Path, name: str) -> dict[str, Path]:
-    out = {}
-    for ext in ("png", "svg"):
-        path = figures_dir / f"{name}.{ext}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=PNG_DPI, facecolor="white")
-        out[f"figures/{name}.{ext}"] = path
-    return out
+    return plans, notes
 
 
 def _has_demographics(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) -> bool:
@@ -92,7 +94,8 @@ def _has_demographics(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) ->
 
 def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Comparison,
                  config: Mapping[str, Any]) -> dict[str, Path]:
-    """Figures (PNG + SVG), report.html and report.md under ``out_dir`` from a comparison in memory.
+    """Figures (PNG + SVG, each drawn only when what it shows changed: ``report/figures.py``), report.html
+    and report.md under ``out_dir`` from a comparison in memory.
 
     ``config`` is the run's config.json content (``real_is_phantom``, ``synth_is_phantom``,
     ``synth_has_demographics``, ``segmenters``, ``versions`` ...); the statistics' options come from
@@ -100,22 +103,16 @@ def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: C
     """
     out_dir = Path(out_dir)
     figures_dir = out_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    made, notes = make_figures(organ_metrics, comparison.concordance, comparison.trends, comparison.params.margin,
-                               demographics=_has_demographics(organ_metrics, config))
-    written: dict[str, Path] = {}
-    images: dict[str, bytes] = {}
-    for ref, fig in made:
-        paths = _save_figure(fig, figures_dir, ref.name)
-        written.update(paths)
-        images[ref.name] = paths[f"figures/{ref.name}.png"].read_bytes()
-    for stale in figures_dir.iterdir():  # figures of an earlier run that this one did not draw
-        if _FIGURE_FILE.match(stale.name) and f"figures/{stale.name}" not in written:
-            stale.unlink()
+    plans, notes = figure_plans(organ_metrics, comparison.concordance, comparison.trends, comparison.params.margin,
+                                demographics=_has_demographics(organ_metrics, config))
+    saved = save_figures(plans, figures_dir, notes)
+    remove_stale(figures_dir, lambda name: bool(_FIGURE_FILE.match(name)), saved.written)
     excluded = _read_csv(out_dir / "excluded.csv", required=False)
-    blocks = report_blocks(comparison, config, [ref for ref, _ in made], notes, excluded)
-    blocks = image_sections(out_dir, blocks, images, written, organ_metrics, config, comparison.summary, _save_figure)
-    for name, text in (("report.html", render_html(TITLE, blocks, images)), ("report.md", render_markdown(TITLE, blocks))):
+    blocks = report_blocks(comparison, config, list(saved.refs), notes, excluded)
+    blocks = image_sections(out_dir, blocks, saved, organ_metrics, config, comparison.summary)
+    written = saved.written
+    for name, text in (("report.html", render_html(TITLE, blocks, saved.png)),
+                       ("report.md", render_markdown(TITLE, blocks))):
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
         written[name] = out_dir / name

@@ -1,8 +1,8 @@
 """The report's image-level sections: image metrics with their reference, memorization, previews, twins,
 SUVmax and the demographics table.
 
-``image_sections`` is called once by the report writer: it draws the figures (saving them with the writer's
-``save``), adds their PNGs to ``images`` and their paths to ``written``, and returns the blocks with the new
+``image_sections`` is called once by the report writer: it saves the figures that are not up to date
+(``figures.save_figures``), adds them to the writer's ``SavedFigures`` and returns the blocks with the new
 sections before "Data sources". It reads ``image_metrics.csv``, ``memorization.csv`` and
 ``memorization_real.csv`` from the results folder, and the cohorts (for previews and twins) from the
 paths in config.json; what is missing is skipped with a note, so ``plot`` redraws what it can.
@@ -10,13 +10,13 @@ paths in config.json; what is missing is skipped with a note, so ``plot`` redraw
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from .. import plots
+from .figures import FigurePlan, SavedFigures, remove_stale, save_figures
 from .render import Block, FigureRef, Heading, Items, Paragraph, Table
 
 IMAGE_FIGURE_PREFIXES = ("previews_", "memorization_", "twins_", "suvmax")
@@ -123,71 +123,100 @@ def _twins(synth) -> dict[str, str]:
     return twins_from_frame(synth.to_frame()) if synth is not None else {}
 
 
-def _previews(real, synth, twins: Mapping[str, str]) -> Figure:
-    from ..images import case_preview
+def _case_identity(cases: Sequence) -> list:
+    """What a preview of ``cases`` is drawn from: each case's id and its PET and CT files' identities."""
+    from ..cache import file_identity
 
+    return [[c.case_id, file_identity(c.pet), file_identity(c.ct)] for c in cases]
+
+
+def _preview_cases(real, synth, twins: Mapping[str, str]) -> tuple[list, list, bool]:
+    """(real cases, synthetic cases, are they twins?) of the preview figure: the first real cases that have
+    a twin beside their twins, else the first cases of each cohort."""
     back = {r: s for s, r in twins.items()}
     real_cases = [c for c in real if c.case_id in back][:N_PREVIEWS] or list(real)[:N_PREVIEWS]
-    if back and real_cases[0].case_id in back:
-        synth_cases = [synth[back[c.case_id]] for c in real_cases]
-    else:
-        synth_cases = list(synth)[:N_PREVIEWS]
-    return plots.preview_figure([case_preview(c) for c in real_cases], [case_preview(c) for c in synth_cases],
-                                twins=bool(back) and real_cases[0].case_id in back)
+    paired = bool(back) and real_cases[0].case_id in back
+    synth_cases = [synth[back[c.case_id]] for c in real_cases] if paired else list(synth)[:N_PREVIEWS]
+    return real_cases, synth_cases, paired
 
 
-def _closest(memo: pd.DataFrame, synth, train) -> Figure:
+def _preview_plans(real, synth, twins: Mapping[str, str]) -> tuple[list[FigurePlan], list[str]]:
+    """The previews figure when both cohorts named in config.json can be read."""
+    from ..images import case_preview
+
+    if real is None or synth is None or not len(real) or not len(synth):
+        return [], ["previews: skipped, the cohorts named in config.json cannot be read."]
+    real_cases, synth_cases, paired = _preview_cases(real, synth, twins)
+    ref = FigureRef("previews_cases", "Coronal PET maximum intensity projections (SUV 0-8, inverted) and CT slices "
+                    "through the body's centre, real (blue) beside synthetic (orange); twins side by side where the "
+                    "synthetic cohort has twin_of.")
+    return [FigurePlan(ref, lambda: plots.preview_figure([case_preview(c) for c in real_cases],
+                                                         [case_preview(c) for c in synth_cases], twins=paired),
+                       (_case_identity(real_cases), _case_identity(synth_cases), paired))], []
+
+
+def _closest_plan(memo: pd.DataFrame, synth, train) -> FigurePlan:
+    """The synthetic cases closest to a training case beside that case."""
     from ..images import case_preview
 
     top = memo.sort_values("distance").head(N_CLOSEST)
-    pairs = [(case_preview(synth[str(r.case_id)]), case_preview(train[str(r.nearest_train_id)]))
-             for r in top.itertuples(index=False)]
-    flags = top["flagged"].astype(str).str.lower().isin(["true", "1"])
-    return plots.closest_pairs_figure(pairs, top["distance"].tolist(), flags.tolist())
+    pairs = [(synth[str(r.case_id)], train[str(r.nearest_train_id)]) for r in top.itertuples(index=False)]
+    flags = top["flagged"].astype(str).str.lower().isin(["true", "1"]).tolist()
+    ref = FigureRef("memorization_closest", "The synthetic cases closest to a training case (left) beside that "
+                    "training case (right): PET MIP and CT slice.")
+    return FigurePlan(ref, lambda: plots.closest_pairs_figure([(case_preview(s), case_preview(t)) for s, t in pairs],
+                                                              top["distance"].tolist(), flags),
+                      (top, [_case_identity(pair) for pair in pairs]))
+
+
+def _memorization_plans(memo: pd.DataFrame | None, memo_real: pd.DataFrame | None, synth, train
+                        ) -> tuple[list[FigurePlan], list[str]]:
+    """The memorization histogram and the closest pairs, when memorization.csv holds cases."""
+    if memo is None or not len(memo):
+        return [], []
+    reference = memo_real if memo_real is not None else memo.iloc[:0]
+    threshold = float(reference["distance"].quantile(0.01, interpolation="lower")) if len(reference) else float("nan")
+    ref = FigureRef("memorization_histogram", "Distance of each synthetic case (orange) and each real held-out case "
+                    "(blue) to its nearest training case; dashed: the flagging threshold.")
+    plans = [FigurePlan(ref, lambda: plots.memorization_histogram(memo, reference, threshold),
+                        (memo, reference, threshold))]
+    if synth is None or train is None:
+        return plans, ["memorization_closest: skipped, the synthetic or training cohort cannot be read."]
+    return plans + [_closest_plan(memo, synth, train)], []
+
+
+def _table_plans(organ_metrics: pd.DataFrame, twins: Mapping[str, str]) -> tuple[list[FigurePlan], list[str]]:
+    """The twin scatter and Bland-Altman plots of each twin metric, and the SUVmax figure."""
+    plans, notes = [], []
+    for m in (m for m in TWIN_METRICS if twins and m in organ_metrics.columns):
+        label, inputs = plots.metric_label(m), (organ_metrics, twins)
+        plans.append(FigurePlan(FigureRef(f"twins_scatter_{m}", f"{label}: each synthetic twin against its real case, "
+                                          "per organ (dashed: identity; CCC: Lin's concordance)."),
+                                lambda m=m: plots.twin_scatter(organ_metrics, twins, m), inputs))
+        plans.append(FigurePlan(FigureRef(f"twins_bland_altman_{m}", f"{label}: Bland-Altman per organ, twin minus "
+                                          "real case in % of their mean; bias (solid), limits of agreement (dashed, "
+                                          "+-1.96 SD)."), lambda m=m: plots.bland_altman(organ_metrics, twins, m),
+                                inputs))
+    if not twins:
+        notes.append("twin plots: skipped, the synthetic cohort has no twin_of (or cannot be read).")
+    if "suv_max" in organ_metrics.columns:
+        plans.append(FigurePlan(FigureRef("suvmax", "SUVmax per organ, every case (log scale), medians as bars."),
+                                lambda: plots.suvmax_figure(organ_metrics), (organ_metrics,)))
+    return plans, notes
 
 
 def image_figures(out_dir: Path, organ_metrics: pd.DataFrame, config: Mapping[str, Any]
-                  ) -> tuple[list[tuple[FigureRef, Callable[[], Figure]]], list[str]]:
-    """(reference, drawing function) of every image-level figure that can be drawn, and notes for the rest."""
+                  ) -> tuple[list[FigurePlan], list[str]]:
+    """Every image-level figure that can be drawn (reference, how, from what), and notes for the rest."""
     real, synth, train = _cohort(config, "real"), _cohort(config, "synth"), _cohort(config, "train")
     memo, memo_real = _read(out_dir / "memorization.csv"), _read(out_dir / "memorization_real.csv")
     twins = _twins(synth)
-    todo, notes = [], []
-    if real is not None and synth is not None and len(real) and len(synth):
-        todo.append((FigureRef("previews_cases", "Coronal PET maximum intensity projections (SUV 0-8, inverted) and "
-                               "CT slices through the body's centre, real (blue) beside synthetic (orange); "
-                               "twins side by side where the synthetic cohort has twin_of."),
-                     lambda: _previews(real, synth, twins)))
-    else:
-        notes.append("previews: skipped, the cohorts named in config.json cannot be read.")
-    if memo is not None and len(memo):
-        threshold = float(memo_real["distance"].quantile(0.01, interpolation="lower")) if memo_real is not None \
-            and len(memo_real) else float("nan")
-        todo.append((FigureRef("memorization_histogram", "Distance of each synthetic case (orange) and each real "
-                               "held-out case (blue) to its nearest training case; dashed: the flagging threshold."),
-                     lambda: plots.memorization_histogram(memo, memo_real if memo_real is not None else
-                                                          memo.iloc[:0], threshold)))
-        if synth is not None and train is not None:
-            todo.append((FigureRef("memorization_closest", "The synthetic cases closest to a training case (left) "
-                                   "beside that training case (right): PET MIP and CT slice."),
-                         lambda: _closest(memo, synth, train)))
-        else:
-            notes.append("memorization_closest: skipped, the synthetic or training cohort cannot be read.")
-    metrics = [m for m in TWIN_METRICS if m in organ_metrics.columns]
-    if twins:
-        for m in metrics:
-            todo.append((FigureRef(f"twins_scatter_{m}", f"{plots.metric_label(m)}: each synthetic twin against its "
-                                   "real case, per organ (dashed: identity; CCC: Lin's concordance)."),
-                         lambda m=m: plots.twin_scatter(organ_metrics, twins, m)))
-            todo.append((FigureRef(f"twins_bland_altman_{m}", f"{plots.metric_label(m)}: Bland-Altman per organ, "
-                                   "twin minus real case in % of their mean; bias (solid), limits of agreement "
-                                   "(dashed, +-1.96 SD)."), lambda m=m: plots.bland_altman(organ_metrics, twins, m)))
-    else:
-        notes.append("twin plots: skipped, the synthetic cohort has no twin_of (or cannot be read).")
-    if "suv_max" in organ_metrics.columns:
-        todo.append((FigureRef("suvmax", "SUVmax per organ, every case (log scale), medians as bars."),
-                     lambda: plots.suvmax_figure(organ_metrics)))
-    return todo, notes
+    plans, notes = [], []
+    for more, why in (_preview_plans(real, synth, twins), _memorization_plans(memo, memo_real, synth, train),
+                      _table_plans(organ_metrics, twins)):
+        plans += more
+        notes += why
+    return plans, notes
 
 
 def demographics_blocks(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) -> list[Block]:
@@ -200,26 +229,14 @@ def demographics_blocks(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) 
     return [Heading("Demographics"), Table(table, caption="Table 1: cases compared (n per subgroup below)")]
 
 
-def image_sections(out_dir: Path, blocks: list[Block], images: dict[str, bytes], written: dict[str, Path],
-                   organ_metrics: pd.DataFrame, config: Mapping[str, Any], summary: Mapping[str, Any],
-                   save: Callable[[Figure, Path, str], dict[str, Path]]) -> list[Block]:
-    """Draw and save the image-level figures, then return ``blocks`` with the new sections inserted."""
+def image_sections(out_dir: Path, blocks: list[Block], saved: SavedFigures, organ_metrics: pd.DataFrame,
+                   config: Mapping[str, Any], summary: Mapping[str, Any]) -> list[Block]:
+    """Save the image-level figures that are not up to date (adding them to ``saved``), then return ``blocks``
+    with the new sections inserted."""
     out_dir = Path(out_dir)
-    todo, notes = image_figures(out_dir, organ_metrics, config)
-    refs = []
-    for ref, draw in todo:
-        try:
-            fig = draw()
-        except (ValueError, KeyError) as exc:
-            notes.append(f"{ref.name}: skipped ({exc}).")
-            continue
-        paths = save(fig, out_dir / "figures", ref.name)
-        written.update(paths)
-        images[ref.name] = paths[f"figures/{ref.name}.png"].read_bytes()
-        refs.append(ref)
-    for stale in (out_dir / "figures").glob("*"):
-        if stale.name.startswith(IMAGE_FIGURE_PREFIXES) and f"figures/{stale.name}" not in written:
-            stale.unlink()
+    plans, notes = image_figures(out_dir, organ_metrics, config)
+    refs = saved.add(save_figures(plans, out_dir / "figures", notes))
+    remove_stale(out_dir / "figures", lambda name: name.startswith(IMAGE_FIGURE_PREFIXES), saved.written)
     new = metrics_blocks(_read(out_dir / "image_metrics.csv"), summary)
     new += memorization_blocks(_read(out_dir / "memorization.csv"), summary, refs)
     new += [Heading("Pictures")] + [r for r in refs if r.name.startswith(("previews_", "suvmax"))]
