@@ -56,6 +56,31 @@ def half_violin(ax, values: np.ndarray, x: float, side: int, colour: str, half_w
         ax.plot([x, x + side * np.interp(q, grid, width)], [q, q], color="white", linewidth=0.8, linestyle=style)
 
 
+def _by_subgroup(data: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(rows with text sex and age_group, sexes, age groups youngest first); without demographics one
+    subgroup of all subjects."""
+    if has_demographics(data):
+        data = data.dropna(subset=["sex", "age_group"]).assign(sex=lambda d: d["sex"].astype(str),
+                                                              age_group=lambda d: d["age_group"].astype(str))
+        return data, sorted(data["sex"].unique()), age_group_order(data["age_group"])
+    return data.assign(sex="all subjects", age_group="all"), ["all subjects"], ["all"]
+
+
+def _violin_panel(ax, cell: pd.DataFrame, metric: str, ages: list[str]) -> None:
+    """Split violins (real left, synthetic right) of one organ and sex, one per age group."""
+    if cell.empty:
+        ax.text(0.5, 0.5, "no cases", transform=ax.transAxes, ha="center", color="grey")
+    for x, age in enumerate(ages):
+        at_age = cell[cell["age_group"] == age]
+        for cohort, side in (("real", -1), ("synth", 1)):
+            half_violin(ax, at_age.loc[at_age["cohort"] == cohort, metric].to_numpy(float), x, side,
+                        COHORT_PALETTE[cohort])
+    ax.set_xticks(range(len(ages)), ages)
+    ax.set_xlim(-0.6, len(ages) - 0.4)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def distributions(organ_metrics: pd.DataFrame, metric: str = "suv_mean") -> Figure:
     """Split violins (real | synthetic) of one metric per organ, by sex (columns) and age group (x).
 
@@ -64,37 +89,19 @@ def distributions(organ_metrics: pd.DataFrame, metric: str = "suv_mean") -> Figu
     """
     data = _with_columns(organ_metrics, metric)
     organs = organ_order(data["organ"])
-    if has_demographics(data):
-        data = data.dropna(subset=["sex", "age_group"]).assign(sex=lambda d: d["sex"].astype(str),
-                                                              age_group=lambda d: d["age_group"].astype(str))
-        sexes, ages = sorted(data["sex"].unique()), age_group_order(data["age_group"])
-    else:
-        data = data.assign(sex="all subjects", age_group="all")
-        sexes, ages = ["all subjects"], ["all"]
-    ncols = len(sexes)
-    width = max(5.5, 1.2 + ncols * (0.9 + 0.75 * len(ages)))  # wide enough for the title legend
+    data, sexes, ages = _by_subgroup(data)
+    width = max(5.5, 1.2 + len(sexes) * (0.9 + 0.75 * len(ages)))  # wide enough for the title legend
     fig = Figure(figsize=(width, 1.0 + 1.75 * len(organs)), layout="constrained")
-    axes = fig.subplots(len(organs), ncols, squeeze=False, sharex=True, sharey="row")
+    axes = fig.subplots(len(organs), len(sexes), squeeze=False, sharex=True, sharey="row")
     for i, o in enumerate(organs):
         row = data[data["organ"] == o]
         for j, s in enumerate(sexes):
             ax = axes[i, j]
-            cell = row[row["sex"] == s]
-            if cell.empty:
-                ax.text(0.5, 0.5, "no cases", transform=ax.transAxes, ha="center", color="grey")
-            for x, age in enumerate(ages):
-                at_age = cell[cell["age_group"] == age]
-                for cohort, side in (("real", -1), ("synth", 1)):
-                    half_violin(ax, at_age.loc[at_age["cohort"] == cohort, metric].to_numpy(float), x, side,
-                                COHORT_PALETTE[cohort])
-            ax.set_xticks(range(len(ages)), ages)
-            ax.set_xlim(-0.6, len(ages) - 0.4)
+            _violin_panel(ax, row[row["sex"] == s], metric, ages)
             ax.set_ylabel(f"{o.replace('_', ' ')}\n{metric_label(metric)}" if j == 0 else "", fontsize=8)
             ax.set_xlabel("age group (years)" if i == len(organs) - 1 and ages != ["all"] else "")
-            ax.tick_params(labelsize=7)
             if i == 0:
                 ax.set_title({"F": "female", "M": "male"}.get(s, s), fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
     title_legend(fig, f"{metric_label(metric)}: real (left half) vs synthetic (right half)", cohort_handles())
     return fig
 

@@ -111,6 +111,50 @@ def _verdict_of(row: object) -> str:
     return v if v in VERDICT_MARKERS else "not tested"
 
 
+def _forest_row(ax, k: int, r: object, seen: set[str]) -> float:
+    """One subgroup's marker (and CI) in an organ's panel at height ``k``; returns the |deviation| (%) the
+    x axis must reach (0 for n/a). Adds the marker kind to ``seen``."""
+    dev = float(r.deviation_pct) if r is not None else np.nan
+    if not np.isfinite(dev):
+        ax.text(0, k, "n/a", ha="center", va="center", fontsize=7, color="grey")
+        return 0.0
+    if not is_tested(r):
+        ax.plot(dev, k, "x", color="grey", markersize=5)
+        seen.add("too few")
+        return abs(dev)
+    lo, hi = float(r.deviation_ci_low), float(r.deviation_ci_high)
+    verdict = _verdict_of(r)
+    seen.add(verdict)
+    ax.errorbar(dev, k, xerr=[[dev - lo], [hi - dev]], fmt="none", ecolor=VERDICT_MARKERS[verdict]["color"],
+                elinewidth=1.4, capsize=2)
+    ax.plot(dev, k, linestyle="", markersize=5, **VERDICT_MARKERS[verdict])
+    return max(abs(lo), abs(hi))
+
+
+def _forest_panel(ax, organ: str, groups: list[tuple[str, str]], lookup: dict, margin: float,
+                  seen: set[str]) -> None:
+    """One organ's panel: the shaded margin, a row per subgroup, an x axis wide enough for every interval."""
+    ax.axvspan(-100 * margin, 100 * margin, color="#9ecf9e", alpha=0.35, linewidth=0)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    extent = max([100 * margin * 1.5] + [_forest_row(ax, k, lookup.get((organ, s, a)), seen)
+                                         for k, (s, a) in enumerate(groups)])
+    ax.set_xlim(-1.08 * extent, 1.08 * extent)
+    ax.set_title(organ.replace("_", " "), fontsize=9, fontweight="bold")
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(labelsize=7)
+
+
+def _forest_legend(fig: Figure, metric: str, margin: float, seen: set[str]) -> None:
+    """The x label shared by the panels and the title legend of the marker kinds drawn."""
+    fig.supxlabel(f"deviation (%, ratio of geometric means) with CI: sex strata BH-adjusted, age groups 95%; "
+                  f"shaded: +-{100 * margin:g}% margin", fontsize=8)
+    handles = [Line2D([], [], linestyle="", markersize=5, label=v, **VERDICT_MARKERS[v])
+               for v in VERDICT_MARKERS if v in seen]
+    if "too few" in seen:
+        handles.append(Line2D([], [], marker="x", linestyle="", color="grey", label="too few cases"))
+    title_legend(fig, f"{metric_label(metric)}: deviation by organ and subgroup", handles)
+
+
 def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: float = 0.05,
                 groups: Sequence[tuple[str, str]] | None = None, ncols: int = 3) -> Figure:
     """Deviation (%) with its CI, one panel per organ with its own x axis, one row per subgroup; margin shaded.
@@ -132,42 +176,11 @@ def forest_plot(concordance: pd.DataFrame, metric: str = "suv_mean", margin: flo
     axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     for ax in axes[len(organs):]:
         fig.delaxes(ax)
-    y = np.arange(len(groups))
     lookup = {(r.organ, r.sex, r.age_group): r for r in rows.itertuples(index=False)}
     seen: set[str] = set()
     for ax, organ in zip(axes, organs):
-        ax.axvspan(-100 * margin, 100 * margin, color="#9ecf9e", alpha=0.35, linewidth=0)
-        ax.axvline(0, color="grey", linewidth=0.8)
-        extent = 100 * margin * 1.5
-        for k, (s, a) in enumerate(groups):
-            r = lookup.get((organ, s, a))
-            dev = float(r.deviation_pct) if r is not None else np.nan
-            if not np.isfinite(dev):
-                ax.text(0, k, "n/a", ha="center", va="center", fontsize=7, color="grey")
-                continue
-            if not is_tested(r):
-                ax.plot(dev, k, "x", color="grey", markersize=5)
-                seen.add("too few")
-                extent = max(extent, abs(dev))
-                continue
-            lo, hi = float(r.deviation_ci_low), float(r.deviation_ci_high)
-            verdict = _verdict_of(r)
-            seen.add(verdict)
-            ax.errorbar(dev, k, xerr=[[dev - lo], [hi - dev]], fmt="none", ecolor=VERDICT_MARKERS[verdict]["color"],
-                        elinewidth=1.4, capsize=2)
-            ax.plot(dev, k, linestyle="", markersize=5, **VERDICT_MARKERS[verdict])
-            extent = max(extent, abs(lo), abs(hi))
-        ax.set_xlim(-1.08 * extent, 1.08 * extent)
-        ax.set_title(organ.replace("_", " "), fontsize=9, fontweight="bold")
-        ax.grid(axis="x", alpha=0.3)
-        ax.tick_params(labelsize=7)
-    axes[0].set_yticks(y, [subgroup_label(s, a) for s, a in groups])
+        _forest_panel(ax, organ, groups, lookup, margin, seen)
+    axes[0].set_yticks(np.arange(len(groups)), [subgroup_label(s, a) for s, a in groups])
     axes[0].set_ylim(len(groups) - 0.5, -0.5)
-    fig.supxlabel(f"deviation (%, ratio of geometric means) with CI: sex strata BH-adjusted, age groups 95%; "
-                  f"shaded: +-{100 * margin:g}% margin", fontsize=8)
-    handles = [Line2D([], [], linestyle="", markersize=5, label=v, **VERDICT_MARKERS[v])
-               for v in VERDICT_MARKERS if v in seen]
-    if "too few" in seen:
-        handles.append(Line2D([], [], marker="x", linestyle="", color="grey", label="too few cases"))
-    title_legend(fig, f"{metric_label(metric)}: deviation by organ and subgroup", handles)
+    _forest_legend(fig, metric, margin, seen)
     return fig
