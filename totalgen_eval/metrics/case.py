@@ -133,16 +133,15 @@ def case_arrays(pet: np.ndarray, ct: np.ndarray | None, lesion: np.ndarray | Non
                       flat(pet), flat(ct), flat(lesion), flat(exclude))
 
 
-def _organ_peak(parts: list[np.ndarray], arrays: CaseArrays) -> float:
-    """SUVpeak over the voxels ``parts`` (flat indices per class; excluded voxels already left out), whose
-    spheres leave out NaN and excluded voxels. Each class is searched in its own bounding box, which stays
-    compact where an organ's classes lie apart (lung lobes, left and right muscles)."""
+def _organ_peak(coords: list[tuple[np.ndarray, ...]], arrays: CaseArrays) -> float:
+    """SUVpeak over the voxels ``coords`` ((i, j, k) index arrays per class, in memory order; excluded voxels
+    already left out), whose spheres leave out NaN and excluded voxels. Each class is searched in its own
+    bounding box, which stays compact where an organ's classes lie apart (lung lobes, left and right muscles)."""
     pet, half = arrays.pet, [k // 2 for k in arrays.kernel.shape]
     peaks = []
-    for part in parts:  # the sphere ignores the organ boundary: the max over classes is exact
-        if len(part) == 0:
+    for where in coords:  # the sphere ignores the organ boundary: the max over classes is exact
+        if len(where[0]) == 0:
             continue
-        where = np.unravel_index(part, pet.shape, order=arrays.order)
         lo, hi = [int(c.min()) for c in where], [int(c.max()) + 1 for c in where]
         wide = tuple(slice(max(a - h, 0), min(b + h, dim)) for a, b, h, dim in zip(lo, hi, half, pet.shape))
         clipped = any(w.stop - w.start < b - a + 2 * h for w, a, b, h in zip(wide, lo, hi, half))
@@ -170,10 +169,9 @@ def _empty_row(name: str, has_lesion_mask: bool) -> dict[str, Any]:
             "touches_border": False, "lesion_ml": 0.0 if has_lesion_mask else math.nan}
 
 
-def _touches_border(flat: np.ndarray, shape: tuple[int, ...], order: str) -> bool:
-    """Whether any voxel of ``flat`` (indices in memory ``order``) lies on the outermost layer of the array."""
-    where = np.unravel_index(flat, shape, order=order)
-    return bool(any(c.min() == 0 or c.max() == dim - 1 for c, dim in zip(where, shape)))
+def _touches_border(coords: list[tuple[np.ndarray, ...]], shape: tuple[int, ...]) -> bool:
+    """Whether any voxel of ``coords`` ((i, j, k) index arrays per class) lies on the outermost layer."""
+    return bool(any(c.min() == 0 or c.max() == dim - 1 for where in coords for c, dim in zip(where, shape)))
 
 
 def _suv_statistics(suv: np.ndarray) -> dict[str, float]:
@@ -184,11 +182,14 @@ def _suv_statistics(suv: np.ndarray) -> dict[str, float]:
             "suv_std": float(np.sqrt(np.dot(centred, centred) / suv.size)), "suv_max": float(suv.max())}
 
 
-def _kept(parts: list[np.ndarray], arrays: CaseArrays) -> list[np.ndarray]:
-    """``parts`` without the excluded voxels (the parts themselves when nothing is excluded)."""
+def _kept(parts: list[np.ndarray], coords: list[tuple[np.ndarray, ...]],
+          arrays: CaseArrays) -> tuple[list[np.ndarray], list[tuple[np.ndarray, ...]]]:
+    """``parts`` (flat indices) and ``coords`` (index arrays) without the excluded voxels (themselves when
+    nothing is excluded)."""
     if arrays.flat_exclude is None:
-        return parts
-    return [part[~arrays.flat_exclude[part]] for part in parts]
+        return parts, coords
+    keep = [~arrays.flat_exclude[part] for part in parts]
+    return [p[k] for p, k in zip(parts, keep)], [tuple(c[k] for c in where) for where, k in zip(coords, keep)]
 
 
 def _organ_row(name: str, parts: list[np.ndarray], arrays: CaseArrays) -> tuple[dict[str, Any], int]:
@@ -198,12 +199,12 @@ def _organ_row(name: str, parts: list[np.ndarray], arrays: CaseArrays) -> tuple[
     row = _empty_row(name, arrays.lesion is not None)
     if not parts:
         return row, 0
-    every = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    row.update(n_voxels=len(every), volume_ml=len(every) * arrays.voxel_ml,
-               touches_border=_touches_border(every, arrays.pet.shape, arrays.order))
+    coords = [np.unravel_index(part, arrays.pet.shape, order=arrays.order) for part in parts]
+    n = sum(len(part) for part in parts)
+    row.update(n_voxels=n, volume_ml=n * arrays.voxel_ml, touches_border=_touches_border(coords, arrays.pet.shape))
     if arrays.flat_lesion is not None:
-        row["lesion_ml"] = int(np.count_nonzero(arrays.flat_lesion[every])) * arrays.voxel_ml
-    parts = _kept(parts, arrays)
+        row["lesion_ml"] = sum(int(np.count_nonzero(arrays.flat_lesion[p])) for p in parts) * arrays.voxel_ml
+    parts, coords = _kept(parts, coords, arrays)
     kept = np.concatenate(parts) if len(parts) > 1 else parts[0]
     suv = arrays.flat_pet[kept]
     finite = ~np.isnan(suv)
@@ -211,7 +212,7 @@ def _organ_row(name: str, parts: list[np.ndarray], arrays: CaseArrays) -> tuple[
     if n_nan:
         suv = suv[finite]
     if suv.size:
-        row.update(_suv_statistics(suv), suv_peak=_organ_peak(parts, arrays))
+        row.update(_suv_statistics(suv), suv_peak=_organ_peak(coords, arrays))
     if arrays.flat_ct is not None and len(kept):
         row["hu_mean"] = float(arrays.flat_ct[kept].mean(dtype=np.float64))
     return row, n_nan
