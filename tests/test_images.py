@@ -13,10 +13,12 @@ from scipy import ndimage
 
 from totalgen_eval.cohort import load_cohort
 from totalgen_eval.errors import InputError
-from totalgen_eval.images import (CaseImages, MomentStats, arrays_images, cohort_images, fid, frechet_distance,
+from totalgen_eval.images import (CaseImages, MomentStats, arrays_images, cohort_images, fid,
                                   image_metrics_from, load_extractor, memorization_from, mmd2, ms_ssim, nearest,
                                   preview_arrays, volume_features)
-from totalgen_eval.images.grids import body_box, box_grid, ras_grid, to_ras
+from totalgen_eval.images.distances import (case_weights, frechet_distances, kernel_matrix, mmd2_from_counts,
+                                            mmd2_from_kernel)
+from totalgen_eval.images.grids import BODY_SHAPE, body_box, box_grid, ras_grid, to_ras
 from totalgen_eval.phantom import make_cohort
 from totalgen_eval.volumes import Grid
 
@@ -123,6 +125,47 @@ def test_moment_stats_weights_equal_repeated_cases():
     rows_w = np.concatenate([cases[0], cases[0], cases[2]])
     np.testing.assert_allclose(mean_w, rows_w.mean(0))
     np.testing.assert_allclose(cov_w, np.cov(rows_w, rowvar=False))
+
+
+def test_bootstrap_gaussians_and_distances_in_one_batch_equal_each_replicate():
+    rng = np.random.default_rng(3)
+    cases = [rng.normal(size=(n, 6)) for n in (4, 7, 5, 6)]
+    stats = MomentStats.from_cases(cases)
+    other = MomentStats.from_cases([rng.normal(0.4, 1.3, size=(n, 6)) for n in (5, 3, 8)])
+    wa, wb = case_weights(4, 5, rng), case_weights(3, 5, rng)
+    means, covs = stats.gaussians(wa)
+    for k, w in enumerate(wa):  # each replicate: the cases repeated as often as drawn
+        rows = np.concatenate([c for c, times in zip(cases, w) for _ in range(int(times))])
+        np.testing.assert_allclose(means[k], rows.mean(0))
+        np.testing.assert_allclose(covs[k], np.cov(rows, rowvar=False))
+    batched = frechet_distances(*stats.gaussians(wa), *other.gaussians(wb))
+    one_by_one = [_fid_by_sqrtm(*stats.gaussian(u), *other.gaussian(v)) for u, v in zip(wa, wb)]
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-7, atol=1e-10)
+
+
+def _fid_by_sqrtm(mu1, cov1, mu2, cov2) -> float:
+    """FID as MONAI computes it: scipy's matrix square root of S1 S2."""
+    from scipy.linalg import sqrtm
+
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(sqrtm(cov1 @ cov2)).real)
+
+
+def test_singular_covariances_keep_fid_finite():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(4, 10)), rng.normal(size=(6, 10))  # fewer rows than features: no Cholesky
+    assert np.isfinite(fid(a, b)) and fid(a, b) > 0
+    assert fid(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_mmd_of_a_resample_given_as_counts_equals_the_repeated_rows():
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(9, 4)), rng.normal(0.5, 1.0, size=(7, 4))
+    k = kernel_matrix(np.concatenate([x, y]), "rbf")
+    for _ in range(3):
+        ix, iy = rng.choice(9, 9), rng.choice(7, 7)
+        expected = mmd2_from_kernel(k, ix, iy + 9)  # the resampled rows themselves
+        assert mmd2_from_counts(k, np.bincount(ix, minlength=9), np.bincount(iy, minlength=7)) == \
+            pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
 def test_mmd_with_a_linear_kernel_equals_monai():
@@ -343,3 +386,56 @@ def test_compare_images_with_one_synthetic_case_says_why(phantoms, bundled):
                                                                   "features"]
     assert "fewer than two" in result.summary()["note"]
     assert result.summary()["memorization"]["n_synthetic"] == 1
+
+
+# ------------------------------------------------------------------------------------------ cache
+def test_cached_case_images_equal_computed_ones_and_follow_the_files(phantoms, bundled, tmp_path):
+    import os
+    import warnings
+
+    cases = phantoms["indep"][:3]
+    fresh = cohort_images(cases, bundled)
+    first = cohort_images(cases, bundled, cache_dir=tmp_path)
+    files = sorted(tmp_path.glob("*.npz"))
+    assert len(files) == 3
+    again = cohort_images(cases, bundled, cache_dir=tmp_path)
+    for a, b, c in zip(fresh, first, again):
+        assert a.case_id == b.case_id == c.case_id
+        np.testing.assert_array_equal(a.body, c.body)
+        for m in ("ct", "pet"):
+            np.testing.assert_array_equal(a.features[m].vector, c.features[m].vector)
+            for plane, rows in a.features[m].planes.items():
+                np.testing.assert_array_equal(rows, c.features[m].planes[plane])
+    assert sorted(tmp_path.glob("*.npz")) == files  # read, not written again
+    bodies_only = cohort_images(cases, None, cache_dir=tmp_path)  # no extractor: its own entries
+    assert not bodies_only[0].features and len(list(tmp_path.glob("*.npz"))) == 6
+    from totalgen_eval.cache import cache_file, safe_name
+    from totalgen_eval.images.cases import images_key
+
+    cache_file(tmp_path, cases[0].case_id, images_key(cases[0], bundled, BODY_SHAPE), ".npz").write_bytes(b"not a zip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        repaired = cohort_images(cases[:1], bundled, cache_dir=tmp_path)
+    assert any("unusable cache file" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(repaired[0].body, fresh[0].body)
+    os.utime(cases[0].pet)  # the input file changed (its identity): a new key
+    cohort_images(cases[:1], bundled, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob(f"{safe_name(cases[0].case_id)}_*.npz"))) == 3
+
+
+def test_compare_images_run_again_reads_its_table_and_no_volume(phantoms, bundled, tmp_path, monkeypatch):
+    from totalgen_eval.images import compare as module
+
+    real, synth = phantoms["real"][:4], phantoms["indep"][:3]
+    first = module.compare_images(real, synth, None, bundled, n_boot=5, cache_dir=tmp_path)
+    assert len(list((tmp_path / "real" / "images").glob("*.npz"))) == 4
+    assert len(list((tmp_path / "synth" / "images").glob("*.npz"))) == 3
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read the cases again")
+
+    monkeypatch.setattr(module, "cohort_images", no_reading)
+    again = module.compare_images(real, synth, None, bundled, n_boot=5, cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(again.table, first.table, check_dtype=False)
+    with pytest.raises(AssertionError, match="again"):  # another seed is another table
+        module.compare_images(real, synth, None, bundled, n_boot=5, seed=1, cache_dir=tmp_path)

@@ -2,8 +2,9 @@
 
 FID (Heusel et al. 2017) between Gaussians fitted to two sets of feature rows:
 ``|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (S1^1/2 S2 S1^1/2)^1/2``; the trace of the matrix square root comes
-from two symmetric eigendecompositions, so it stays real and finite for singular covariances (fewer rows
-than features). It equals MONAI's ``FIDMetric`` (scipy ``sqrtm`` of S1 S2) where both are defined.
+from the eigenvalues of the symmetric R^T S2 R (S1 = R R^T, by Cholesky, or by a symmetric eigendecomposition
+when S1 is singular: fewer rows than features), so it stays real and finite. It equals MONAI's ``FIDMetric``
+(scipy ``sqrtm`` of S1 S2) where both are defined.
 
 For the bootstrap, each case's slice features are kept as sufficient statistics (row count, sum, sum of
 outer products), so resampling cases is a weighted sum rather than a re-stack of rows.
@@ -44,22 +45,46 @@ class MomentStats:
     def gaussian(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean (F,) and covariance (F, F; n - 1 denominator) of the rows, cases weighted by ``weights``."""
         w = np.ones(len(self)) if weights is None else np.asarray(weights, float)
-        n = float(w @ self.counts)
-        mean = (w @ self.sums) / n
-        second = np.tensordot(w, self.outer, axes=1)
-        cov = (second - n * np.outer(mean, mean)) / max(n - 1.0, 1.0)
-        return mean, cov
+        means, covs = self.gaussians(w[None])
+        return means[0], covs[0]
+
+    def gaussians(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Means (B, F) and covariances (B, F, F) for each row of case weights (B, n), in one matrix product
+        (bootstrap replicates read the outer products once, not once per replicate)."""
+        w = np.asarray(weights, float)
+        n = w @ self.counts
+        means = (w @ self.sums) / n[:, None]
+        second = (w @ self.outer.reshape(len(self), -1)).reshape(len(w), *self.outer.shape[1:])
+        centred = second - n[:, None, None] * means[:, :, None] * means[:, None, :]
+        return means, centred / np.maximum(n - 1.0, 1.0)[:, None, None]
+
+
+def _root_factors(cov: np.ndarray) -> np.ndarray:
+    """A factor R of each covariance with cov = R R^T: Cholesky where every one of the stack is positive
+    definite, else the symmetric square root (singular covariances: fewer rows than features)."""
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(cov)
+        return (vecs * np.sqrt(np.clip(vals, 0.0, None))[:, None, :]) @ np.swapaxes(vecs, 1, 2)
+
+
+def frechet_distances(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> np.ndarray:
+    """:func:`frechet_distance` of each pair of a stack: means (B, F), covariances (B, F, F); returns (B,).
+    tr (S1^1/2 S2 S1^1/2)^1/2 is taken from R^T S2 R with S1 = R R^T (the same eigenvalues as S1 S2)."""
+    root1 = _root_factors((cov1 + np.swapaxes(cov1, 1, 2)) / 2)
+    middle = np.swapaxes(root1, 1, 2) @ cov2 @ root1
+    inner = np.linalg.eigvalsh((middle + np.swapaxes(middle, 1, 2)) / 2)
+    tr_root = np.sqrt(np.clip(inner, 0.0, None)).sum(axis=1)
+    diff = np.asarray(mu1) - np.asarray(mu2)
+    traces = np.trace(cov1, axis1=1, axis2=2) + np.trace(cov2, axis1=1, axis2=2)
+    return np.maximum(0.0, np.einsum("bf,bf->b", diff, diff) + traces - 2.0 * tr_root)
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Frechet distance between N(mu1, cov1) and N(mu2, cov2) (squared units of the features); >= 0."""
-    vals, vecs = np.linalg.eigh((cov1 + cov1.T) / 2)
-    root1 = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-    middle = root1 @ cov2 @ root1
-    inner = np.linalg.eigvalsh((middle + middle.T) / 2)
-    tr_root = float(np.sqrt(np.clip(inner, 0.0, None)).sum())
-    diff = np.asarray(mu1) - np.asarray(mu2)
-    return max(0.0, float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_root))
+    stack = [np.asarray(x, np.float64)[None] for x in (mu1, cov1, mu2, cov2)]
+    return float(frechet_distances(*stack)[0])
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,6 +151,22 @@ def mmd2_from_kernel(k: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> float:
         distinct = idx[:, None] != idx[None, :]
         return float(block[distinct].sum() / max(distinct.sum(), 1))
     return within(ix) + within(iy) - 2.0 * float(k[np.ix_(ix, iy)].mean())
+
+
+def _within_counted(k: np.ndarray, counts: np.ndarray) -> float:
+    """Mean kernel over pairs of distinct rows of a sample holding row i ``counts[i]`` times."""
+    pairs = counts.sum() ** 2 - counts @ counts
+    return float((counts @ k @ counts - counts ** 2 @ np.diag(k)) / max(pairs, 1.0))
+
+
+def mmd2_from_counts(k: np.ndarray, counts_x: np.ndarray, counts_y: np.ndarray) -> float:
+    """:func:`mmd2_from_kernel` of a bootstrap resample given as counts: the pooled kernel's first
+    ``len(counts_x)`` rows are sample x, the rest sample y, row i drawn ``counts[i]`` times. One matrix-vector
+    product per block instead of gathering the resampled rows."""
+    cx, cy = np.asarray(counts_x, float), np.asarray(counts_y, float)
+    nx = len(cx)
+    cross = cx @ k[:nx, nx:] @ cy / (cx.sum() * cy.sum())
+    return _within_counted(k[:nx, :nx], cx) + _within_counted(k[nx:, nx:], cy) - 2.0 * float(cross)
 
 
 def mmd2(x: np.ndarray, y: np.ndarray, kernel: str = "rbf", standardize: bool = True) -> float:

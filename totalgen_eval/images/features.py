@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,6 +52,7 @@ class FeatureExtractor:
     voxel_mm: tuple[float, float, float] = (8.0, 8.0, 8.0)
     ct_window: tuple[float, float] = CT_WINDOW
     pet_max_suv: float = PET_MAX_SUV
+    source: Any = None  # the identity of its files and the device (``cache.file_identity``): part of cache keys
 
 
 @dataclass(frozen=True)
@@ -131,20 +132,23 @@ def truncated(network, layer) -> Callable:
 def _monai_extractor(spec: str, path: str, device: str) -> FeatureExtractor:
     import torch
 
-    from ..segment.model import load_model
+    from ..cache import file_identity
+    from ..segment.model import load_model, resolve_model_path
 
     network, cfg = load_model(path, device=device)
+    source = [[file_identity(f) for f in resolve_model_path(path)], device]
     dims = int(cfg.network_args.get("spatial_dims", 3))
     probe = torch.zeros((1, len(cfg.inputs), *cfg.roi_size[:dims]), device=next(network.parameters()).device)
     run = truncated(network, deepest_layer(network, probe))
     description = BUNDLED_NOTE if spec == "bundled" else f"{spec}: {cfg.network} ({cfg.description or 'user model'})"
     return FeatureExtractor(spec, description, run, dims, len(cfg.inputs), tuple(cfg.voxel_mm),
-                            tuple(cfg.ct_window), float(cfg.pet_max_suv))
+                            tuple(cfg.ct_window), float(cfg.pet_max_suv), source)
 
 
 def _torchscript_extractor(spec: str, path: Path, device: str) -> FeatureExtractor:
     import torch
 
+    from ..cache import file_identity
     from ..segment.model import torch_device
 
     try:
@@ -165,7 +169,7 @@ def _torchscript_extractor(spec: str, path: Path, device: str) -> FeatureExtract
                                  "2.5D features, not vectors", path)
             run = _no_grad(module, probe.device)
             return FeatureExtractor(spec, f"{spec}: TorchScript {dims}D network, {channels} input channel(s)",
-                                    run, dims, channels)
+                                    run, dims, channels, source=[file_identity(path), device])
     raise InputError("the TorchScript network accepts none of (N, 1|2, 32, 32, 32) or (N, 1|3, 32, 32)", path)
 
 

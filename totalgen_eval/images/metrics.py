@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from .cases import CaseImages
-from .distances import (MomentStats, case_weights, frechet_distance, kernel_matrix, mmd2_from_kernel, percentile_ci,
-                        standardise)
+from .distances import (MomentStats, case_weights, frechet_distance, frechet_distances, kernel_matrix,
+                        mmd2_from_counts, mmd2_from_kernel, percentile_ci, standardise)
 from .features import MODALITIES
 from .grids import BODY_SHAPE, PLANES
 from .similarity import ms_ssim
@@ -59,7 +59,7 @@ def fid_rows(real: Sequence[CaseImages], synth: Sequence[CaseImages], modality: 
         a = MomentStats.from_cases([c.features[modality].planes[plane] for c in real])
         b = MomentStats.from_cases([c.features[modality].planes[plane] for c in synth])
         value = frechet_distance(*a.gaussian(), *b.gaussian())
-        r = np.array([frechet_distance(*a.gaussian(u), *b.gaussian(v)) for u, v in zip(wa, wb)])
+        r = frechet_distances(*a.gaussians(wa), *b.gaussians(wb)) if n_boot else np.zeros(0)
         rows.append(_row(f"fid_{plane}{suffix}", modality, value, r, features, shift=True))
         values.append(value)
         reps.append(r)
@@ -76,7 +76,9 @@ def mmd_row(real: Sequence[CaseImages], synth: Sequence[CaseImages], modality: s
     k = kernel_matrix(np.concatenate([x, y]), "rbf")
     ix, iy = np.arange(len(x)), np.arange(len(x), len(x) + len(y))
     value = mmd2_from_kernel(k, ix, iy)
-    reps = np.array([mmd2_from_kernel(k, rng.choice(ix, len(ix)), rng.choice(iy, len(iy))) for _ in range(n_boot)])
+    reps = np.array([mmd2_from_counts(k, np.bincount(rng.choice(ix, len(ix)), minlength=len(ix)),
+                                      np.bincount(rng.choice(iy, len(iy)) - len(ix), minlength=len(iy)))
+                     for _ in range(n_boot)])
     return _row(f"mmd_3d{suffix}", modality, value, reps, features)
 
 
