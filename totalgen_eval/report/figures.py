@@ -42,19 +42,16 @@ class FigurePlan:
 @dataclass
 class SavedFigures:
     """What :func:`save_figures` left in the figures folder: the references in plan order, the paths by
-    relative name (``figures/<name>.png`` and ``.svg``), each PNG's bytes by figure name, and the number of
-    figures drawn this time (the others were up to date)."""
+    relative name (``figures/<name>.png`` and ``.svg``) and each PNG's bytes by figure name."""
 
     refs: list[FigureRef] = field(default_factory=list)
     written: dict[str, Path] = field(default_factory=dict)
     png: dict[str, bytes] = field(default_factory=dict)
-    drawn: int = 0
 
     def add(self, more: "SavedFigures") -> list[FigureRef]:
         """Take in the files of ``more``; returns its references."""
         self.written.update(more.written)
         self.png.update(more.png)
-        self.drawn += more.drawn
         return more.refs
 
 
@@ -135,7 +132,6 @@ def save_figures(plans: Sequence[FigurePlan], folder: Path, notes: list[str]) ->
                 notes.append(f"{name}: skipped ({exc}).")
                 continue
             paths = save_figure(fig, folder, name, digest)
-            saved.drawn += 1
         saved.refs.append(plan.ref)
         saved.written.update(paths)
         saved.png[name] = paths[f"figures/{name}.png"].read_bytes()
