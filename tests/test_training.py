@@ -268,3 +268,18 @@ def test_a_noise_augmented_stage_2_trains_and_samples_at_its_level(tmp_path):
     cascade.generate({"age": [50.0], "sex": ["F"], "height_m": [1.7], "weight_kg": [70.0]})
     image = seen[0]
     assert image.shape[1] == 6 and torch.all(image[:, 5] == 0.05)
+
+
+@pytest.mark.parametrize("stage", ["lowres", "sr"])
+def test_the_phantom_recipes_build_the_bundled_architecture(stage):
+    """configs/phantom-<stage>.json (the CPU retraining of TRAINING.md) builds the bundled stages' grid and
+    UNet; its stage 2 adds the augmentation level channel."""
+    from generator.checkpoints import bundled_folder, read_stage_json
+
+    bundled, _ = read_stage_json(bundled_folder() / f"{stage}.json")
+    built = stage_config(load_train_config(CONFIGS / f"phantom-{stage}.json"), sigma_data=bundled.sigma_data)
+    assert (built.shape, built.voxel_mm, built.network.channels) == (bundled.shape, bundled.voxel_mm,
+                                                                     bundled.network.channels)
+    extra = 1 if stage == "sr" else 0
+    assert built.network.in_channels == bundled.network.in_channels + extra
+    assert built.lowres_noise_max == (0.1 if stage == "sr" else 0.0) and built.network.field_nulls
