@@ -255,3 +255,19 @@ def test_a_figure_file_replaced_by_another_is_redrawn(tmp_path):
     assert {name for name in after if after[name] != before[name]} == {
         "heatmap_suv_mean.png", "heatmap_suv_mean.svg", "suvmax.png", "suvmax.svg"}
     assert (figures / "heatmap_suv_mean.png").read_bytes() != (figures / "forest_suv_mean.png").read_bytes()
+
+
+def test_cohorts_handed_over_draw_the_previews_without_config_paths(tmp_path):
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.phantom import make_cohort
+
+    cohorts = {side: load_cohort(make_cohort(tmp_path / side, n=2, seed=seed, progress=False))
+               for side, seed in (("real", 1), ("synth", 2))}
+    table = make_organ_metrics(n=8, organs=("liver",))
+    config = _config()  # names cohorts/real and a hostile synth path: neither can be read
+    without = report.write_report(tmp_path / "a", table, _comparison(table), config)
+    assert "figures/previews_cases.png" not in without
+    assert "previews: skipped" in without["report.md"].read_text(encoding="utf-8")
+    handed = report.write_report(tmp_path / "b", table, _comparison(table), config, cohorts=cohorts)
+    assert "figures/previews_cases.png" in handed and "previews: skipped" not in \
+        handed["report.md"].read_text(encoding="utf-8")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
@@ -24,6 +24,9 @@ from .content import PHANTOM_NOTICE, report_blocks
 from .figures import FigurePlan, remove_stale, save_figures
 from .images import image_sections
 from .render import FigureRef, render_html, render_markdown
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 __all__ = ["write_results", "write_report", "redraw", "write_tables", "read_results", "figure_plans",
            "PHANTOM_NOTICE", "FIGURE_METRICS"]
@@ -93,13 +96,14 @@ def _has_demographics(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) ->
 
 
 def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Comparison,
-                 config: Mapping[str, Any]) -> dict[str, Path]:
+                 config: Mapping[str, Any], cohorts: Mapping[str, Cohort | None] | None = None) -> dict[str, Path]:
     """Figures (PNG + SVG, each drawn only when what it shows changed: ``report/figures.py``), report.html
     and report.md under ``out_dir`` from a comparison in memory.
 
     ``config`` is the run's config.json content (``real_is_phantom``, ``synth_is_phantom``,
     ``synth_has_demographics``, ``segmenters``, ``versions`` ...); the statistics' options come from
-    ``comparison.params``.
+    ``comparison.params``. ``cohorts`` (``real``, ``synth``, ``train``: the Cohorts compared) spare reading
+    the cohorts named in config.json again for the previews and twins.
     """
     out_dir = Path(out_dir)
     figures_dir = out_dir / "figures"
@@ -109,7 +113,7 @@ def write_report(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: C
     remove_stale(figures_dir, lambda name: bool(_FIGURE_FILE.match(name)), saved.written)
     excluded = _read_csv(out_dir / "excluded.csv", required=False)
     blocks = report_blocks(comparison, config, list(saved.refs), notes, excluded)
-    blocks = image_sections(out_dir, blocks, saved, organ_metrics, config, comparison.summary)
+    blocks = image_sections(out_dir, blocks, saved, organ_metrics, config, comparison.summary, cohorts)
     written = saved.written
     for name, text in (("report.html", render_html(TITLE, blocks, saved.png)),
                        ("report.md", render_markdown(TITLE, blocks))):
@@ -141,11 +145,12 @@ def write_tables(out_dir: str | Path, organ_metrics: pd.DataFrame | None, compar
 
 
 def write_results(out_dir: str | Path, organ_metrics: pd.DataFrame, comparison: Comparison,
-                  config: Mapping[str, Any], extra: Mapping[str, pd.DataFrame | None] | None = None) -> dict[str, Path]:
+                  config: Mapping[str, Any], extra: Mapping[str, pd.DataFrame | None] | None = None,
+                  cohorts: Mapping[str, Cohort | None] | None = None) -> dict[str, Path]:
     """Everything of a comparison, the results folder's one writer: :func:`write_tables`, then
-    :func:`write_report`."""
+    :func:`write_report` (``cohorts``: see there)."""
     written = write_tables(out_dir, organ_metrics, comparison, config, extra)
-    return {**written, **write_report(out_dir, organ_metrics, comparison, config)}
+    return {**written, **write_report(out_dir, organ_metrics, comparison, config, cohorts)}
 
 
 def _read_csv(path: Path, required: bool) -> pd.DataFrame | None:

@@ -10,7 +10,7 @@ paths in config.json; what is missing is skipped with a note, so ``plot`` redraw
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,9 @@ import pandas as pd
 from .. import plots
 from .figures import FigurePlan, SavedFigures, remove_stale, save_figures
 from .render import Block, FigureRef, Heading, Items, Paragraph, Table
+
+if TYPE_CHECKING:
+    from ..cohort import Cohort
 
 IMAGE_FIGURE_PREFIXES = ("previews_", "memorization_", "twins_", "suvmax")
 N_PREVIEWS = 4
@@ -47,9 +50,13 @@ def _read(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def _cohort(config: Mapping[str, Any], key: str):
-    """The cohort named in config.json (cohorts.<key>.path, else options.<key>), or None if unreadable."""
+def _cohort(config: Mapping[str, Any], key: str, loaded: Mapping[str, Cohort | None] | None = None):
+    """The cohort ``loaded[key]`` when given (compare hands over the ones it read), else the one named in
+    config.json (cohorts.<key>.path, else options.<key>), or None if unreadable."""
     from ..cohort import load_cohort
+
+    if loaded is not None and key in loaded:
+        return loaded[key]
 
     path = ((config.get("cohorts") or {}).get(key) or {}).get("path") or (config.get("options") or {}).get(key)
     if not path:
@@ -205,10 +212,11 @@ def _table_plans(organ_metrics: pd.DataFrame, twins: Mapping[str, str]) -> tuple
     return plans, notes
 
 
-def image_figures(out_dir: Path, organ_metrics: pd.DataFrame, config: Mapping[str, Any]
-                  ) -> tuple[list[FigurePlan], list[str]]:
-    """Every image-level figure that can be drawn (reference, how, from what), and notes for the rest."""
-    real, synth, train = _cohort(config, "real"), _cohort(config, "synth"), _cohort(config, "train")
+def image_figures(out_dir: Path, organ_metrics: pd.DataFrame, config: Mapping[str, Any],
+                  cohorts: Mapping[str, Cohort | None] | None = None) -> tuple[list[FigurePlan], list[str]]:
+    """Every image-level figure that can be drawn (reference, how, from what), and notes for the rest;
+    ``cohorts`` (real, synth, train) spare reading the cohorts named in config.json again."""
+    real, synth, train = (_cohort(config, key, cohorts) for key in ("real", "synth", "train"))
     memo, memo_real = _read(out_dir / "memorization.csv"), _read(out_dir / "memorization_real.csv")
     twins = _twins(synth)
     plans, notes = [], []
@@ -230,11 +238,12 @@ def demographics_blocks(organ_metrics: pd.DataFrame, config: Mapping[str, Any]) 
 
 
 def image_sections(out_dir: Path, blocks: list[Block], saved: SavedFigures, organ_metrics: pd.DataFrame,
-                   config: Mapping[str, Any], summary: Mapping[str, Any]) -> list[Block]:
+                   config: Mapping[str, Any], summary: Mapping[str, Any],
+                   cohorts: Mapping[str, Cohort | None] | None = None) -> list[Block]:
     """Save the image-level figures that are not up to date (adding them to ``saved``), then return ``blocks``
     with the new sections inserted."""
     out_dir = Path(out_dir)
-    plans, notes = image_figures(out_dir, organ_metrics, config)
+    plans, notes = image_figures(out_dir, organ_metrics, config, cohorts)
     refs = saved.add(save_figures(plans, out_dir / "figures", notes))
     remove_stale(out_dir / "figures", lambda name: name.startswith(IMAGE_FIGURE_PREFIXES), saved.written)
     new = metrics_blocks(_read(out_dir / "image_metrics.csv"), summary)
