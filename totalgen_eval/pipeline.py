@@ -210,7 +210,8 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
     config = _run_config(cfg, real, synth, train, (seg_real, seg_synth), synth_t, excluded, started)
     table = pd.concat(tables, ignore_index=True)
     paths = write_results(cfg.out, table, comparison, config,
-                          extra={"lesions.csv": lesions, "excluded.csv": excluded, **image_tables})
+                          extra={"lesions.csv": lesions, "excluded.csv": excluded, **image_tables},
+                          cohorts={"real": real, "synth": synth, "train": train})
     return CompareResult(table, comparison, Path(paths["report.html"]), config)
 
 
@@ -276,7 +277,7 @@ def _compare_images(cfg: CompareConfig, real: Cohort, synth: Cohort, train: Coho
     if extractor is None:
         return None, tables
     result = compare_images(real, synth, train, extractor, seed=cfg.seed, workers=cfg.workers, device=cfg.device,
-                            progress=progress)
+                            progress=progress, cache_dir=cfg.out / "cache")
     tables["image_metrics.csv"] = result.table
     if result.memorization is not None:
         tables["memorization.csv"] = result.memorization.synthetic
