@@ -159,7 +159,8 @@ def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work
                                   cohort_name=name, progress=False)
               for name, cohort, seg in (("real", real_c, "labels"), ("twins", twin_c, "labels"),
                                         ("synth", synth_c, segmenter))}
-    result: dict = {"texture": texture_section(real_c, synth_c, tables, segmenter, work)}
+    result: dict = {"texture": texture_section(real_c, synth_c, tables, segmenter,
+                                               {side: work / "cache" / side for side in ("real", "synth")})}
     comps = {k: compare_tables(tables["real"], tables[k], metrics=("volume_ml", "suv_mean"), seed=0)
              for k in ("synth", "twins")}
     for k, comp in comps.items():
@@ -174,13 +175,14 @@ def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work
     return result
 
 
-def texture_section(real_c, synth_c, tables: dict, segmenter: str, work: Path) -> dict:
-    """Voxel noise inside eroded organs (true labels vs ``segmenter``) and organ SUVmax, real vs synthetic."""
+def texture_section(real_c, synth_c, tables: dict, segmenter: str, caches: dict[str, Path]) -> dict:
+    """Voxel noise inside eroded organs (true labels vs ``segmenter``, labels cached where the organ tables
+    put them: ``caches["real"]``, ``caches["synth"]``) and organ SUVmax (``tables``), real vs synthetic."""
     from benchmarks.generator_texture import noise_comparison, noise_table, suv_max_comparison, texture_summary
     from totalgen_eval.organs import ORGAN_NAMES
 
-    noise = noise_comparison(noise_table(real_c, "labels", work / "cache" / "real", ORGAN_NAMES),
-                             noise_table(synth_c, segmenter, work / "cache" / "synth", ORGAN_NAMES))
+    noise = noise_comparison(noise_table(real_c, "labels", caches["real"], ORGAN_NAMES),
+                             noise_table(synth_c, segmenter, caches["synth"], ORGAN_NAMES))
     suv_max = suv_max_comparison(tables["real"], tables["synth"])
     return {"noise": noise.round(4).to_dict("records"), "suv_max": suv_max.round(3).to_dict("records"),
             **texture_summary(noise, suv_max)}

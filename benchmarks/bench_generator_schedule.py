@@ -40,21 +40,21 @@ def candidate_folder(checkpoint: Path, work: Path, sigma_min: float, lowres_nois
 
 
 def judge_twins(real_c, synth_c, work: Path, name: str) -> dict:
-    """Noise ratios, SUVmax and SUVmean deviations of one candidate's twins (see the module docstring)."""
-    from benchmarks.generator_texture import noise_comparison, noise_table, suv_max_comparison
+    """Noise ratios, SUVmax and SUVmean deviations of one candidate's twins (the fidelity report's texture
+    section and geometric-mean SUVmean ratios; see the module docstring)."""
+    from benchmarks.bench_generator_fidelity import texture_section
     from totalgen_eval.metrics import organ_metrics
-    from totalgen_eval.organs import ORGAN_NAMES
 
-    tables = {side: organ_metrics(c, segmenter=seg, workers=1, cache_dir=work / "cache" / f"{side}-{name}",
-                                  cohort_name=side, progress=False)
+    caches = {side: work / "cache" / f"{side}-{name}" for side in ("real", "synth")}
+    tables = {side: organ_metrics(c, segmenter=seg, workers=1, cache_dir=caches[side], cohort_name=side,
+                                  progress=False)
               for side, c, seg in (("real", real_c, "labels"), ("synth", synth_c, "model:bundled"))}
-    noise = noise_comparison(noise_table(real_c, "labels", work / "cache" / f"real-{name}", ORGAN_NAMES),
-                             noise_table(synth_c, "model:bundled", work / "cache" / f"synth-{name}", ORGAN_NAMES))
-    suv_max = suv_max_comparison(tables["real"], tables["synth"])
+    texture = texture_section(real_c, synth_c, tables, "model:bundled", caches)
     means = [t.groupby("organ")["suv_mean"].apply(lambda v: np.exp(np.log(v).mean())) for t in tables.values()]
     suv_dev = 100 * (means[1] / means[0] - 1)
-    return {"noise_ratio_worst": float((noise["ratio"] - 1).abs().max()), "noise_ratios": noise.set_index("organ")["ratio"].round(3).to_dict(),
-            "suv_max_median_abs_dev_pct": float(suv_max["deviation_pct"].abs().median()),
+    ratios = {n["organ"]: n["ratio"] for n in texture["noise"]}
+    return {"noise_ratio_worst": max(abs(r - 1) for r in ratios.values()), "noise_ratios": ratios,
+            "suv_max_median_abs_dev_pct": texture["suv_max_median_abs_dev_pct"],
             "suv_mean_median_abs_dev_pct": float(suv_dev.abs().median()), "suv_mean_dev_pct": suv_dev.round(2).to_dict()}
 
 

@@ -198,11 +198,8 @@ class Cascade:
             lo_cond = dict(cond, image=lowres_condition(x) if plan.lowres_positions else None)
             with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
                 x_lo = plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, lo_cond).float()
-            level = aug = None
-            if plan.lowres_noise is not None:  # noise-conditioning augmentation at the checkpoint's level
-                level = torch.full((x_lo.shape[0],), plan.lowres_noise, device=self.device)
-                aug = torch.stack([z[2] for z in noises]).to(self.device)
-            up, image = sr_condition(x_lo, self.sr_config.sr_factor, level, aug)
+            aug = None if plan.lowres_noise is None else torch.stack([z[2] for z in noises]).to(self.device)
+            up, image = sr_condition(x_lo, self.sr_config.sr_factor, plan.lowres_noise, aug)
             r = torch.stack([z[1] for z in noises]).to(self.device) * plan.sr_sigmas[0]
             with autocast(self.precision, self.device):
                 residual = plan.sr_sampler(plan.sr_model, r, plan.sr_sigmas, dict(cond, image=image)).float()

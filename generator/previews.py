@@ -58,11 +58,9 @@ def sample_preview(model: Denoiser, config: StageConfig, item: dict, seed: int, 
         image = lowres_condition(x) if config.network.in_channels > config.network.out_channels else None
         return get_sampler(s.sampler)(model, x, sigmas, dict(cond, image=image))[0].float().cpu()
     low = item["low"][None].to(device)
-    level = aug = None
-    if config.lowres_noise_max > 0:
-        level = torch.full((1,), s.lowres_noise, device=device)
-        aug = torch.randn(low.shape, generator=g).to(device)
-    up, image = sr_condition(low, config.sr_factor, level, aug)
+    augmented = config.lowres_noise_max > 0
+    aug = torch.randn(low.shape, generator=g).to(device) if augmented else None
+    up, image = sr_condition(low, config.sr_factor, s.lowres_noise if augmented else None, aug)
     r = torch.randn(up.shape, generator=g).to(device) * sigmas[0]
     residual = get_sampler(s.sampler)(model, r, sigmas, dict(cond, image=image))
     return (up + residual)[0].float().cpu()

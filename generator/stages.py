@@ -55,20 +55,21 @@ def lowres_condition(x_lo: torch.Tensor) -> torch.Tensor | None:
     return position_channels(tuple(x_lo.shape[2:]), x_lo.shape[0], x_lo.device, torch.float32)
 
 
-def sr_condition(x_lo: torch.Tensor, factor: int = 2, aug_level: torch.Tensor | None = None,
+def sr_condition(x_lo: torch.Tensor, factor: int = 2, aug_level: torch.Tensor | float | None = None,
                  aug_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(upsampled low-res (B, 2, ...), conditioning image (B, 5 or 6, ...)) for stage 2.
 
-    The image is the upsampled low-res and 3 positions; with noise-conditioning augmentation (``aug_level``
-    (B,) and unit ``aug_noise`` like ``x_lo``) it is the upsampling of ``x_lo + aug_level * aug_noise``, the
-    positions and a constant channel holding ``aug_level``. The returned upsampling is always the clean one:
-    the generated residual is added to it.
+    The image is the upsampled low-res and 3 positions; with noise-conditioning augmentation (``aug_level``:
+    (B,) or one number for the batch, and unit ``aug_noise`` like ``x_lo``) it is the upsampling of
+    ``x_lo + aug_level * aug_noise``, the positions and a constant channel holding ``aug_level``. The returned
+    upsampling is always the clean one: the generated residual is added to it.
     """
     up = upsample(x_lo, factor)
     pos = position_channels(tuple(up.shape[2:]), up.shape[0], up.device, up.dtype)
     if aug_level is None:
         return up, torch.cat([up, pos], dim=1)
-    level = aug_level.to(up.dtype).view(-1, 1, 1, 1, 1)
+    aug_level = torch.as_tensor(aug_level, dtype=up.dtype, device=up.device).expand(up.shape[0])
+    level = aug_level.view(-1, 1, 1, 1, 1)
     seen = upsample(x_lo + level * aug_noise, factor) if bool((aug_level > 0).any()) else up
     return up, torch.cat([seen, pos, level.expand(-1, 1, *up.shape[2:])], dim=1)
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .config import FOV_MM, StageConfig, check_stage, default_lowres, default_sr
+from .stages import sr_in_channels
 
 STAGE_NAMES = ("lowres", "sr")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -131,7 +132,8 @@ def stage_config(tc: TrainConfig, sigma_data: float) -> StageConfig:
     shape = tuple(int(round(f / voxel)) for f in tc.fov_mm)
     if any(abs(s * voxel - f) > 1e-6 * f for s, f in zip(shape, tc.fov_mm)):
         raise ValueError(f"fov_mm = {tc.fov_mm} is not a whole number of {voxel:g} mm voxels")
-    in_channels = base.network.in_channels + int(tc.lowres_noise_max > 0)  # + the augmentation level channel
+    in_channels = (sr_in_channels(base.network.out_channels, tc.lowres_noise_max > 0) if tc.stage == "sr"
+                   else base.network.in_channels)
     network = dataclasses.replace(base.network, channels=tc.channels or base.network.channels, in_channels=in_channels,
                                   blocks_per_level=tc.blocks_per_level, emb_dim=tc.emb_dim, field_nulls=True)
     config = dataclasses.replace(
