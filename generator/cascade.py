@@ -8,6 +8,8 @@ rounding of batched convolutions) nor on the device.
 Output is in RAS+ (x toward the patient's right). Stages trained on x-mirrored anatomy (``mirror_x`` in their
 config) sample exactly as they were trained and the final volumes are flipped along x: the exact equivalent
 of the same networks trained on unmirrored data (stage 2 sees stage 1's output in the frame it was trained in).
+The stages may differ in their frame (a stage 1 retrained on RAS+ phantoms before the bundled stage 2,
+trained mirrored): stage 1's output is then flipped along x before stage 2 (the canvas is centred in x).
 """
 from __future__ import annotations
 
@@ -104,8 +106,13 @@ class Cascade:
 
     @property
     def mirror_x(self) -> bool:
-        """The stages were trained on x-mirrored anatomy; generated volumes are flipped back to RAS+."""
+        """Stage 2 was trained on x-mirrored anatomy; generated volumes are flipped back to RAS+."""
         return bool(self.sr_config.mirror_x)
+
+    @property
+    def frames_differ(self) -> bool:
+        """The stages were trained in opposite x frames: stage 1's output is flipped into stage 2's frame."""
+        return bool(self.lowres_config.mirror_x) != bool(self.sr_config.mirror_x)
 
     @property
     def checkpoint_id(self) -> str:
@@ -113,6 +120,7 @@ class Cascade:
         generated cohorts; an interrupted run of unflipped output is not resumed with flipped output)."""
         text = f"{self.meta.get('lowres_sha256', 'random')}-{self.meta.get('sr_sha256', 'random')}"
         text += "-mirror_x" if self.mirror_x else ""
+        text += "-lowres_flipped" if self.frames_differ else ""
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def settings(self, steps: int | None = None, guidance: float | None = None, sr_steps: int | None = None,
@@ -198,6 +206,7 @@ class Cascade:
             lo_cond = dict(cond, image=lowres_condition(x) if plan.lowres_positions else None)
             with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
                 x_lo = plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, lo_cond).float()
+            x_lo = x_lo.flip(2) if self.frames_differ else x_lo  # (B, C, X, Y, Z): into stage 2's frame
             aug = None if plan.lowres_noise is None else torch.stack([z[2] for z in noises]).to(self.device)
             up, image = sr_condition(x_lo, self.sr_config.sr_factor, plan.lowres_noise, aug)
             r = torch.stack([z[1] for z in noises]).to(self.device) * plan.sr_sigmas[0]
@@ -234,9 +243,9 @@ def check_stages_fit(lowres: StageConfig, sr: StageConfig, source: Path | str) -
     """CheckpointError unless stage 1 is "lowres", stage 2 "sr", on the same canvas at half/full resolution."""
     if lowres.kind != "lowres" or sr.kind != "sr":
         raise CheckpointError(f"{source}: expected a lowres and an sr stage, found {lowres.kind} and {sr.kind}")
-    if not isinstance(lowres.mirror_x, bool) or lowres.mirror_x != sr.mirror_x:
-        raise CheckpointError(f"{source}: the stages disagree on mirror_x (lowres {lowres.mirror_x!r}, sr "
-                              f"{sr.mirror_x!r}); both must be true or both false")
+    if not isinstance(lowres.mirror_x, bool) or not isinstance(sr.mirror_x, bool):
+        raise CheckpointError(f"{source}: mirror_x must be true or false (lowres {lowres.mirror_x!r}, sr "
+                              f"{sr.mirror_x!r})")
     f = sr.sr_factor
     if tuple(f * s for s in lowres.shape) != tuple(sr.shape) or tuple(lowres.fov_mm) != tuple(sr.fov_mm):
         raise CheckpointError(f"{source}: stages do not fit together (lowres {lowres.shape} on {lowres.fov_mm} mm, "

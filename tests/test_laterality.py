@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from generator import CheckpointError, load_cascade, random_cascade, tiny_lowres, tiny_sr
 from totalgen_eval.cohort import load_cohort
@@ -131,7 +132,36 @@ def test_generator_mirror_flips_the_output_and_nothing_else(tmp_path):
         assert not np.array_equal(ct, ct[::-1])
     assert mirrored.checkpoint_id != plain.checkpoint_id
     with pytest.raises(CheckpointError, match="mirror_x"):
-        random_cascade(dataclasses.replace(lo, mirror_x=True), sr)
+        random_cascade(dataclasses.replace(lo, mirror_x="yes"), sr)
+
+
+def stage2_first_input(cascade, demo: dict) -> torch.Tensor:
+    """The input stage 2's network receives at its first call (noisy residual, upsampled low-res, positions)."""
+    seen = []
+    handle = cascade.sr.net.register_forward_pre_hook(lambda _module, args: seen.append(args[0].clone()))
+    try:
+        cascade.generate(demo, seed=2)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("lowres_mirrored", [True, False])
+def test_stages_in_opposite_frames_see_stage_1_flipped(lowres_mirrored):
+    """A stage 1 trained in one x frame feeds a stage 2 trained in the other: stage 2 gets stage 1's output
+    reversed along x (same weights and noise as the cascade of two plain stages)."""
+    lo, sr = tiny_lowres(), tiny_sr()
+    demo = {"age": [40.0], "sex": ["F"], "height_m": [1.6], "weight_kg": [60.0]}
+    plain_in = stage2_first_input(random_cascade(lo, sr, seed=4), demo)
+    mixed = random_cascade(dataclasses.replace(lo, mirror_x=lowres_mirrored),
+                           dataclasses.replace(sr, mirror_x=not lowres_mirrored), seed=4)
+    mixed_in = stage2_first_input(mixed, demo)
+    c = lo.network.out_channels
+    torch.testing.assert_close(mixed_in[:, :c], plain_in[:, :c], rtol=0, atol=0)  # the noisy residual
+    torch.testing.assert_close(mixed_in[:, c:2 * c], plain_in[:, c:2 * c].flip(2), rtol=0, atol=1e-6)  # upsampled
+    torch.testing.assert_close(mixed_in[:, 2 * c:], plain_in[:, 2 * c:], rtol=0, atol=0)  # positions
+    assert not torch.equal(plain_in[:, c:2 * c], plain_in[:, c:2 * c].flip(2))
+    assert mixed.checkpoint_id != random_cascade(lo, sr, seed=4).checkpoint_id
 
 
 @pytest.fixture(scope="module")
