@@ -150,3 +150,27 @@ def test_metrics_command_resumes_after_a_kill(tmp_path):
     fresh = metrics.organ_metrics(load_cohort(cohort), segmenter="labels", progress=False)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), fresh.reset_index(drop=True), check_exact=False,
                                   rtol=1e-12, check_dtype=False)
+
+
+def test_case_files_read_together_equal_nibabel_and_report_the_pet_first(tmp_path):
+    """PET and CT are decompressed in threads beside the labels: the arrays are nibabel's, and with both the
+    PET and the labels damaged the error names the PET, as a sequential read would."""
+    import dataclasses
+
+    import nibabel as nib
+
+    from totalgen_eval.errors import InputError
+
+    case = _write_cases(tmp_path, n=1)[0]
+    (pet, _), (ct, _), (labels, _), lesions = metrics.cohort.read_case_arrays(case, "labels", None, "cpu")
+    np.testing.assert_array_equal(pet, nib.load(case.pet).get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(ct, np.asanyarray(nib.load(case.ct).dataobj))
+    assert ct.dtype == np.int16 and lesions is None
+    np.testing.assert_array_equal(labels, np.asanyarray(nib.load(case.labels).dataobj))
+    bad_pet = tmp_path / "bad_pet.nii.gz"
+    bad_pet.write_bytes(case.pet.read_bytes()[:-200])  # truncated: gzip cannot finish it
+    broken = dataclasses.replace(case, pet=bad_pet, labels=tmp_path / "missing_labels.nii.gz")
+    with pytest.raises(InputError, match="bad_pet"):
+        metrics.compute_case(broken)
+    with pytest.raises(InputError, match="missing_labels"):
+        metrics.compute_case(dataclasses.replace(case, labels=tmp_path / "missing_labels.nii.gz"))

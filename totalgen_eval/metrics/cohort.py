@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -71,16 +72,9 @@ def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = 
 
     With ``cache_dir`` the labels of computing backends are cached under ``cache_dir/labels``.
     """
-    from ..cohort.plausibility import check_ct, check_file_dtype
-    from ..segment import case_labels
-
-    pet, pet_affine = case.read_pet()
+    (pet, pet_affine), (ct, ct_affine), (labels, labels_affine), lesion_mask = read_case_arrays(
+        case, segmenter, cache_dir, device)
     grid = Grid(tuple(pet.shape), pet_affine)
-    check_file_dtype(case.ct, "ct")
-    ct, ct_affine = read_values(case.ct)  # HU as stored (int16 stays int16: no cast)
-    check_ct(ct, case.ct)
-    labels, labels_affine = case_labels(case, segmenter, cache_dir, device=device)
-    lesion_mask = case.read_lesions()  # None without a lesion mask
     try:
         rows = case_metrics(pet, ct, labels, grid, organs, labels_grid=Grid(tuple(labels.shape), labels_affine),
                             ct_grid=Grid(tuple(ct.shape), ct_affine), lesion_mask=lesion_mask, lesions=lesions,
@@ -90,6 +84,39 @@ def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = 
     check_case_uptake(rows, pet, ct, case.pet)
     summary, rows.attrs = rows.attrs.get("lesions", {}), {}
     return rows.assign(**{c: summary.get(c, np.nan) for c in LESION_COLUMNS})
+
+
+def read_case_arrays(case: Case, segmenter: str, cache_dir: Path | None, device: str
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray],
+                                tuple[np.ndarray, np.ndarray], np.ndarray | None]:
+    """((PET SUV, affine), (CT HU as stored, affine), (labels, affine), lesion mask or None) of a case, each
+    checked. PET and CT are read in two threads while the labels are read (or segmented) here: gzip
+    decompression releases the GIL, so the files decompress at the same time. A problem is raised for the
+    first bad input in the order PET, CT, labels, lesions, as a sequential read would."""
+    from ..segment import case_labels
+
+    with ThreadPoolExecutor(2, thread_name_prefix="read-case") as pool:
+        pet_job, ct_job = pool.submit(case.read_pet), pool.submit(read_case_ct, case)
+        try:
+            labels = case_labels(case, segmenter, cache_dir, device=device)
+            lesion_mask, failed = case.read_lesions(), None
+        except Exception as exc:  # re-raised below, after any PET or CT problem (those come first)
+            labels = lesion_mask = None
+            failed = exc
+        pet, ct = pet_job.result(), ct_job.result()
+    if failed is not None:
+        raise failed
+    return pet, ct, labels, lesion_mask
+
+
+def read_case_ct(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """A case's CT in HU as stored (int16 stays int16: no cast) and its affine, checked."""
+    from ..cohort.plausibility import check_ct, check_file_dtype
+
+    check_file_dtype(case.ct, "ct")
+    ct, affine = read_values(case.ct)
+    check_ct(ct, case.ct)
+    return ct, affine
 
 
 def check_case_uptake(rows: pd.DataFrame, pet: np.ndarray, ct: np.ndarray, path: Path) -> None:
