@@ -189,7 +189,7 @@ class Cascade:
                                   sr_cfg.schedule.rho, self.device)
         shapes = ((lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape))
         augmented = sr_cfg.lowres_noise_max > 0
-        return SamplingPlan(lo_sigmas, sr_sigmas, guided(self.lowres, s.guidance),
+        return SamplingPlan(lo_sigmas, sr_sigmas, guided(self.lowres, s.guidance, lo_cfg.schedule.guidance_sigma),
                             chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr,
                             get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler),
                             lo_cfg.network.in_channels > lo_cfg.network.out_channels,

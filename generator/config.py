@@ -46,8 +46,10 @@ class ScheduleConfig:
     """Karras sigma schedule and the default sampler of a stage.
 
     sampler: "dpmpp_2m" or "heun"; steps: number of sigma intervals; guidance: classifier-free guidance
-    scale (1 = conditional model only, no extra network call). lowres_noise (stage 2 with
-    ``StageConfig.lowres_noise_max`` > 0): the augmentation level of the low-res input at sampling.
+    scale (1 = conditional model only, no extra network call); guidance_sigma: (low, high) noise levels
+    between which guidance applies, the conditional model alone elsewhere (None: at every level; a
+    guidance interval, Kynkaanniemi et al. 2024). lowres_noise (stage 2 with ``StageConfig.lowres_noise_max``
+    > 0): the augmentation level of the low-res input at sampling.
     """
 
     sigma_min: float = 0.002
@@ -56,6 +58,7 @@ class ScheduleConfig:
     steps: int = 16
     sampler: str = "dpmpp_2m"
     guidance: float = 1.0
+    guidance_sigma: tuple[float, float] | None = None
     lowres_noise: float = 0.0
 
 
@@ -170,7 +173,7 @@ def stage_from_dict(data: dict[str, Any]) -> StageConfig:
     try:
         data = dict(data)
         network = NetworkConfig(**{k: _tuples(v) for k, v in data.pop("network").items()})
-        schedule = ScheduleConfig(**data.pop("schedule"))
+        schedule = ScheduleConfig(**{k: _tuples(v) for k, v in data.pop("schedule").items()})
         config = StageConfig(network=network, schedule=schedule, **{k: _tuples(v) for k, v in data.items()})
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a generator stage config ({exc})") from None
@@ -250,6 +253,11 @@ def check_schedule(schedule: ScheduleConfig) -> None:
     _number(schedule.rho, "schedule.rho", 0, 100, low_open=True)
     _number(schedule.lowres_noise, "schedule.lowres_noise", 0, 10)
     check_sampling(schedule.steps, schedule.guidance)
+    if schedule.guidance_sigma is not None:
+        if not isinstance(schedule.guidance_sigma, tuple) or len(schedule.guidance_sigma) != 2:
+            raise ValueError(f"schedule.guidance_sigma = {schedule.guidance_sigma!r}: (low, high) or null expected")
+        _number(schedule.guidance_sigma[0], "schedule.guidance_sigma[0]", 0, 1e4)
+        _number(schedule.guidance_sigma[1], "schedule.guidance_sigma[1]", schedule.guidance_sigma[0], 1e4)
     if schedule.sampler not in SAMPLER_NAMES:
         raise ValueError(f"schedule.sampler = {schedule.sampler!r}: one of {', '.join(SAMPLER_NAMES)} expected")
 

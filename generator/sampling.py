@@ -84,15 +84,20 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     return SAMPLERS[name]
 
 
-def guided(model: Model, scale: float) -> Model:
+def guided(model: Model, scale: float, sigma_range: tuple[float, float] | None = None) -> Model:
     """Classifier-free guidance: D_u + scale (D_c - D_u); ``scale == 1`` returns ``model`` unchanged.
 
     The conditional and unconditional calls run as one doubled batch (cond "keep" False for the second half).
+    ``sigma_range`` (low, high): guidance only where low <= sigma <= high (the batch's first noise level), the
+    conditional model alone at the other levels (None: guidance at every level).
     """
     if scale == 1.0:
         return model
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        level = float(torch.as_tensor(sigma).reshape(-1)[0])
+        if sigma_range is not None and not sigma_range[0] <= level <= sigma_range[1]:
+            return model(x, sigma, cond)
         cond = dict(cond or {})
         b = x.shape[0]
         doubled = {k: (torch.cat([v, v]) if isinstance(v, torch.Tensor) else v) for k, v in cond.items()}

@@ -16,6 +16,7 @@ from generator import (CheckpointError, karras_sigmas, load_cascade, load_stage,
                        precond_coefficients, random_cascade, sample_dpmpp_2m, sample_euler, sample_heun,
                        save_stage, tiny_lowres, tiny_sr)
 from generator import checkpoints
+from generator.config import ScheduleConfig, check_schedule, stage_from_dict, to_dict
 from generator.checkpoints import build_denoiser, check_safetensors
 from generator.intensity import ct_to_unit, pet_to_unit, unit_to_ct, unit_to_pet
 from generator.networks import UNet3D
@@ -116,6 +117,21 @@ def test_guidance_combines_conditional_and_unconditional():
     out = guided(model, 2.5)(x, torch.tensor(1.0), {"demographics": torch.zeros(3, 4)})
     torch.testing.assert_close(out, torch.full((3, 4), -1.0 + 2.5 * 2.0))
     assert guided(model, 1.0) is model
+
+
+def test_guidance_interval_guides_only_inside_its_noise_levels():
+    def model(x, sigma, cond):  # conditional: x + 1, unconditional: x - 1 ("keep" absent: all conditional)
+        keep = cond.get("keep", torch.ones(x.shape[0], dtype=torch.bool))
+        return torch.where(keep[:, None], x + 1.0, x - 1.0)
+
+    x, cond = torch.zeros(2, 3), {"demographics": torch.zeros(2, 4)}
+    interval = guided(model, 3.0, (0.5, 2.0))
+    for sigma, expected in [(0.4, 1.0), (0.5, -1.0 + 3.0 * 2.0), (2.0, 5.0), (2.5, 1.0), (80.0, 1.0)]:
+        torch.testing.assert_close(interval(x, torch.full((2,), sigma), cond), torch.full((2, 3), expected))
+    with pytest.raises(ValueError, match="guidance_sigma"):
+        check_schedule(ScheduleConfig(guidance=2.0, guidance_sigma=(3.0, 1.0)))
+    config = dataclasses.replace(tiny_lowres(), schedule=ScheduleConfig(guidance=2.0, guidance_sigma=(0.3, 5.0)))
+    assert stage_from_dict(to_dict(config)).schedule.guidance_sigma == (0.3, 5.0)
 
 
 def test_z_chunks_blend_to_the_whole_volume():
