@@ -288,3 +288,17 @@ def test_metrics_cache_lives_under_the_output_folder(tmp_path, monkeypatch):
                           progress=False)
     assert list(work.iterdir()) == []
     assert len(list((tmp_path / "res" / "organ_metrics-cache" / "metrics").glob("phantom-0000_*.csv"))) == 1
+
+
+@pytest.mark.parametrize("given, expected", [(None, None), ("1", "1"), ("x", None)])
+def test_pool_workers_share_the_cores_among_their_threads(monkeypatch, given, expected):
+    """Each of two pool workers runs cpu_count // 2 threads (at least 1) unless OMP_NUM_THREADS says otherwise."""
+    import os
+
+    if given is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", given)
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    seen = dict(parallel.PoolScheduler(2).run(os.getenv, ["OMP_NUM_THREADS"] * 2))
+    assert seen == {0: expected or share, 1: expected or share}

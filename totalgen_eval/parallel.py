@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import sys
 import zlib
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -148,6 +149,18 @@ def _as_completed(pool: Executor, fn: Callable[[Any], Any], items: Sequence[Any]
             fut.cancel()
 
 
+def start_worker(threads: int) -> None:
+    """Start of a pool worker: warnings as one line each, and ``threads`` threads for torch and OpenMP (the
+    cores shared out among the workers; an OMP_NUM_THREADS set by the user wins). Two workers of two
+    threads each on two cores cost the segmenter 3.4x its CPU time (0.161 against 0.047 CPU s a case)."""
+    one_line_warnings()
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else threads
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def pool_context() -> multiprocessing.context.BaseContext:
     """fork when torch is not loaded in this process (cheap), spawn when it is (fork after torch can hang)."""
     return multiprocessing.get_context("spawn" if "torch" in sys.modules else "fork")
@@ -164,8 +177,9 @@ class PoolScheduler(_Stateless):
         if self.workers <= 1 or len(items) <= 1:
             yield from SerialScheduler().run(fn, items)
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=pool_context(),
-                                   initializer=one_line_warnings)  # warnings of workers: one line each
+        n = min(self.workers, len(items))
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=pool_context(), initializer=start_worker,
+                                   initargs=(max(1, (os.cpu_count() or 1) // n),))
         try:
             yield from _as_completed(pool, fn, items)
         finally:
