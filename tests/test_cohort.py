@@ -390,3 +390,106 @@ def test_case_names_matched_by_subject_ids_of_other_shapes(tmp_path):
     with pytest.raises(InputError) as err:  # two studies, no date to choose
         index.study_of_case_name("ABC-12")
     one_line_error(err, "meta.csv", "2 studies")
+
+
+# ------------------------------------------------------------------------------------------ header-check cache
+
+def _count_checks(monkeypatch) -> list[str]:
+    """The ids of the cases whose headers are checked from here on (cohort.checks calls case_problems)."""
+    from totalgen_eval.cohort import checks
+
+    seen, real = [], checks.case_problems
+    monkeypatch.setattr(checks, "case_problems", lambda case: seen.append(case.case_id) or real(case))
+    return seen
+
+
+def test_passed_header_checks_are_remembered_by_file_identity(ours_cohort, tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "header_checks.json"
+    first = load_cohort(ours_cohort.root, check_cache=cache)
+    assert cache.is_file()
+    seen = _count_checks(monkeypatch)
+    again = load_cohort(ours_cohort.root, check_cache=cache)
+    assert seen == [] and [c.case_id for c in again] == [c.case_id for c in first] == ["case-00", "case-01", "case-02"]
+    assert load_cohort(ours_cohort.root).cases == again.cases  # what an unremembered load finds
+
+
+def test_a_changed_size_or_mtime_is_checked_again(ours_cohort, tmp_path, monkeypatch):
+    import os
+
+    cache = tmp_path / "header_checks.json"
+    load_cohort(ours_cohort.root, check_cache=cache)
+    seen = _count_checks(monkeypatch)
+    ct = ours_cohort.root / ours_cohort.cases["case-02"]["paths"]["ct"]
+    st = ct.stat()
+    os.utime(ct, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, a new mtime
+    assert len(load_cohort(ours_cohort.root, check_cache=cache)) == 3 and seen == ["case-02"]
+    pet = ours_cohort.root / ours_cohort.cases["case-01"]["paths"]["pet"]
+    pst, raw = pet.stat(), pet.read_bytes()
+    pet.write_bytes(raw[: len(raw) - 40])  # cut short: a new size ...
+    os.utime(pet, ns=(pst.st_atime_ns, pst.st_mtime_ns))  # ... under the old mtime
+    with pytest.raises(InputError) as err:
+        load_cohort(ours_cohort.root, check_cache=cache)
+    one_line_error(err, "case-01_pet.nii.gz", "truncated")
+    assert seen == ["case-02", "case-01"]
+
+
+def test_a_rewritten_file_with_size_and_mtime_restored_is_checked_again(ours_cohort, tmp_path, monkeypatch):
+    import os
+
+    cache = tmp_path / "header_checks.json"
+    load_cohort(ours_cohort.root, check_cache=cache)
+    seen = _count_checks(monkeypatch)
+    pet = ours_cohort.root / ours_cohort.cases["case-00"]["paths"]["pet"]
+    st, raw = pet.stat(), pet.read_bytes()
+    pet.write_bytes(raw[:100] + bytes(len(raw) - 100))  # same size, the data zeroed
+    os.utime(pet, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: only ctime tells
+    cohort = load_cohort(ours_cohort.root, check_cache=cache, skip_bad=True)
+    assert "case-00" in seen and [p[0] for p in cohort.problems] == ["case-00"]
+
+
+def test_failed_cases_are_not_remembered(ours_cohort, tmp_path, monkeypatch):
+    cache = tmp_path / "header_checks.json"
+    (ours_cohort.root / ours_cohort.cases["case-01"]["paths"]["ct"]).write_bytes(b"not a nifti at all")
+    first = load_cohort(ours_cohort.root, skip_bad=True, check_cache=cache)
+    seen = _count_checks(monkeypatch)
+    again = load_cohort(ours_cohort.root, skip_bad=True, check_cache=cache)
+    assert seen == ["case-01"] and again.problems == first.problems and len(again) == 2
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_a_damaged_check_cache_is_not_trusted_and_is_rewritten(ours_cohort, tmp_path, monkeypatch, damage):
+    from totalgen_eval.cache import read_checked_json
+
+    cache = tmp_path / "header_checks.json"
+    load_cohort(ours_cohort.root, check_cache=cache)
+    whole = read_checked_json(cache)
+    raw = cache.read_bytes()
+    cache.write_bytes(raw[: len(raw) // 2] if damage == "cut" else b"\x00\xff garbage")
+    seen = _count_checks(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="unusable cache file"):
+        load_cohort(ours_cohort.root, check_cache=cache)
+    assert seen == ["case-00", "case-01", "case-02"] and read_checked_json(cache) == whole
+
+
+def test_an_interrupted_check_cache_write_keeps_the_old_file(ours_cohort, tmp_path, monkeypatch):
+    import os
+
+    from totalgen_eval import cache as cache_module
+    from totalgen_eval.cache import read_checked_json
+
+    cache = tmp_path / "cache" / "header_checks.json"
+    load_cohort(ours_cohort.root, check_cache=cache)
+    before = read_checked_json(cache)
+    ct = ours_cohort.root / ours_cohort.cases["case-02"]["paths"]["ct"]
+    os.utime(ct, ns=(ct.stat().st_atime_ns, ct.stat().st_mtime_ns + 10**9))  # a new key to write
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_cohort(ours_cohort.root, check_cache=cache)
+    monkeypatch.undo()
+    assert read_checked_json(cache) == before and [p.name for p in cache.parent.iterdir()] == ["header_checks.json"]
+    seen = _count_checks(monkeypatch)
+    assert len(load_cohort(ours_cohort.root, check_cache=cache)) == 3 and seen == ["case-02"]

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..provenance import read_marker
 from .autopet import discover_nnunet, discover_tcia, parse_channel_order, tcia_case_id, tcia_data_root
 from .case import BQML_MAX_SUV, Case, case_problems, file_grid
+from .checks import checked_cases
 from .ours import COHORT_CSV, CORE_COLUMNS, discover_ours, write_cohort_csv
 
 __all__ = ["Case", "Cohort", "load_cohort", "check_cohort", "write_cohort_csv", "summarize",
@@ -124,13 +125,15 @@ def find_layout(root: Path) -> str:
 
 
 def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "ct,pet",
-                resample_ct: bool = False) -> Cohort:
+                resample_ct: bool = False, check_cache: str | Path | None = None) -> Cohort:
     """The cohort in folder ``path`` (or the folder of a ``cohort.csv`` given as ``path``).
 
     Demographics are read and every case's files are checked from their headers (present, complete,
     CT on the PET grid unless ``resample_ct``). Without ``skip_bad`` the first problem raises
     InputError; with it the bad cases are left out and listed in ``Cohort.problems``.
     ``channel_order`` ("ct,pet" or "pet,ct") says which nnU-Net channel (_0000, _0001) is which.
+    ``check_cache``: a JSON file remembering, by file identity, the cases whose header checks passed
+    (``cohort.checks``; ``compare`` keeps it under its cache folder): unchanged cases are not checked again.
     """
     parse_channel_order(channel_order)  # a bad option fails whatever the layout
     root = Path(path).expanduser()
@@ -150,12 +153,8 @@ def load_cohort(path: str | Path, skip_bad: bool = False, channel_order: str = "
         cases, problems = discover_nnunet(root, channel_order=channel_order, resample_ct=resample_ct)
     if not cases and not problems:
         raise InputError(f"the {layout} layout was found but holds no cases", root)
-    good = []
-    for case in cases:
-        found = case_problems(case)
-        problems.extend((case.case_id, err) for err in found)
-        if not found:
-            good.append(case)
+    good, found = checked_cases(cases, None if check_cache is None else Path(check_cache))
+    problems.extend(found)
     if problems and not skip_bad:
         raise problems[0][1]
     return Cohort(root, layout, tuple(good), tuple((cid, str(err)) for cid, err in problems))
