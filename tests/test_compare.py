@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from totalgen_eval import volumes
 from totalgen_eval.cli import app
 from totalgen_eval.phantom import PhantomConfig, make_cohort
+from totalgen_eval.stats import StatsParams
 
 SHIFT = 1.10  # liver SUV x 1.10 in women only
 
@@ -154,3 +155,92 @@ def test_compare_bad_input_is_one_line(cohorts, tmp_path):
     assert "no cohort found" in result.output and "Traceback" not in result.output
     bad = _run("compare", real, real, "--out", tmp_path / "r", "--metrics", "suv_mode")
     assert bad.exit_code == 2 and "unknown metric" in bad.output
+
+
+# ------------------------------------------------------------------------------------------ kept organ tables
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Six phantoms with their labels: a side's organ table computed in about a second."""
+    return make_cohort(tmp_path_factory.mktemp("small") / "real", n=6, seed=5, workers=1, progress=False)
+
+
+def _side(cohort_root, out, **options):
+    """(organ table of the real side through pipeline._metric_table, how many times organ_metrics ran)."""
+    from totalgen_eval import metrics
+    from totalgen_eval.parallel import load_checked, make_scheduler
+    from totalgen_eval.pipeline import CompareConfig, _metric_table
+
+    calls = []
+    real_organ_metrics = metrics.organ_metrics
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_organ_metrics(*args, **kwargs)
+
+    cfg = CompareConfig(real=cohort_root, synth=cohort_root, out=out, images=False, **options)
+    cohort = load_checked(cohort_root, cfg.skip_bad)
+    with pytest.MonkeyPatch.context() as mp, make_scheduler(None, 1) as scheduler:
+        mp.setattr(metrics, "organ_metrics", counted)
+        table = _metric_table(cfg, "real", cohort, "labels", scheduler, False)
+    return table, len(calls)
+
+
+def _kept(out):
+    return sorted((out / "cache" / "real").glob("organ_metrics_*.json"))
+
+
+def test_a_side_table_is_kept_whole_and_read_back_equal(small, tmp_path):
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.metrics import organ_metrics
+
+    first, ran = _side(small, tmp_path / "out")
+    assert ran == 1 and len(_kept(tmp_path / "out")) == 1
+    again, ran = _side(small, tmp_path / "out")
+    assert ran == 0
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+    assert again.attrs == {**first.attrs, "n_computed": 0}
+    fresh = organ_metrics(load_cohort(small), segmenter="labels", cohort_name="real", progress=False)
+    pd.testing.assert_frame_equal(again, fresh, check_exact=True)  # what no cache at all gives
+
+
+def test_a_touched_case_file_or_other_options_make_a_new_table(small, tmp_path):
+    import os
+    import shutil
+
+    root = tmp_path / "cohort"
+    shutil.copytree(small, root)
+    out = tmp_path / "out"
+    _side(root, out)
+    labels = root / pd.read_csv(root / "cohort.csv")["labels"].iloc[2]
+    st = labels.stat()
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _, ran = _side(root, out)
+    assert ran == 1 and len(_kept(out)) == 1  # the table of the old files is gone
+    _, ran = _side(root, out, stats=StatsParams(age_bins=(18, 50, 70)))
+    assert ran == 1 and len(_kept(out)) == 1
+
+
+def test_a_damaged_kept_table_is_recomputed(small, tmp_path):
+    out = tmp_path / "out"
+    first, _ = _side(small, out)
+    kept = _kept(out)[0]
+    kept.write_bytes(kept.read_bytes()[:-100])
+    with pytest.warns(RuntimeWarning, match="unusable cache file"):
+        again, ran = _side(small, out)
+    assert ran == 1
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+
+
+def test_no_table_is_kept_when_a_case_fails_during_the_run(small, tmp_path):
+    import shutil
+
+    root = tmp_path / "cohort"
+    shutil.copytree(small, root)
+    row = pd.read_csv(root / "cohort.csv").iloc[1]
+    pet, affine = volumes.read_volume(root / row["pet"])
+    volumes.write_volume(np.zeros_like(pet), affine, root / row["pet"])  # headers fine, no uptake to measure
+    table, ran = _side(root, tmp_path / "out", skip_bad=True)
+    assert ran == 1 and row["case_id"] not in set(table["case_id"]) and _kept(tmp_path / "out") == []
+    _, ran = _side(root, tmp_path / "out", skip_bad=True)
+    assert ran == 1  # the failed case is tried again, as without a kept table

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import __version__
+from .cache import cache_key
 from .demographics import parse_age_bins
 from .errors import InputError
 from .organs import ORGAN_NAMES, parse_organs
@@ -218,21 +219,65 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> CompareResult:
 def _loaded_cohorts(cfg: CompareConfig) -> tuple[Cohort, Cohort]:
     """(real, synthetic) cohorts, checked (bad cases left out with --skip-bad); the real one kept to the cases
     of ``cfg.diagnosis`` when given."""
+    real, synth = _load_side(cfg, "real"), _load_side(cfg, "synth")
+    return (real.with_diagnosis(cfg.diagnosis) if cfg.diagnosis else real), synth
+
+
+def _load_side(cfg: CompareConfig, side: str) -> Cohort:
+    """The checked cohort of ``side`` (real, synth, train); the cases whose header checks passed are remembered
+    under ``<out>/cache/<side>/`` (cohort.checks), so an unchanged case is not checked again."""
+    from .cohort.checks import CHECKS_JSON
     from .parallel import load_checked
 
-    real, synth = load_checked(cfg.real, cfg.skip_bad), load_checked(cfg.synth, cfg.skip_bad)
-    return (real.with_diagnosis(cfg.diagnosis) if cfg.diagnosis else real), synth
+    return load_checked(getattr(cfg, side), cfg.skip_bad, check_cache=cfg.out / "cache" / side / CHECKS_JSON)
 
 
 def _metric_table(cfg: CompareConfig, name: str, cohort: Cohort, segmenter: str, scheduler: Scheduler,
                   progress: bool) -> pd.DataFrame:
-    """One side's organ_metrics table (case x organ; its per-case cache under ``<out>/cache/<name>``)."""
-    from .metrics import organ_metrics
+    """One side's organ_metrics table (case x organ; its per-case cache under ``<out>/cache/<name>``), read
+    whole from ``<out>/cache/<name>/organ_metrics_<key>.json`` when made before from the same cases (see
+    :func:`organ_table_key`), else computed and kept there when no case failed."""
+    from .cache import frame_from_record, frame_record, read_checked_json, write_checked_json
+    from .metrics import TABLE_COLUMNS, organ_metrics
 
-    return organ_metrics(cohort, segmenter=segmenter, workers=cfg.workers, organs=cfg.organs,
-                         cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
-                         age_bins=cfg.age_bins, progress=progress, skip_bad=cfg.skip_bad, scheduler=scheduler,
-                         lesions=cfg.lesions, lesion_margin_mm=cfg.lesion_margin_mm)
+    path = cfg.out / "cache" / name / f"{ORGAN_TABLE}_{organ_table_key(cfg, name, cohort, segmenter)}.json"
+    record = read_checked_json(path)
+    table = frame_from_record(record, TABLE_COLUMNS) if record is not None else None
+    if table is not None:
+        table.attrs["n_computed"] = 0
+        return table
+    table = organ_metrics(cohort, segmenter=segmenter, workers=cfg.workers, organs=cfg.organs,
+                          cache_dir=cfg.out / "cache" / name, device=cfg.device, cohort_name=name,
+                          age_bins=cfg.age_bins, progress=progress, skip_bad=cfg.skip_bad, scheduler=scheduler,
+                          lesions=cfg.lesions, lesion_margin_mm=cfg.lesion_margin_mm)
+    if len(table.attrs.get("excluded", ())) == len(cohort.problems):  # no case failed in this run
+        write_checked_json(frame_record(table), path)
+        for old in path.parent.glob(f"{ORGAN_TABLE}_*.json"):  # tables of other cases or options
+            if old != path:
+                old.unlink(missing_ok=True)
+    return table
+
+
+ORGAN_TABLE = "organ_metrics"  # <out>/cache/<side>/organ_metrics_<key>.json: the side's whole table
+ORGAN_TABLE_VERSION = "1"  # bump when what the kept table holds changes
+
+
+def organ_table_key(cfg: CompareConfig, name: str, cohort: Cohort, segmenter: str) -> str:
+    """Key of one side's whole organ_metrics table: every case's metrics key (``metrics.cohort.case_key``: its
+    files by identity, the segmenter and its settings, organs, lesion options, METRICS_VERSION), its id and
+    demographics in cohort order, the cases left out at load time, the side's name, the age bins and the
+    table's columns."""
+    from .metrics import METRICS_VERSION, TABLE_COLUMNS, MetricsJob
+    from .metrics.cohort import case_key
+    from .segment import make_segmenter
+
+    segmenter = segmenter.strip()
+    settings = None if segmenter == "labels" else make_segmenter(segmenter, device=cfg.device).settings()
+    job = MetricsJob(segmenter, tuple(cfg.organs), None, cfg.device, True, settings, cfg.lesions,
+                     cfg.lesion_margin_mm)
+    cases = [[case_key(c, job), c.case_id, c.age, c.sex, c.height_m, c.weight_kg] for c in cohort]
+    return cache_key(ORGAN_TABLE_VERSION, METRICS_VERSION, list(TABLE_COLUMNS), name, list(cfg.age_bins), cases,
+                     [list(p) for p in cohort.problems])
 
 
 def _lesions_table(tables: list[pd.DataFrame]) -> pd.DataFrame | None:
@@ -255,11 +300,10 @@ def _image_inputs(cfg: CompareConfig) -> tuple[Cohort | None, FeatureExtractor |
     """(training Cohort or None, feature extractor or None): loaded before the long work, so a bad
     --train or --features fails at once."""
     from .images import load_extractor
-    from .parallel import load_checked
 
     if cfg.train is not None and not cfg.images:
         raise InputError("the memorization check reads the images; drop --no-images", "--train")
-    train = load_checked(cfg.train, cfg.skip_bad) if cfg.train is not None else None
+    train = _load_side(cfg, "train") if cfg.train is not None else None
     return train, (load_extractor(cfg.features, device=cfg.device) if cfg.images else None)
 
 
