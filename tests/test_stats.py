@@ -397,3 +397,25 @@ def test_run_stats_writes_the_three_files(tmp_path):
     synth.drop(columns=["suv_max"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(InputError, match=r"missing column\(s\) suv_max"):
         run_stats(tmp_path / "real.csv", tmp_path / "bad.csv", tmp_path / "out", StatsParams())
+
+
+@pytest.mark.parametrize("terms", [["age"], ["age", "sex_M"], ["age", "sex_M", "height_m", "weight_kg"]])
+def test_trend_design_is_the_formula_design(terms):
+    from totalgen_eval.stats.trends import trend_formula, trend_model
+
+    rng = np.random.default_rng(len(terms))
+    n = 60
+    data = pd.DataFrame({"log_metric": rng.normal(0, 1, n), "age": rng.uniform(20, 90, n),
+                         "sex_M": (np.arange(n) % 2).astype(float), "height_m": rng.normal(1.7, 0.1, n),
+                         "weight_kg": rng.normal(78, 13, n), "synth": (np.arange(n) >= n // 2).astype(float),
+                         "sex": "F"})
+    data.loc[[4, 9], "sex_M"] = np.nan  # a variable the model does not use may be missing: the row stays
+    if "sex_M" in terms:
+        data = data[data["sex_M"].notna()]
+    ours, formula = trend_model(data, terms), smf.ols(trend_formula(terms), data=data)
+    assert ours.exog_names == formula.exog_names
+    np.testing.assert_array_equal(ours.exog, formula.exog)
+    np.testing.assert_array_equal(ours.endog, formula.endog)
+    fit, ref = ours.fit(), formula.fit()
+    np.testing.assert_array_equal(fit.params.to_numpy(), ref.params.to_numpy())
+    np.testing.assert_array_equal(fit.conf_int(0.05).to_numpy(), ref.conf_int(0.05).to_numpy())

@@ -1,6 +1,6 @@
 """Demographic trends: does the synthetic data change with age, sex, height and weight like the real data?
 
-Per organ x metric, one OLS (statsmodels formula API) on the pooled cohorts with a source interaction, on the
+Per organ x metric, one OLS (statsmodels) on the pooled cohorts with a source interaction, on the
 log scale (the scale of the concordance estimand; values <= 0 are left out)::
 
     log_metric ~ age + sex_M [+ height_m + weight_kg] + synth + age:synth + sex_M:synth [+ height_m:synth + weight_kg:synth]
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
+from statsmodels.regression.linear_model import OLS
 
 from .inputs import usable
 from .models import to_pct
@@ -83,6 +83,25 @@ def trend_formula(terms: Sequence[str]) -> str:
     return f"{LOG} ~ " + " + ".join([*terms, "synth", *(f"{t}:synth" for t in terms)])
 
 
+def design_columns(terms: Sequence[str]) -> list[str]:
+    """The columns of the trend model's design, in the order of :func:`trend_formula`'s (patsy's) design:
+    ``Intercept``, the terms, ``synth``, then each ``term:synth``."""
+    return ["Intercept", *terms, "synth", *(f"{t}:synth" for t in terms)]
+
+
+def trend_model(data: pd.DataFrame, terms: Sequence[str]) -> OLS:
+    """The OLS of :func:`trend_formula` on ``data``, its design built directly (no formula parsing: the same
+    columns, values and row handling as ``smf.ols(trend_formula(terms), data)``, whose patsy step cost most
+    of the fit): rows missing a variable of the model are left out."""
+    used = data[[LOG, *terms, "synth"]]
+    used = used[used.notna().all(axis=1)]
+    synth = used["synth"].to_numpy(float)
+    columns = [np.ones(len(used)), *(used[t].to_numpy(float) for t in terms), synth,
+               *(used[t].to_numpy(float) * synth for t in terms)]
+    exog = pd.DataFrame(np.column_stack(columns), columns=design_columns(terms), index=used.index)
+    return OLS(used[LOG].astype(float), exog)
+
+
 def _empty_rows(organ: str, metric: str, terms: Sequence[str], n_real: int, n_synth: int, formula: str) -> list[dict]:
     return [dict(organ=organ, metric=metric, term=t, per=TERM_UNITS[t], n_real=n_real, n_synth=n_synth,
                  formula=formula) for t in terms]
@@ -104,7 +123,7 @@ def fit_trends(real: pd.DataFrame, synth: pd.DataFrame, organ: str, metric: str,
         return rows, notes + ["constant values in a cohort: no trend model"]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        model = smf.ols(formula, data=data)
+        model = trend_model(data, terms)
         if np.linalg.matrix_rank(model.exog) < model.exog.shape[1]:
             return rows, notes + ["collinear design (e.g. one age or a covariate tied to source): no trend model"]
         fit = model.fit()
