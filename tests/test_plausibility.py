@@ -246,3 +246,75 @@ def test_metrics_skip_bad_leaves_the_implausible_case_out_and_names_it(tmp_path)
     assert sorted(pd.read_csv(out)["case_id"].unique()) == ["c0", "c2"]
     excluded = pd.read_csv(out.parent / "excluded.csv")
     assert list(excluded["case_id"]) == ["c1"] and "PET uptake far outside FDG ranges" in excluded["reason"][0]
+
+
+# ------------------------------------------------------------------------------------------ cheap paths
+
+def _pet_problems_counted(pet: np.ndarray) -> list[str]:
+    """The PET findings from plain counts over the array (no shortcut): the definitions of the module docstring."""
+    out, finite = [], pet[np.isfinite(pet)]
+    n_nan, n_pos, n_neg = int(np.isnan(pet).sum()), int((pet == np.inf).sum()), int((pet == -np.inf).sum())
+    if n_nan or n_pos or n_neg:
+        out.append("not finite")
+    if finite.size == 0 or not finite.any():
+        return out + ["empty"]
+    if finite.max() > pl.BQML_MAX_SUV:
+        out.append("Bq/mL")
+    if (finite < pl.NEGATIVE_SUV).sum() > pl.NEGATIVE_SHARE * np.count_nonzero(finite):
+        out.append("negative")
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pet_findings_equal_plain_counts_near_every_edge(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 12, (20, 20, 25)).astype(np.float32)  # 10 000 voxels: 10 may lie below -0.5 SUV
+    cases = {"plausible": base, "zero": np.zeros_like(base), "max at the limit": base.copy(),
+             "just above": base.copy(), "noise below": base.copy(), "beyond noise": base.copy(),
+             "at -0.5": base.copy(), "nan": base.copy(), "inf": base.copy(), "negative zero only": -np.zeros_like(base)}
+    cases["max at the limit"].flat[7] = pl.BQML_MAX_SUV
+    cases["just above"].flat[7] = np.nextafter(np.float32(pl.BQML_MAX_SUV), np.float32(1e9))
+    cases["noise below"].flat[:10] = -0.6
+    cases["beyond noise"].flat[:11] = -0.6
+    cases["at -0.5"].flat[:50] = pl.NEGATIVE_SUV
+    cases["nan"].flat[3] = np.nan
+    cases["inf"].flat[3] = np.inf
+    for name, pet in cases.items():
+        got = pl.pet_problems(pet)
+        expected = _pet_problems_counted(pet)
+        assert len(got) == len(expected), (name, got, expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 99, 100, 101, 250, 1000, 4321])
+def test_ct_air_check_equals_the_percentile_at_every_count_of_air(n):
+    rng = np.random.default_rng(n)
+    for n_air in sorted({0, 1, 2, 3, n // 100, n // 100 + 1, n // 100 + 2, n // 100 + 3, n // 50, n}):
+        if n_air > n:
+            continue
+        ct = rng.uniform(-400, 300, n)
+        ct[rng.permutation(n)[:n_air]] = rng.choice([-1000.0, -500.0], n_air)  # at or below the air limit
+        flagged = float(np.percentile(ct, pl.AIR_PERCENTILE)) > pl.AIR_MAX_HU
+        assert bool(pl.ct_problems(ct)) == flagged, (n, n_air)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8, np.complex64, np.float64])
+def test_header_dtype_reads_what_nibabel_reads(tmp_path, suffix, dtype):
+    path = tmp_path / f"v{suffix}"
+    nib.save(nib.Nifti1Image(np.zeros((3, 4, 5), dtype), AFFINE), path)
+    assert pl.header_dtype(path) == nib.load(path).get_data_dtype() == np.dtype(dtype)
+    path2 = tmp_path / f"w{suffix}"
+    nib.save(nib.Nifti2Image(np.zeros((3, 4, 5), dtype), AFFINE), path2)
+    assert pl.header_dtype(path2) == np.dtype(dtype)
+
+
+def test_header_dtype_of_a_cut_or_foreign_file_raises_and_the_check_passes_it_on(tmp_path):
+    path = tmp_path / "cut.nii.gz"
+    path.write_bytes(gzip.compress(b"\x5c\x01\x00\x00" + bytes(100)))  # a NIfTI-1 size, then too little header
+    with pytest.raises(Exception):
+        pl.header_dtype(path)
+    pl.check_file_dtype(path, "pet")  # an unreadable header is the header checks' to report
+    junk = tmp_path / "junk.nii"
+    junk.write_bytes(b"not a nifti at all" * 40)
+    with pytest.raises(Exception):
+        pl.header_dtype(junk)
