@@ -277,6 +277,27 @@ def test_bundled_extractor_gives_bottleneck_features(phantoms, bundled):
     assert "phantoms" in bundled.description
 
 
+def test_the_bundled_network_is_built_at_its_first_pass_only(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from totalgen_eval.images import load_extractor; e = load_extractor('bundled'); "
+            "print('torch' in sys.modules, 'monai' in sys.modules, e.spatial_dims, e.in_channels)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "3", "2"]  # a comparison with cached features never needs torch
+
+
+def test_a_cut_weights_file_fails_when_the_extractor_is_loaded(tmp_path):
+    from totalgen_eval.segment.model import resolve_model_path
+
+    config, weights = resolve_model_path("bundled")
+    (tmp_path / "m.json").write_bytes(config.read_bytes())
+    raw = weights.read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="corrupt or truncated safetensors"):
+        load_extractor(f"model:{tmp_path / 'm.json'}")
+
+
 class _Slices(torch.nn.Module):
     def __init__(self):
         super().__init__()

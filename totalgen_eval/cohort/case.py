@@ -56,16 +56,17 @@ class Case:
         check_suv(pet, self.pet)
         return pet, affine
 
-    def read_ct(self, resample: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read_ct(self, resample: bool | None = None, pet_grid: Grid | None = None) -> tuple[np.ndarray, np.ndarray]:
         """CT in HU as float32 (i, j, k) on the PET grid, and the PET affine.
 
         When the CT lies on another grid it is resampled linearly onto the PET grid (outside: -1024 HU)
         if ``resample`` (default: the cohort's ``resample_ct``), else InputError names both grids.
+        ``pet_grid``: the PET's grid when the caller has it (from ``read_pet``), so its header is not read again.
         """
         resample = self.resample_ct if resample is None else resample
         check_file_dtype(self.ct, "ct")
         ct, ct_affine = volumes.read_volume(self.ct, dtype=np.float32)
-        ct_grid, pet_grid = Grid(ct.shape, ct_affine), self.grid()
+        ct_grid, pet_grid = Grid(ct.shape, ct_affine), pet_grid if pet_grid is not None else self.grid()
         if ct_grid.same_as(pet_grid):
             return ct, ct_affine
         if not resample:

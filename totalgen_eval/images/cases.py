@@ -50,7 +50,7 @@ def case_images(case: Case, extractor: FeatureExtractor | None = None,
                 body_shape: tuple[int, int, int] = BODY_SHAPE) -> CaseImages:
     """:class:`CaseImages` of one cohort Case (CT read onto the PET grid)."""
     pet, affine = case.read_pet()
-    ct, _ = case.read_ct()
+    ct, _ = case.read_ct(pet_grid=Grid(tuple(pet.shape), affine))
     return arrays_images(case.case_id, ct, pet, affine, extractor, body_shape)
 
 

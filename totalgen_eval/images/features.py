@@ -130,19 +130,60 @@ def truncated(network, layer) -> Callable:
 
 
 def _monai_extractor(spec: str, path: str, device: str) -> FeatureExtractor:
-    import torch
-
+    """The extractor of a MONAI checkpoint: its config, weights file and device checked now, its network built
+    at the first feature pass (a comparison whose features are all cached never imports torch or MONAI)."""
     from ..cache import file_identity
-    from ..segment.model import load_model, resolve_model_path
+    from ..segment.model import ModelConfig, check_model_config, resolve_model_path
 
-    network, cfg = load_model(path, device=device)
-    source = [[file_identity(f) for f in resolve_model_path(path)], device]
+    cfg_path, weights = resolve_model_path(path)
+    cfg = ModelConfig.from_json(cfg_path)
+    check_model_config(cfg, cfg_path)
+    check_weights_file(weights)
+    if device.strip().lower() != "cpu":
+        from ..segment.model import torch_device
+        torch_device(device)  # CUDA asked for but absent: an error now, not after the organ metrics
+    source = [[file_identity(f) for f in (cfg_path, weights)], device]
     dims = int(cfg.network_args.get("spatial_dims", 3))
-    probe = torch.zeros((1, len(cfg.inputs), *cfg.roi_size[:dims]), device=next(network.parameters()).device)
-    run = truncated(network, deepest_layer(network, probe))
+    run = lazy_truncated(path, device, (1, len(cfg.inputs), *cfg.roi_size[:dims]))
     description = BUNDLED_NOTE if spec == "bundled" else f"{spec}: {cfg.network} ({cfg.description or 'user model'})"
     return FeatureExtractor(spec, description, run, dims, len(cfg.inputs), tuple(cfg.voxel_mm),
                             tuple(cfg.ct_window), float(cfg.pet_max_suv), source)
+
+
+def check_weights_file(weights: Path) -> None:
+    """InputError when a safetensors file is corrupt or cut short (its header read; no torch, no tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]})", weights) from None
+
+
+def lazy_truncated(path: str, device: str, probe_shape: tuple[int, ...]) -> Callable:
+    """A function like :func:`truncated` for the MONAI checkpoint at ``path`` (cut at :func:`deepest_layer`,
+    found with a zero probe of ``probe_shape``), the network loaded at its first call (once, under a lock)."""
+    lock = threading.Lock()
+    built: list[Callable] = []
+
+    def run(x):
+        with lock:
+            if not built:
+                built.append(_truncated_checkpoint(path, device, probe_shape))
+        return built[0](x)
+
+    return run
+
+
+def _truncated_checkpoint(path: str, device: str, probe_shape: tuple[int, ...]) -> Callable:
+    import torch
+
+    from ..segment.model import load_model
+
+    network, _ = load_model(path, device=device)
+    probe = torch.zeros(probe_shape, device=next(network.parameters()).device)
+    return truncated(network, deepest_layer(network, probe))
 
 
 def _torchscript_extractor(spec: str, path: Path, device: str) -> FeatureExtractor:
