@@ -277,6 +277,20 @@ def test_bundled_extractor_gives_bottleneck_features(phantoms, bundled):
     assert "phantoms" in bundled.description
 
 
+def test_both_modalities_in_one_pass_equal_one_pass_each(phantoms, bundled):
+    from totalgen_eval.images.features import modality_features
+
+    ct, pet, affine = _read(phantoms["real"][1])
+    ct_r, pet_r, _ = to_ras(ct, pet, Grid(tuple(pet.shape), affine), bundled.voxel_mm)
+    both = modality_features(bundled, {"ct": ct_r, "pet": pet_r})
+    for modality, volume in (("ct", ct_r), ("pet", pet_r)):
+        alone = volume_features(bundled, volume, modality)
+        # one batch of two or two of one: the same network, float32 sums in another order
+        np.testing.assert_allclose(both[modality].vector, alone.vector, rtol=1e-5, atol=1e-6)
+        for plane, values in alone.planes.items():
+            np.testing.assert_allclose(both[modality].planes[plane], values, rtol=1e-5, atol=1e-6)
+
+
 def test_the_bundled_network_is_built_at_its_first_pass_only(tmp_path):
     import subprocess
     import sys

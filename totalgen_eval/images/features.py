@@ -263,10 +263,7 @@ def volume_features(extractor: FeatureExtractor, volume: np.ndarray, modality: s
     scaled = scale_modality(volume, modality, extractor.ct_window, extractor.pet_max_suv)
     x = network_input(extractor, scaled, modality)
     if extractor.spatial_dims == 3:
-        fmap = extractor.run(torch.from_numpy(x)[None])[0].float()  # (F, a, b, c)
-        planes = {p: fmap.mean(dim=tuple(1 + a for a in range(3) if a != PLANE_AXIS[p])).T.cpu().numpy()
-                  .astype(np.float64) for p in PLANES}
-        return CaseFeatures(planes, fmap.mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64))
+        return _map_features(extractor.run(torch.from_numpy(x)[None])[0])
     planes = {}
     for p in PLANES:
         slices = np.moveaxis(x, 1 + PLANE_AXIS[p], 0)  # (n, C, h, w)
@@ -274,3 +271,26 @@ def volume_features(extractor: FeatureExtractor, volume: np.ndarray, modality: s
                   for i in range(0, len(slices), SLICE_BATCH)]
         planes[p] = np.concatenate(chunks)
     return CaseFeatures(planes, np.concatenate([planes[p].mean(axis=0) for p in PLANES]))
+
+
+def _map_features(fmap) -> CaseFeatures:
+    """2.5D and 3D features from one volume's feature map (F, a, b, c) of a 3D network."""
+    fmap = fmap.float()
+    planes = {p: fmap.mean(dim=tuple(1 + a for a in range(3) if a != PLANE_AXIS[p])).T.cpu().numpy()
+              .astype(np.float64) for p in PLANES}
+    return CaseFeatures(planes, fmap.mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64))
+
+
+def modality_features(extractor: FeatureExtractor, volumes: dict[str, np.ndarray]) -> dict[str, CaseFeatures]:
+    """:func:`volume_features` of each modality's volume (``{"ct": HU, "pet": SUV}`` on one RAS+ grid); a 3D
+    network sees them as one batch: one forward pass instead of one per modality (the bundled network on 8 mm
+    phantoms: 2.8x less CPU; float32 sums in another order, features within ~1e-6 relative)."""
+    import torch
+
+    shapes = {v.shape for v in volumes.values()}
+    if extractor.spatial_dims != 3 or len(shapes) != 1:
+        return {m: volume_features(extractor, v, m) for m, v in volumes.items()}
+    x = np.stack([network_input(extractor, scale_modality(v, m, extractor.ct_window, extractor.pet_max_suv), m)
+                  for m, v in volumes.items()])
+    fmaps = extractor.run(torch.from_numpy(x))
+    return {m: _map_features(fmaps[i]) for i, m in enumerate(volumes)}
