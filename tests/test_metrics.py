@@ -20,7 +20,9 @@ def masks_by_organ(labels):
     return {name: np.isin(labels, organ(name).classes) for name in ORGAN_NAMES}
 
 
-def test_values_against_a_mask_per_organ():
+@pytest.mark.parametrize("threads", ["1", "2"])  # organs measured in turn or in two threads
+def test_values_against_a_mask_per_organ(monkeypatch, threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
     pet, ct, labels = toy_volumes()
     grid = Grid(labels.shape, toy_affine())
     table = metrics.case_metrics(pet, ct, labels, grid).set_index("organ")

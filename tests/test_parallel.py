@@ -302,3 +302,13 @@ def test_pool_workers_share_the_cores_among_their_threads(monkeypatch, given, ex
     share = str(max(1, (os.cpu_count() or 1) // 2))
     seen = dict(parallel.PoolScheduler(2).run(os.getenv, ["OMP_NUM_THREADS"] * 2))
     assert seen == {0: expected or share, 1: expected or share}
+
+
+def test_threads_allowed_reads_the_workers_share(monkeypatch):
+    import os
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert parallel.threads_allowed() == 3
+    for bad in ("0", "x", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        assert parallel.threads_allowed() == (os.cpu_count() or 1)
