@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.bench_generator_response import guidance_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SUV_MARGIN, VOLUME_MARGIN, GOAL_SHARE = 5.0, 10.0, 0.80
 
@@ -289,7 +291,7 @@ def _header(r: dict) -> str:
         f"against {r['n']} held-out phantoms (seed {r['heldout_seed']}) and their synthetic twins (same "
         "demographics). A second phantom draw with the same demographics (seed "
         f"{r['twin_seed']}) is the reference of a perfect generator: its deviations are sampling noise.", "",
-        f"Generator settings: stage 1 {g['lowres_sampler']} {g['lowres_steps']} steps, guidance {g['guidance']}; "
+        f"Generator settings: stage 1 {g['lowres_sampler']} {g['lowres_steps']} steps, guidance {guidance_text(g)}; "
         f"stage 2 {g['sr_sampler']} {g['sr_steps']} steps; checkpoint {g['checkpoint_id']}; generation took "
         f"{r['generate_seconds']} s for {r['n']} cases on a shared 2-core CPU. Labels: true labels on the phantom "
         f"sides, segmenter `{r['segmenter']}` on the synthetic side.", ""])

@@ -157,10 +157,16 @@ def run(k: int = 16, work: Path = Path("/tmp/totalgen-response"), seed: int = 0,
     table["verdict"] = table.apply(judge, axis=1)
     table["phantom_verdict"] = table.apply(judge, axis=1, column="phantom_pct")  # what a perfect copy would get
     generated = json.loads((next(iter(twins.values())) / "generate.json").read_text())["settings"]
-    return {"k": k, "guidance": generated["guidance"], "checkpoint": generated.get("generator"),
+    return {"k": k, "guidance": guidance_text(generated), "checkpoint": generated.get("generator"),
             "settings": settings(), "effects": table.round(3).to_dict("records"),
             "verdicts": table["verdict"].value_counts().to_dict(),
             "phantom_verdicts": table["phantom_verdict"].value_counts().to_dict(), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def guidance_text(settings: dict) -> str:
+    """A generate.json's guidance as text: "2.0", or "2.0 between sigma 0.5 and 5" with a guidance interval."""
+    interval = settings.get("guidance_sigma")
+    return f"{settings['guidance']}" + (f" between sigma {interval[0]:g} and {interval[1]:g}" if interval else "")
 
 
 def markdown(r: dict) -> str:

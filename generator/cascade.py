@@ -63,6 +63,7 @@ class SamplingSettings:
     sr_sampler: str
     sr_steps: int
     sr_chunk: int | None = None
+    guidance_sigma: tuple[float, float] | None = None  # guidance only between these noise levels (None: all)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class Cascade:
         check_sampling(steps, guidance, sr_steps)
         lo, sr = self.lowres_config.schedule, self.sr_config.schedule
         return SamplingSettings(lo.sampler, int(steps or lo.steps), float(lo.guidance if guidance is None else guidance),
-                                sr.sampler, int(sr_steps or sr.steps), sr_chunk)
+                                sr.sampler, int(sr_steps or sr.steps), sr_chunk,
+                                None if lo.guidance_sigma is None else tuple(float(v) for v in lo.guidance_sigma))
 
     def prepare(self, demographics: Mapping[str, Any], warn: bool = True, seed: int = 0,
                 indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
@@ -189,7 +191,7 @@ class Cascade:
                                   sr_cfg.schedule.rho, self.device)
         shapes = ((lo_cfg.network.out_channels, *lo_cfg.shape), (sr_cfg.network.out_channels, *sr_cfg.shape))
         augmented = sr_cfg.lowres_noise_max > 0
-        return SamplingPlan(lo_sigmas, sr_sigmas, guided(self.lowres, s.guidance, lo_cfg.schedule.guidance_sigma),
+        return SamplingPlan(lo_sigmas, sr_sigmas, guided(self.lowres, s.guidance, s.guidance_sigma),
                             chunked(self.sr, s.sr_chunk, 8) if s.sr_chunk else self.sr,
                             get_sampler(s.lowres_sampler), get_sampler(s.sr_sampler),
                             lo_cfg.network.in_channels > lo_cfg.network.out_channels,

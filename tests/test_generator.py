@@ -132,6 +132,7 @@ def test_guidance_interval_guides_only_inside_its_noise_levels():
         check_schedule(ScheduleConfig(guidance=2.0, guidance_sigma=(3.0, 1.0)))
     config = dataclasses.replace(tiny_lowres(), schedule=ScheduleConfig(guidance=2.0, guidance_sigma=(0.3, 5.0)))
     assert stage_from_dict(to_dict(config)).schedule.guidance_sigma == (0.3, 5.0)
+    assert random_cascade(config, tiny_sr(), seed=1).settings().guidance_sigma == (0.3, 5.0)  # what generate records
 
 
 def test_z_chunks_blend_to_the_whole_volume():

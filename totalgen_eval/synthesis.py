@@ -39,7 +39,7 @@ GENERATE_JSON = "generate.json"
 MAX_CASES = 100_000
 CASE_DIR = "cases"
 SETTINGS_KEYS = ("n", "seed", "match", "match_digest", "sex", "age", "height", "weight", "lowres_sampler",
-                 "lowres_steps", "guidance", "sr_sampler", "sr_steps", "checkpoint_id")
+                 "lowres_steps", "guidance", "guidance_sigma", "sr_sampler", "sr_steps", "checkpoint_id")
 
 
 def parse_range(text: str | float | None, what: str) -> tuple[float, float] | None:
@@ -197,8 +197,9 @@ def _run_settings(cascade: Any, demo: pd.DataFrame, seed: int, match: str | Path
     return {"n": len(demo), "seed": int(seed), "match": str(Path(match).resolve()) if match else None,
             "match_digest": frame_digest(demo) if match else None, **constraints,
             "lowres_sampler": sampler.lowres_sampler, "lowres_steps": sampler.lowres_steps,
-            "guidance": sampler.guidance, "sr_sampler": sampler.sr_sampler, "sr_steps": sampler.sr_steps,
-            "checkpoint_id": cascade.checkpoint_id}
+            "guidance": sampler.guidance,
+            "guidance_sigma": None if sampler.guidance_sigma is None else list(sampler.guidance_sigma),
+            "sr_sampler": sampler.sr_sampler, "sr_steps": sampler.sr_steps, "checkpoint_id": cascade.checkpoint_id}
 
 
 def _running_record(settings: dict, cascade: Any, demo: pd.DataFrame, batch_size: int, device: str) -> dict:
