@@ -10,7 +10,7 @@ of that draw depends only on (seed, i), so the training cases are regenerated ex
    flagged below the held-out cases' 1st percentile.
 Writes reports/memorization.md, .json and figures with ``--write``. Phantoms, not patients.
 
-    python benchmarks/bench_memorization.py [--n 100] [--n-train 500] [--work /tmp/totalgen-memorization] [--write]
+    python benchmarks/bench_memorization.py [--n 100] [--n-train 2000] [--work /tmp/totalgen-memorization] [--write]
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def cohorts(work: Path, n: int, n_train: int, workers: int) -> dict:
     return {k: (load_cohort(v) if isinstance(v, Path) else v) for k, v in made.items()}
 
 
-def run(n: int = 100, n_train: int = 500, work: Path = Path("/tmp/totalgen-memorization"), workers: int = 2) -> dict:
+def run(n: int = 100, n_train: int = 2000, work: Path = Path("/tmp/totalgen-memorization"), workers: int = 2) -> dict:
     """The check and its controls; returns the result dict (and keeps what figures need under ``_``)."""
     from totalgen_eval.images import cohort_images, memorization_from
 
@@ -191,7 +191,8 @@ shared 2-core CPU with other jobs running (reports/generator_speed.json has the 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--n-train", type=int, default=500)
+    ap.add_argument("--n-train", type=int, default=2000,
+                    help="training phantoms regenerated (the bundled stage 1 saw 2000 of seed 1000)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/totalgen-memorization"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="write reports/memorization.md, .json and figures")
