@@ -290,7 +290,7 @@ def test_metrics_cache_lives_under_the_output_folder(tmp_path, monkeypatch):
     assert len(list((tmp_path / "res" / "organ_metrics-cache" / "metrics").glob("phantom-0000_*.csv"))) == 1
 
 
-@pytest.mark.parametrize("given, expected", [(None, None), ("1", "1"), ("x", None)])
+@pytest.mark.parametrize("given, expected", [(None, None), ("1", "1"), ("x", None), ("0", None)])
 def test_pool_workers_share_the_cores_among_their_threads(monkeypatch, given, expected):
     """Each of two pool workers runs cpu_count // 2 threads (at least 1) unless OMP_NUM_THREADS says otherwise."""
     import os

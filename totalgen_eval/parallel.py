@@ -161,7 +161,8 @@ def start_worker(threads: int) -> None:
     cores shared out among the workers; an OMP_NUM_THREADS set by the user wins). Two workers of two
     threads each on two cores cost the segmenter 3.4x its CPU time (0.161 against 0.047 CPU s a case)."""
     one_line_warnings()
-    threads = threads_allowed() if os.environ.get("OMP_NUM_THREADS", "").isdigit() else threads
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else threads
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
