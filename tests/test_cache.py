@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from totalgen_eval import cache
-from totalgen_eval.cache import frame_from_record, frame_record, read_checked_json, write_checked_json
+from totalgen_eval.cache import frame_from_record, frame_record
+from totalgen_eval.provenance import read_checked_json, write_checked_json
 
 
 def test_checked_json_round_trip_keeps_nan_and_numpy_numbers(tmp_path):

@@ -458,7 +458,7 @@ def test_failed_cases_are_not_remembered(ours_cohort, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("damage", ["cut", "garbage"])
 def test_a_damaged_check_cache_is_not_trusted_and_is_rewritten(ours_cohort, tmp_path, monkeypatch, damage):
-    from totalgen_eval.cache import read_checked_json
+    from totalgen_eval.provenance import read_checked_json
 
     cache = tmp_path / "header_checks.json"
     load_cohort(ours_cohort.root, check_cache=cache)
@@ -474,8 +474,8 @@ def test_a_damaged_check_cache_is_not_trusted_and_is_rewritten(ours_cohort, tmp_
 def test_an_interrupted_check_cache_write_keeps_the_old_file(ours_cohort, tmp_path, monkeypatch):
     import os
 
-    from totalgen_eval import cache as cache_module
-    from totalgen_eval.cache import read_checked_json
+    from totalgen_eval import provenance as cache_module
+    from totalgen_eval.provenance import read_checked_json
 
     cache = tmp_path / "cache" / "header_checks.json"
     load_cohort(ours_cohort.root, check_cache=cache)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,68 +65,6 @@ def read_cached_table(path: Path, columns: Sequence[str], n_rows: int | None = N
         reason = f"{len(frame)} rows, columns {', '.join(map(str, frame.columns))[:80]}"
     warnings.warn(f"{path}: unusable cache file ({reason}); recomputed", RuntimeWarning, stacklevel=2)
     return None
-
-
-# ---------------------------------------------------------------------------------------------- checked JSON
-
-CHECKED_JSON_HEAD = "totalgen-eval cache "  # first line: this text and the blake2b of the rest of the file
-
-
-def write_checked_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON-able ``obj`` to ``path`` atomically, its first line the digest of the JSON text below it.
-
-    NaN and infinities are kept (Python's JSON extension); numpy scalars are written as numbers.
-    """
-    text = json.dumps(obj, default=_plain, separators=(",", ":"))
-    digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{CHECKED_JSON_HEAD}{digest}\n{text}")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)  # the file appears whole or not at all
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def read_checked_json(path: str | os.PathLike) -> Any | None:
-    """What :func:`write_checked_json` wrote to ``path``; None when the file is absent, and None with a warning
-    when it is unreadable, cut short or altered (its digest does not match): such a file is never trusted."""
-    path = Path(path)
-    try:
-        head, _, text = path.read_text().partition("\n")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        return _untrusted(path, f"{type(exc).__name__}: {exc}")
-    digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-    if head != f"{CHECKED_JSON_HEAD}{digest}":
-        return _untrusted(path, "incomplete or altered: its digest does not match")
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        return _untrusted(path, f"{type(exc).__name__}: {exc}")
-
-
-def _untrusted(path: Path, reason: str) -> None:
-    warnings.warn(f"{path}: unusable cache file ({reason.splitlines()[0]}); recomputed", RuntimeWarning,
-                  stacklevel=3)
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python numbers, paths as text (``json.dumps`` default)."""
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-able")
 
 
 def frame_record(frame: pd.DataFrame) -> dict[str, Any]:

@@ -237,7 +237,8 @@ def _metric_table(cfg: CompareConfig, name: str, cohort: Cohort, segmenter: str,
     """One side's organ_metrics table (case x organ; its per-case cache under ``<out>/cache/<name>``), read
     whole from ``<out>/cache/<name>/organ_metrics_<key>.json`` when made before from the same cases (see
     :func:`organ_table_key`), else computed and kept there when no case failed."""
-    from .cache import frame_from_record, frame_record, read_checked_json, write_checked_json
+    from .cache import frame_from_record, frame_record
+    from .provenance import read_checked_json, write_checked_json
     from .metrics import TABLE_COLUMNS, organ_metrics
 
     path = cfg.out / "cache" / name / f"{ORGAN_TABLE}_{organ_table_key(cfg, name, cohort, segmenter)}.json"

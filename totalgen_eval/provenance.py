@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -261,3 +263,53 @@ def refuse_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], w
                 which = "" if _same_file(out, src) else f" (inside {src})"
                 raise InputError(f"is an input of {what}{which}; outputs never overwrite inputs: choose another "
                                  "path", out)
+
+
+# --- cache files checked by a digest (compare's header checks and organ tables) ---
+
+CHECKED_JSON_HEAD = "totalgen-eval cache "  # first line: this text and the blake2b of the rest of the file
+
+
+def write_checked_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON-able ``obj`` to ``path`` atomically, its first line the digest of the JSON text below it
+    (``read_checked_json`` trusts nothing else). NaN and infinities are kept (Python's JSON extension); numpy
+    scalars are written as numbers."""
+    text = json.dumps(obj, default=_plain, separators=(",", ":"))
+    digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{CHECKED_JSON_HEAD}{digest}\n{text}")
+    return Path(path)
+
+
+def read_checked_json(path: str | os.PathLike) -> Any | None:
+    """What :func:`write_checked_json` wrote to ``path``; None when the file is absent, and None with a warning
+    when it is unreadable, cut short or altered (its digest does not match): such a file is never trusted."""
+    path = Path(path)
+    try:
+        head, _, text = path.read_text().partition("\n")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return _untrusted(path, f"{type(exc).__name__}: {exc}")
+    digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    if head != f"{CHECKED_JSON_HEAD}{digest}":
+        return _untrusted(path, "incomplete or altered: its digest does not match")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        return _untrusted(path, f"{type(exc).__name__}: {exc}")
+
+
+def _untrusted(path: Path, reason: str) -> None:
+    warnings.warn(f"{path}: unusable cache file ({reason.splitlines()[0]}); recomputed", RuntimeWarning,
+                  stacklevel=3)
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, paths as text (``json.dumps`` default)."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-able")

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..cache import cache_key, file_identity, read_checked_json, write_checked_json
+from ..cache import cache_key, file_identity
+from ..provenance import read_checked_json, write_checked_json
 from ..errors import InputError
 from ..volumes import max_voxels
 from .case import Case, case_problems
