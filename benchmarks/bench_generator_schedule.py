@@ -50,15 +50,18 @@ def judge_twins(real_c, synth_c, work: Path, name: str) -> dict:
     from totalgen_eval.metrics import organ_metrics
 
     caches = {side: work / "cache" / f"{side}-{name}" for side in ("real", "synth")}
+    caches["real_segmented"] = work / "cache" / "real-segmented"  # the same for every candidate
     tables = {side: organ_metrics(c, segmenter=seg, workers=1, cache_dir=caches[side], cohort_name=side,
                                   progress=False)
-              for side, c, seg in (("real", real_c, "labels"), ("synth", synth_c, "model:bundled"))}
+              for side, c, seg in (("real", real_c, "labels"), ("synth", synth_c, "model:bundled"),
+                                   ("real_segmented", real_c, "model:bundled"))}
     texture = texture_section(real_c, synth_c, tables, "model:bundled", caches)
     means = [t.groupby("organ")["suv_mean"].apply(lambda v: np.exp(np.log(v).mean())) for t in tables.values()]
     suv_dev = 100 * (means[1] / means[0] - 1)
     ratios = {n["organ"]: n["ratio"] for n in texture["noise"]}
     return {"noise_ratio_worst": max(abs(r - 1) for r in ratios.values()), "noise_ratios": ratios,
             "suv_max_median_abs_dev_pct": texture["suv_max_median_abs_dev_pct"],
+            "suv_max_same_segmenter_median_abs_dev_pct": texture["suv_max_same_segmenter_median_abs_dev_pct"],
             "suv_mean_median_abs_dev_pct": float(suv_dev.abs().median()), "suv_mean_dev_pct": suv_dev.round(2).to_dict()}
 
 

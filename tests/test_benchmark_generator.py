@@ -34,6 +34,23 @@ def test_noise_and_suv_max_comparisons_and_their_goals():
     summary = texture_summary(noise.reset_index(), suv_max.reset_index())
     assert summary["suv_max_median_abs_dev_pct"] == pytest.approx(7.5) and summary["suv_max_goal_met"]
     assert summary["noise_organs_within"] == 0 and not summary["noise_goal_met"]
+    assert "suv_max_same_segmenter_median_abs_dev_pct" not in summary
+
+
+def test_suv_max_against_the_phantoms_segmented_like_the_synthetic_side():
+    real = pd.DataFrame({"organ": ["liver", "liver", "lungs", "lungs"], "suv_max": [4.0, 6.0, 0.5, 0.7]})
+    synth = real.assign(suv_max=[6.0, 6.0, 1.6, 2.0])  # means: liver 6 (real 5), lungs 1.8 (real 0.6)
+    segmented = real.assign(suv_max=[5.0, 5.0, 1.5, 1.5])  # the segmenter alone: liver 5 (+0 %), lungs 1.5 (+150 %)
+    suv_max = suv_max_comparison(real, synth, segmented).set_index("organ")
+    assert suv_max.loc["lungs", "deviation_pct"] == pytest.approx(200.0)
+    assert suv_max.loc["lungs", "segmenter_dev_pct"] == pytest.approx(150.0)
+    assert suv_max.loc["lungs", "same_segmenter_dev_pct"] == pytest.approx(20.0)  # 1.8 / 1.5
+    assert suv_max.loc["liver", "same_segmenter_dev_pct"] == pytest.approx(20.0)  # 6 / 5
+    noise = pd.DataFrame({"organ": ["liver", "lungs"], "within_goal": [True, True]})
+    summary = texture_summary(noise, suv_max.reset_index())
+    assert summary["suv_max_median_abs_dev_pct"] == pytest.approx(110.0)  # median of 20 and 200
+    assert summary["suv_max_same_segmenter_median_abs_dev_pct"] == pytest.approx(20.0)
+    assert not summary["suv_max_same_segmenter_goal_met"]
 
 
 def test_truth_effects_follow_the_phantom_formulas():
