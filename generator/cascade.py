@@ -208,7 +208,16 @@ class Cascade:
             lo_cond = dict(cond, image=lowres_condition(x) if plan.lowres_positions else None)
             with autocast(self.precision, self.device):  # the networks only; sampler arithmetic is float32
                 x_lo = plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, lo_cond).float()
-            x_lo = x_lo.flip(2) if self.frames_differ else x_lo  # (B, C, X, Y, Z): into stage 2's frame
+        return self.super_resolve(plan, x_lo.flip(2) if self.lowres_config.mirror_x else x_lo, noises, demographics)
+
+    def super_resolve(self, plan: SamplingPlan, x_lo: torch.Tensor, noises: Sequence[Sequence[torch.Tensor]],
+                      demographics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2 alone: (CT HU, PET SUV), each (B, X, Y, Z) float32 on the CPU in RAS+, from a normalised
+        RAS+ low-res batch ``x_lo`` (B, 2, X / f, Y / f, Z / f), the per-case noise of ``sample_batch`` (its
+        stage-1 entry unused) and (B, 4) demographics."""
+        cond = {"demographics": demographics.to(self.device)}
+        with torch.inference_mode():
+            x_lo = x_lo.to(self.device).flip(2) if self.mirror_x else x_lo.to(self.device)  # into stage 2's frame
             aug = None if plan.lowres_noise is None else torch.stack([z[2] for z in noises]).to(self.device)
             up, image = sr_condition(x_lo, self.sr_config.sr_factor, plan.lowres_noise, aug)
             r = torch.stack([z[1] for z in noises]).to(self.device) * plan.sr_sigmas[0]

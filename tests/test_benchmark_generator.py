@@ -85,3 +85,22 @@ def test_paired_effects_take_the_mean_log_ratio_over_paired_cases():
                                                    (-3.0, 1.0, "wrong sign"), (10.0, np.nan, "not measured")])
 def test_the_issue_rule_judges_each_effect(truth, synth, verdict):
     assert response.judge(pd.Series({"truth_pct": truth, "synth_pct": synth})) == verdict
+
+
+def test_stage2_alone_judges_per_organ_ratios_over_cases():
+    from benchmarks.bench_generator_sr import judge
+
+    maps = np.zeros((2, 6, 6, 6), np.uint8)
+    maps[:, 1:5, 1:5, 1:5] = 5  # the fifth organ (liver) only: a 4-voxel cube, its core 2 x 2 x 2
+    real = np.zeros((2, 6, 6, 6))
+    real[:, 1:5, 1:5, 1:5] = 2.0
+    real[0, 2, 2, 2] = 4.0  # case 0: one hot voxel in the core
+    synth = real.copy()
+    synth[:, 1:5, 1:5, 1:5] *= 1.5  # every liver figure x 1.5
+    out = judge(synth, real, maps)
+    assert out["suv_mean_dev_pct"]["liver"] == pytest.approx(50.0)
+    assert out["suv_max_dev_pct"]["liver"] == pytest.approx(50.0)  # mean SUVmax (4 + 2) / 2 -> (6 + 3) / 2
+    assert out["noise_ratios"]["liver"] == pytest.approx(1.5)  # case 1's core SD is 0 on both sides
+    assert np.isnan(out["noise_ratios"]["spleen"])  # absent organs stay NaN and do not count
+    assert out["suv_max_median_abs_dev_pct"] == pytest.approx(50.0) and out["suv_max_goal_met"] is False
+    assert out["noise_organs_within"] == 0
