@@ -272,14 +272,12 @@ def test_a_noise_augmented_stage_2_trains_and_samples_at_its_level(tmp_path):
 
 @pytest.mark.parametrize("stage", ["lowres", "sr"])
 def test_the_phantom_recipes_build_the_bundled_architecture(stage):
-    """configs/phantom-<stage>.json (the CPU retraining of TRAINING.md) builds the bundled stages' grid and
-    UNet; its stage 2 adds the augmentation level channel."""
+    """configs/phantom-<stage>.json (the recorded command of each bundled stage in TRAINING.md) builds exactly
+    the bundled stage's grid, UNet, training patch and augmentation."""
     from generator.checkpoints import bundled_folder, read_stage_json
 
     bundled, _ = read_stage_json(bundled_folder() / f"{stage}.json")
     built = stage_config(load_train_config(CONFIGS / f"phantom-{stage}.json"), sigma_data=bundled.sigma_data)
-    assert (built.shape, built.voxel_mm, built.network.channels) == (bundled.shape, bundled.voxel_mm,
-                                                                     bundled.network.channels)
-    extra = 1 if stage == "sr" else 0
-    assert built.network.in_channels == bundled.network.in_channels + extra
+    assert (built.shape, built.voxel_mm, built.network) == (bundled.shape, bundled.voxel_mm, bundled.network)
+    assert (built.patch_size, built.patch_slices) == (bundled.patch_size, bundled.patch_slices)
     assert built.lowres_noise_max == (0.1 if stage == "sr" else 0.0) and built.network.field_nulls
