@@ -164,9 +164,10 @@ def run(k: int = 16, work: Path = Path("/tmp/totalgen-response"), seed: int = 0,
 
 
 def guidance_text(settings: dict) -> str:
-    """A generate.json's guidance as text: "2.0", or "2.0 between sigma 0.5 and 5" with a guidance interval."""
-    interval = settings.get("guidance_sigma")
-    return f"{settings['guidance']}" + (f" between sigma {interval[0]:g} and {interval[1]:g}" if interval else "")
+    """A generate.json's guidance as text (``generator.sampling.guidance_text``)."""
+    from generator.sampling import guidance_text as text
+
+    return text(settings["guidance"], settings.get("guidance_sigma"))
 
 
 def markdown(r: dict) -> str:

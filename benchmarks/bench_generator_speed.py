@@ -24,6 +24,7 @@ import torch
 from generator import default_lowres, default_sr, load_cascade, random_cascade
 from generator.cascade import case_noise
 from generator.precision import autocast, resolve_precision
+from generator.sampling import guidance_text
 from generator.stages import lowres_condition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +120,8 @@ def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, pr
         "versions": package_versions(),
     }
     print(f"weights: {source}; precision {cascade.precision}; threads {threads}; batch {b}; load average {result['load_average_1min']}")
-    interval = f" between sigma {s.guidance_sigma[0]:g} and {s.guidance_sigma[1]:g}" if s.guidance_sigma else ""
-    print(f"stage 1 ({s.lowres_sampler}, {s.lowres_steps} steps, guidance {s.guidance}{interval}): {t1:.3f} s/volume")
+    guidance = guidance_text(s.guidance, s.guidance_sigma)
+    print(f"stage 1 ({s.lowres_sampler}, {s.lowres_steps} steps, guidance {guidance}): {t1:.3f} s/volume")
     print(f"stage 2 ({s.sr_sampler}, {s.sr_steps} steps): {t2:.3f} s/volume")
     print(f"generate --n {n}: {total:.1f} s = {per_case:.3f} s/volume (incl. NIfTI writing) "
           f"-> --n 500 ~ {per_case * 500 / 60:.1f} min; goal 2.4 s/volume: {'met' if per_case <= 2.4 else 'NOT met'}, "

@@ -39,10 +39,12 @@ def organ_figures(pet: np.ndarray, organ_map: np.ndarray, organs: tuple[str, ...
 
 def true_lowres(cohort, canvas_voxel_mm: float, factor: int):
     """(normalised RAS+ low-res batch (N, 2, ...), demographics (N, 4), organ maps (N, X, Y, Z), true PET SUV
-    (N, X, Y, Z) on the canvas): the training's canvas placement, averaged down by ``factor``."""
+    (N, X, Y, Z) on the canvas): the training's canvas placement, averaged down by ``factor``; the true PET is
+    the canvas volume mapped back to SUV (what stage 2 is trained to reproduce)."""
     import torch
 
     from generator.cascade import demographics_tensor
+    from generator.intensity import unit_to_pet
     from generator.stages import downsample
     from totalgen_eval.organs import organ_label_map
     from totalgen_eval.training_data import CanvasReader, canvas_grid
@@ -51,16 +53,14 @@ def true_lowres(cohort, canvas_voxel_mm: float, factor: int):
     canvas = canvas_grid(canvas_voxel_mm)
     read = CanvasReader(cases, canvas)
     x_hi = torch.stack([torch.from_numpy(read(i)) for i in range(len(cases))])
-    maps, pets = [], []
+    maps = []
     for case in cases:
-        pet, affine = case.read_pet()
-        if tuple(pet.shape) != tuple(canvas.shape) or not np.allclose(affine, canvas.affine):
+        labels, affine = case.read_labels()
+        if tuple(labels.shape) != tuple(canvas.shape) or not np.allclose(affine, canvas.affine):
             raise ValueError(f"{case.case_id}: not on the generator's canvas (make the phantoms at its voxel)")
-        labels, _ = case.read_labels()
         maps.append(organ_label_map(labels))
-        pets.append(pet)
     demo = demographics_tensor(cohort.to_frame())
-    return downsample(x_hi, factor), demo, np.stack(maps), np.stack(pets)
+    return downsample(x_hi, factor), demo, np.stack(maps), unit_to_pet(x_hi[:, 1]).numpy()
 
 
 def judge(synth_pet: np.ndarray, real_pet: np.ndarray, maps: np.ndarray) -> dict:
@@ -86,16 +86,13 @@ def judge(synth_pet: np.ndarray, real_pet: np.ndarray, maps: np.ndarray) -> dict
             "suv_max_goal_met": bool(suv_max_dev.abs().median() <= SUVMAX_GOAL_PCT)}
 
 
-def super_resolved_pet(folder: Path, x_lo, demo, sigma_min: float, sr_steps: int | None, seed: int = 0,
+def super_resolved_pet(cascade, x_lo, demo, sigma_min: float, sr_steps: int | None, seed: int = 0,
                        batch_size: int = 8) -> np.ndarray:
-    """PET SUV (N, X, Y, Z) of stage 2 of the cascade in ``folder`` on ``x_lo``, sampled down to ``sigma_min``
-    in ``sr_steps`` steps (None: the checkpoint's); per-case noise from ``seed`` as in ``generate``."""
-    from generator import load_cascade
+    """PET SUV (N, X, Y, Z) of ``cascade``'s stage 2 on ``x_lo``, sampled down to ``sigma_min`` in ``sr_steps``
+    steps (None: the checkpoint's); per-case noise from ``seed`` as in ``generate``. Sets the cascade's
+    stage-2 schedule to that final sigma."""
     from generator.cascade import case_noise
-    from generator.precision import resolve_precision
 
-    cascade = load_cascade(folder)
-    cascade.precision = resolve_precision("auto", cascade.device)
     cascade.sr_config = dataclasses.replace(
         cascade.sr_config, schedule=dataclasses.replace(cascade.sr_config.schedule, sigma_min=sigma_min))
     plan = cascade.plan(cascade.settings(sr_steps=sr_steps))
@@ -112,20 +109,25 @@ def run(checkpoints: list[Path], n: int = 16, work: Path = Path("/tmp/totalgen-s
         sr_steps=(None,)) -> pd.DataFrame:
     """One row per checkpoint x sigma_min x sr_steps with the figures of :func:`judge`."""
     from generator import load_cascade
+    from generator.precision import resolve_precision
     from totalgen_eval.cohort import load_cohort
     from totalgen_eval.phantom import make_cohort
 
     root = work / "validation"
     real = load_cohort(root if (root / "cohort.csv").is_file()
                        else make_cohort(root, n=n, seed=VALIDATION_SEED, progress=False))
-    sr = load_cascade(checkpoints[0]).sr_config
-    x_lo, demo, maps, real_pet = true_lowres(real, sr.voxel_mm, sr.sr_factor)
-    rows = []
-    for folder, sigma_min, steps in itertools.product(checkpoints, sigma_mins, sr_steps):
-        synth_pet = super_resolved_pet(folder, x_lo, demo, sigma_min, steps)
-        rows.append({"checkpoint": str(folder), "sigma_min": sigma_min, "sr_steps": steps,
-                     **judge(synth_pet, real_pet, maps)})
-        print(json.dumps(rows[-1]), flush=True)
+    rows, truth = [], None
+    for folder in checkpoints:
+        cascade = load_cascade(folder)
+        cascade.precision = resolve_precision("auto", cascade.device)
+        if truth is None:
+            truth = true_lowres(real, cascade.sr_config.voxel_mm, cascade.sr_config.sr_factor)
+        x_lo, demo, maps, real_pet = truth
+        for sigma_min, steps in itertools.product(sigma_mins, sr_steps):
+            synth_pet = super_resolved_pet(cascade, x_lo, demo, sigma_min, steps)
+            rows.append({"checkpoint": str(folder), "sigma_min": sigma_min, "sr_steps": steps,
+                         **judge(synth_pet, real_pet, maps)})
+            print(json.dumps(rows[-1]), flush=True)
     return pd.DataFrame(rows)
 
 

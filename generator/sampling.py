@@ -6,7 +6,7 @@ to sigmas[0]) and return the sample at sigma = 0. They draw no random numbers: a
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -82,6 +82,11 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def guidance_text(scale: float, sigma_range: Sequence[float] | None = None) -> str:
+    """Guidance as reports name it: "2.0", or "2.0 between sigma 0.5 and 5" with an interval (``guided``)."""
+    return f"{scale}" + (f" between sigma {sigma_range[0]:g} and {sigma_range[1]:g}" if sigma_range else "")
 
 
 def guided(model: Model, scale: float, sigma_range: tuple[float, float] | None = None) -> Model:
