@@ -25,8 +25,9 @@ from .checkpoints import CheckpointError, bundled_folder, check_safetensors, loa
 from .config import StageConfig, check_sampling
 from .diffusion import Denoiser, karras_sigmas
 from .intensity import from_unit
+from .memory import heap_reuse
 from .population import PopulationModel, parse_sex
-from .precision import autocast, resolve_precision
+from .precision import autocast, checked_precision
 from .sampling import chunked, get_sampler, guided
 from .stages import canvas_affine, flip_x, lowres_condition, sr_condition, sr_in_channels
 
@@ -173,14 +174,15 @@ class Cascade:
         if len(indices) != n:
             raise ValueError(f"{len(indices)} indices for {n} demographics rows")
         plan = self.plan(self.settings(steps, guidance, sr_steps, sr_chunk))
-        for start in range(0, n, max(1, int(batch_size))):
-            rows = range(start, min(n, start + batch_size))
-            noises = [case_noise(seed, indices[r], plan.noise_shapes) for r in rows]
-            ct, pet = self.sample_batch(plan, noises, cond_all[list(rows)])
-            for k, row in enumerate(rows):
-                yield row, ct[k].numpy().astype(np.float32), pet[k].numpy().astype(np.float32)
-            if callback is not None:
-                callback(len(rows))
+        with heap_reuse(self.device.type == "cpu"):  # activations reused, not faulted in anew (memory.py)
+            for start in range(0, n, max(1, int(batch_size))):
+                rows = range(start, min(n, start + batch_size))
+                noises = [case_noise(seed, indices[r], plan.noise_shapes) for r in rows]
+                ct, pet = self.sample_batch(plan, noises, cond_all[list(rows)])
+                for k, row in enumerate(rows):
+                    yield row, ct[k].numpy().astype(np.float32), pet[k].numpy().astype(np.float32)
+                if callback is not None:
+                    callback(len(rows))
 
     def plan(self, s: SamplingSettings) -> SamplingPlan:
         """The sigma schedules, networks and samplers of ``s`` on this cascade's device."""
@@ -290,7 +292,7 @@ def load_cascade(path: str | Path | None = None, device: str | torch.device = "c
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such cascade folder")
     device = torch.device(device)
-    resolve_precision(precision, device)
+    precision = checked_precision(precision, device)
     lowres, lo_cfg, lo_meta = load_stage(folder / "lowres.safetensors", device)
     sr, sr_cfg, sr_meta = load_stage(folder / "sr.safetensors", device)
     check_stages_fit(lo_cfg, sr_cfg, folder)
@@ -302,7 +304,7 @@ def load_cascade(path: str | Path | None = None, device: str | torch.device = "c
                               f"{str(exc).splitlines()[0] if str(exc) else exc!r})") from None
     meta = {"folder": str(folder), "lowres_sha256": lo_meta.get("sha256"), "sr_sha256": sr_meta.get("sha256"),
             "lowres": lo_meta, "sr": sr_meta}
-    return Cascade(lowres, lo_cfg, sr, sr_cfg, population, device, meta, resolve_precision(precision, device))
+    return Cascade(lowres, lo_cfg, sr, sr_cfg, population, device, meta, precision)
 
 
 def random_cascade(lowres: StageConfig, sr: StageConfig, population: PopulationModel | None = None,

@@ -6,6 +6,7 @@ faster to train and sample; weights, optimiser state, preconditioning and the lo
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -14,6 +15,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def bf16_supported(device: torch.device) -> bool:
     """True when bf16 matrix/conv kernels are fast on ``device`` (CUDA bf16, or oneDNN bf16 on CPU)."""
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -32,6 +34,18 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     return precision
+
+
+def checked_precision(precision: str, device: torch.device | str) -> str:
+    """``resolve_precision``, with a warning when bf16 is asked for where it is not fast: on a CPU without
+    bf16 units (AVX2 only) bf16 autocast is emulated, and a training step of the lean stage-2 UNet took
+    111.7 s against 1.26 s in fp32 (89x) on a 2-core AMD EPYC; "auto" picks fp32 there."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "bf16" and not bf16_supported(torch.device(device)):
+        warnings.warn(f"bf16 asked for, but {torch.device(device)} has no fast bf16 kernels: it runs emulated, "
+                      "up to ~90x slower than fp32 on CPUs without bf16 units; use precision 'auto' or 'fp32'",
+                      UserWarning, stacklevel=3)
+    return resolved
 
 
 def autocast(precision: str, device: torch.device | str):

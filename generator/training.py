@@ -37,7 +37,7 @@ from .config import StageConfig
 from .diffusion import Denoiser, edm_loss_at, sample_training_sigmas
 from .distributed import World, barrier, join_world, parameter_spread, world_mean
 from .networks import set_gradient_checkpointing
-from .precision import autocast, resolve_precision
+from .precision import autocast, checked_precision
 from .data import CanvasCases, TensorVolumes, collate, keyed_generator, split_cases, step_keys, step_loader
 from .previews import coronal_image, sample_preview, write_png
 from .train_config import TrainConfig, learning_rate
@@ -221,7 +221,7 @@ def train_stage(config: StageConfig, volumes, demographics: torch.Tensor, out: s
     out, recipe = Path(out), recipe or TrainConfig(stage=config.kind)
     config = dataclasses.replace(config, steps=steps or config.steps, batch_size=batch_size or config.batch_size)
     world = join_world(device)
-    precision = resolve_precision(precision, world.device)
+    precision = checked_precision(precision, world.device)
     trainee = prepare(config, out, seed, world, checkpointing)
     dataset = canvas_cases(volumes, demographics, config, seed)
     train_cases, val_cases = split_cases(len(dataset), recipe.val_fraction, seed)

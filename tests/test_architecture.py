@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "benchmarks": 12,
     # generator/: its own stack; totalgen_eval and benchmarks may use it, it uses neither
     "generator.config": 0, "generator.intensity": 0, "generator.precision": 0, "generator.sampling": 0,
-    "generator.distributed": 0,
+    "generator.distributed": 0, "generator.memory": 0,
     "generator.networks": 1,
     "generator.diffusion": 2, "generator.stages": 2,
     "generator.checkpoints": 3, "generator.data": 3, "generator.previews": 3, "generator.train_config": 3,
