@@ -7,6 +7,11 @@ Uses the bundled weights when present, else a random-weight cascade of the same 
 not depend on the weights). Writes reports/generator_speed.json.
 
     python benchmarks/bench_generator_speed.py [--threads 2] [--n 20] [--batch-size 8] [--precision fp32]
+    python -m benchmarks.bench_generator_speed --before <older cascade folder> [--repeats 3]
+
+``--before`` times an older cascade against the bundled one side by side, each as it runs (the older one in
+contiguous memory on glibc's default heap, the bundled one channels-last with ``generator.memory.heap_reuse``,
+as ``Cascade.iter_generate`` samples), and the older one with heap reuse too, each timing in a fresh process.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +30,7 @@ import torch
 
 from generator import default_lowres, default_sr, load_cascade, random_cascade
 from generator.cascade import case_noise
+from generator.memory import glibc, heap_reuse
 from generator.precision import autocast, resolve_precision
 from generator.sampling import guidance_text
 from generator.stages import lowres_condition
@@ -40,6 +48,16 @@ def cascade_under_test():
         pop = PopulationModel.fit({"age": rng.uniform(20, 80, 50), "sex": rng.choice(["F", "M"], 50),
                                    "height_m": rng.normal(1.72, 0.09, 50), "weight_kg": rng.normal(78, 14, 50)})
         return random_cascade(default_lowres(), default_sr(), pop), "random weights (bundled absent)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo) and its core count, for the record."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def time_stage(fn, repeats: int) -> float:
@@ -64,32 +82,56 @@ def stage_seconds(cascade, settings, batch: int, repeats: int) -> tuple[float, f
         with torch.inference_mode(), autocast(cascade.precision, cascade.device):
             plan.lowres_sampler(plan.lowres_model, x, plan.lowres_sigmas, cond)
 
-    t1 = time_stage(stage1, repeats) / batch
-    both = time_stage(lambda: cascade.sample_batch(plan, noises, demo), repeats) / batch
+    with heap_reuse():  # as ``Cascade.iter_generate`` samples
+        t1 = time_stage(stage1, repeats) / batch
+        both = time_stage(lambda: cascade.sample_batch(plan, noises, demo), repeats) / batch
     return t1, both - t1
 
 
-def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3) -> dict:
-    """Seconds per volume (``Cascade.sample_batch``, each cascade at its defaults) of the cascade in ``before``
-    as it ran before this version (contiguous memory) and of the bundled one, timed alternately in one run;
-    the ratio before / now is the speed-up."""
+VARIANTS = {  # name: (cascade "before" or "now", layout as it ran, heap reuse)
+    "before": ("before", "contiguous", False),  # as the cascade before issue 14 ran
+    "now": ("now", "channels_last", True),  # as ``Cascade.iter_generate`` runs the bundled one
+    "before_heap_reuse": ("before", "contiguous", True),
+}
+
+
+def time_variant(folder: Path | None, layout: str, heap: bool, threads: int, batch: int) -> float:
+    """Seconds per volume of the second of two ``sample_batch`` calls (batch ``batch``, the cascade's
+    defaults) of the cascade in ``folder`` (None: bundled) in memory ``layout``, with or without heap reuse."""
     torch.set_num_threads(threads)
-    cascades = {"before": load_cascade(before), "now": load_cascade()}
-    for net in (cascades["before"].lowres, cascades["before"].sr):
-        net.to(memory_format=torch.contiguous_format)
+    cascade = load_cascade(folder)
+    for net in (cascade.lowres, cascade.sr):
+        net.to(memory_format=torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d)
+    plan = cascade.plan(cascade.settings())
+    noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
     demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * batch)
-    times: dict[str, list[float]] = {k: [] for k in cascades}
+    with heap_reuse(heap):
+        cascade.sample_batch(plan, noises, demo)
+        t = time.perf_counter()
+        cascade.sample_batch(plan, noises, demo)
+        return (time.perf_counter() - t) / batch
+
+
+def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3) -> dict:
+    """Seconds per volume of the VARIANTS, timed alternately in one run, each in a fresh process (the heap
+    reuse changes how a process allocates after it ends, so variants never share a process).
+    ``speedup`` = before / now (each as it runs); ``speedup_same_heap`` = before with heap reuse / now."""
+    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
     for _ in range(rounds):
-        for name, c in cascades.items():
-            plan = c.plan(c.settings())
-            noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
-            t = time.perf_counter()
-            c.sample_batch(plan, noises, demo)
-            times[name].append((time.perf_counter() - t) / batch)
+        for name, (which, layout, heap) in VARIANTS.items():
+            folder = str(Path(before).resolve()) if which == "before" else "bundled"
+            cmd = [sys.executable, "-m", "benchmarks.bench_generator_speed", "--time-variant", folder, layout,
+                   str(int(heap)), "--threads", str(threads), "--batch-size", str(batch)]
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            times[name].append(float(out.split()[-1]))
     best = {k: min(v) for k, v in times.items()}
     return {"before_s_per_volume": round(best["before"], 3), "now_s_per_volume": round(best["now"], 3),
-            "speedup": round(best["before"] / best["now"], 3), "rounds": rounds, "threads": threads, "batch": batch,
-            "settings": {k: c.settings().__dict__ for k, c in cascades.items()},
+            "speedup": round(best["before"] / best["now"], 3),
+            "before_heap_reuse_s_per_volume": round(best["before_heap_reuse"], 3),
+            "speedup_same_heap": round(best["before_heap_reuse"] / best["now"], 3),
+            "rounds": rounds, "seconds_per_volume_each_round": {k: [round(t, 3) for t in v] for k, v in times.items()},
+            "threads": threads, "batch": batch,
+            "settings": {k: load_cascade(f).settings().__dict__ for k, f in (("before", before), ("now", None))},
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -116,7 +158,7 @@ def run(threads: int = 2, n: int = 20, batch_size: int = 8, repeats: int = 3, pr
         "generate_n": n, "generate_seconds": round(total, 1), "generate_s_per_volume": round(per_case, 3),
         "generate_500_extrapolated_min": round(per_case * 500 / 60, 1),
         "goal_s_per_volume": 2.4, "stretch_s_per_volume": 1.2,
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2), "cpu": cpu_model(), "heap_reuse": bool(glibc()),
         "versions": package_versions(),
     }
     print(f"weights: {source}; precision {cascade.precision}; threads {threads}; batch {b}; load average {result['load_average_1min']}")
@@ -144,7 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-write", action="store_true", help="print only; leave reports/ alone")
     ap.add_argument("--before", type=Path, default=None,
                     help="a cascade folder to time side by side with the bundled one (prints the speed-up only)")
+    ap.add_argument("--time-variant", nargs=3, metavar=("FOLDER", "LAYOUT", "HEAP"),
+                    help="(used by --before) print the seconds per volume of one variant: a cascade folder or "
+                         "'bundled', contiguous or channels_last, 1/0 heap reuse")
     args = ap.parse_args(argv)
+    if args.time_variant is not None:
+        folder, layout, heap = args.time_variant
+        seconds = time_variant(None if folder == "bundled" else Path(folder), layout, heap == "1", args.threads,
+                               args.batch_size)
+        print(f"seconds per volume {seconds:.4f}")
+        return {"seconds_per_volume": seconds}
     if args.before is not None:
         result = side_by_side(args.before, args.threads, args.batch_size, args.repeats)
         print(json.dumps(result, indent=2))
