@@ -281,3 +281,18 @@ def test_the_phantom_recipes_build_the_bundled_architecture(stage):
     assert (built.shape, built.voxel_mm, built.network) == (bundled.shape, bundled.voxel_mm, bundled.network)
     assert (built.patch_size, built.patch_slices) == (bundled.patch_size, bundled.patch_slices)
     assert built.lowres_noise_max == (0.1 if stage == "sr" else 0.0) and built.network.field_nulls
+
+
+def test_the_lean_stage2_recipe_keeps_the_grid_and_halves_the_cost():
+    """configs/phantom-sr-lean.json (proposed, not yet trained): the bundled stage 2's grid, patch and
+    augmentation with a UNet (16, 32, 64): 0.45x the bundled recipe's forward cost per patch."""
+    wide, lean = (load_train_config(CONFIGS / f"{name}.json") for name in ("phantom-sr", "phantom-sr-lean"))
+    built = {name: stage_config(r, sigma_data=0.122) for name, r in (("wide", wide), ("lean", lean))}
+    for attr in ("shape", "voxel_mm", "patch_size", "lowres_noise_max", "sr_factor"):
+        assert getattr(built["lean"], attr) == getattr(built["wide"], attr), attr
+    assert built["lean"].network.channels == (16, 32, 64) and built["wide"].network.channels == (24, 48, 96)
+    per_patch = {k: estimate_cost(built[k], r.batch_size)["forward_gflop"] / r.batch_size
+                 for k, r in (("wide", wide), ("lean", lean))}
+    # every inner convolution costs (2/3)^2 as much; only the stem and output convolutions (linear in the
+    # width) cost more than that share
+    assert (2 / 3) ** 2 < per_patch["lean"] / per_patch["wide"] < (2 / 3) ** 2 + 0.03
