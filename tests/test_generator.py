@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -437,8 +438,10 @@ def test_heap_reuse_keeps_freed_memory_and_leaves_samples_unchanged(tiny_cascade
     # earlier heap_reuse serves later allocations that fit): above glibc's largest mmap threshold, so
     # mapped and faulted in afresh by default, reused inside the context
     pages = (64 << 20) // 4096
+    env = {k: v for k, v in os.environ.items()  # glibc's and torch's defaults, whatever the user has set
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD")}
     out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                         cwd=Path(__file__).resolve().parents[1], env=env).stdout.split()
     assert int(out[0]) > pages // 2 and int(out[1]) < pages // 20 and out[2] == "True"
     with heap_reuse(enabled=False) as applied:
         assert not applied
