@@ -69,12 +69,18 @@ def time_stage(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def timed_batch(cascade, settings, batch: int):
+    """(plan, per-case noises, (B, 4) demographics) of the batch every timing here samples: ``batch`` cases
+    of seed 0, all 55 years, male, 1.75 m, 80 kg."""
+    plan = cascade.plan(settings)
+    noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
+    return plan, noises, torch.tensor([[55.0, 1.0, 1.75, 80.0]] * batch)
+
+
 def stage_seconds(cascade, settings, batch: int, repeats: int) -> tuple[float, float]:
     """(stage 1, stage 2) seconds per volume at ``settings``: stage 1 timed alone, stage 2 as the whole
     batch (``Cascade.sample_batch``) minus stage 1."""
-    plan = cascade.plan(settings)
-    demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * batch)
-    noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
+    plan, noises, demo = timed_batch(cascade, settings, batch)
     x = torch.stack([z[0] for z in noises]) * plan.lowres_sigmas[0]
     cond = {"demographics": demo, "image": lowres_condition(x) if plan.lowres_positions else None}
 
@@ -95,21 +101,21 @@ VARIANTS = {  # name: (cascade "before" or "now", layout as it ran, heap reuse)
 }
 
 
-def time_variant(folder: Path | None, layout: str, heap: bool, threads: int, batch: int) -> float:
+def time_variant(folder: Path | None, layout: str, heap: bool, threads: int, batch: int) -> dict:
     """Seconds per volume of the second of two ``sample_batch`` calls (batch ``batch``, the cascade's
-    defaults) of the cascade in ``folder`` (None: bundled) in memory ``layout``, with or without heap reuse."""
+    defaults) of the cascade in ``folder`` (None: bundled) in memory ``layout``, with or without heap reuse;
+    with the settings it sampled at."""
     torch.set_num_threads(threads)
     cascade = load_cascade(folder)
     for net in (cascade.lowres, cascade.sr):
         net.to(memory_format=torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d)
-    plan = cascade.plan(cascade.settings())
-    noises = [case_noise(0, i, plan.noise_shapes) for i in range(batch)]
-    demo = torch.tensor([[55.0, 1.0, 1.75, 80.0]] * batch)
+    plan, noises, demo = timed_batch(cascade, cascade.settings(), batch)
     with heap_reuse(heap):
         cascade.sample_batch(plan, noises, demo)
         t = time.perf_counter()
         cascade.sample_batch(plan, noises, demo)
-        return (time.perf_counter() - t) / batch
+        seconds = (time.perf_counter() - t) / batch
+    return {"seconds_per_volume": seconds, "settings": cascade.settings().__dict__}
 
 
 def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3) -> dict:
@@ -117,13 +123,16 @@ def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3
     reuse changes how a process allocates after it ends, so variants never share a process).
     ``speedup`` = before / now (each as it runs); ``speedup_same_heap`` = before with heap reuse / now."""
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    settings: dict[str, dict] = {}
     for _ in range(rounds):
         for name, (which, layout, heap) in VARIANTS.items():
             folder = str(Path(before).resolve()) if which == "before" else "bundled"
             cmd = [sys.executable, "-m", "benchmarks.bench_generator_speed", "--time-variant", folder, layout,
                    str(int(heap)), "--threads", str(threads), "--batch-size", str(batch)]
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-            times[name].append(float(out.split()[-1]))
+            timing = json.loads(out.splitlines()[-1])
+            times[name].append(timing["seconds_per_volume"])
+            settings[which] = timing["settings"]
     best = {k: min(v) for k, v in times.items()}
     return {"before_s_per_volume": round(best["before"], 3), "now_s_per_volume": round(best["now"], 3),
             "speedup": round(best["before"] / best["now"], 3),
@@ -131,7 +140,7 @@ def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3
             "speedup_same_heap": round(best["before_heap_reuse"] / best["now"], 3),
             "rounds": rounds, "seconds_per_volume_each_round": {k: [round(t, 3) for t in v] for k, v in times.items()},
             "threads": threads, "batch": batch,
-            "settings": {k: load_cascade(f).settings().__dict__ for k, f in (("before", before), ("now", None))},
+            "settings": settings,
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -187,15 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--before", type=Path, default=None,
                     help="a cascade folder to time side by side with the bundled one (prints the speed-up only)")
     ap.add_argument("--time-variant", nargs=3, metavar=("FOLDER", "LAYOUT", "HEAP"),
-                    help="(used by --before) print the seconds per volume of one variant: a cascade folder or "
-                         "'bundled', contiguous or channels_last, 1/0 heap reuse")
+                    help="(used by --before) print one variant's seconds per volume and settings as a JSON "
+                         "line: a cascade folder or 'bundled', contiguous or channels_last, 1/0 heap reuse")
     args = ap.parse_args(argv)
     if args.time_variant is not None:
         folder, layout, heap = args.time_variant
-        seconds = time_variant(None if folder == "bundled" else Path(folder), layout, heap == "1", args.threads,
-                               args.batch_size)
-        print(f"seconds per volume {seconds:.4f}")
-        return {"seconds_per_volume": seconds}
+        timing = time_variant(None if folder == "bundled" else Path(folder), layout, heap == "1", args.threads,
+                              args.batch_size)
+        print(json.dumps(timing))
+        return timing
     if args.before is not None:
         result = side_by_side(args.before, args.threads, args.batch_size, args.repeats)
         print(json.dumps(result, indent=2))
