@@ -114,8 +114,8 @@ class UNet3D(nn.Module):
         self.out_conv = nn.Conv3d(ch[0], config.out_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
-        # nearest-upsample + conv as one low-resolution conv (upsample_conv); False: as networks ran before
-        # v0.2 (the same values up to float rounding; the speed benchmark's "before" variant)
+        # nearest-upsample + conv as one low-resolution conv (upsample_conv); False: upsample, then conv, as the
+        # networks ran before 2026-12-03 (the same values up to float rounding; the speed benchmark's "before")
         self.fast_upsample = True
 
     @property
