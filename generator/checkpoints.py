@@ -196,10 +196,14 @@ def load_training_state(folder: Path, config: StageConfig, model: torch.nn.Modul
     load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     load_state_strict(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, path)
     opt = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
             _, idx, name = key.split(".", 2)
+            param = params[int(idx)]
+            if value.shape == param.shape:  # moments in their parameter's memory layout (channels-last)
+                value = torch.empty_like(param, dtype=value.dtype).copy_(value)
             state.setdefault(int(idx), {})[name] = value
     opt["state"] = state
     optimizer.load_state_dict(opt)

@@ -176,8 +176,12 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     Along each axis, output voxel 2i + a sees input voxels i - 1, i (a = 0) or i, i + 1 (a = 1), with the
     kernel's taps summed where two of them fall on the same input voxel. So each of the 8 output phases is a
     2x2x2 conv of the input: 8 / 27 of the multiply-adds, the same values up to float rounding (zero padding
-    included), and about 2.4x faster for stage 2's full-resolution up-conv on a 2-core CPU.
+    included), and about 2.4x faster for stage 2's full-resolution up-conv on a 2-core CPU. ``conv`` is used for
+    its weights only (its forward hooks do not run); ValueError for any other conv than the UNet's up-convs.
     """
+    if (conv.kernel_size, conv.padding, conv.stride, conv.dilation, conv.groups, conv.padding_mode) != \
+            ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, "zeros"):
+        raise ValueError(f"upsample_conv needs a 3x3x3 conv with zero padding 1, stride 1, got {conv}")
     b, _, nx, ny, nz = x.shape
     weight = conv.weight
     cout = weight.shape[0]

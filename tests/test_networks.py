@@ -16,12 +16,13 @@ def reference(x: torch.Tensor, conv: torch.nn.Conv3d) -> torch.Tensor:
     return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-@pytest.mark.parametrize("shape,cin,cout,bias", [((3, 5, 7), 4, 6, True), ((1, 2, 1), 3, 2, False),
-                                                 ((4, 4, 6), 8, 8, True)])
-def test_upsample_conv_equals_nearest_upsample_then_conv(shape, cin, cout, bias):
+@pytest.mark.parametrize("shape,cin,cout,bias,layout", [
+    ((3, 5, 7), 4, 6, True, torch.contiguous_format), ((1, 2, 1), 3, 2, False, torch.contiguous_format),
+    ((4, 4, 6), 8, 8, True, torch.channels_last_3d)])
+def test_upsample_conv_equals_nearest_upsample_then_conv(shape, cin, cout, bias, layout):
     torch.manual_seed(0)
-    conv = torch.nn.Conv3d(cin, cout, 3, padding=1, bias=bias).double()
-    x = torch.randn(2, cin, *shape, dtype=torch.float64, requires_grad=True)
+    conv = torch.nn.Conv3d(cin, cout, 3, padding=1, bias=bias).double().to(memory_format=layout)
+    x = torch.randn(2, cin, *shape, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
     want = reference(x, conv)
     got = upsample_conv(x, conv)
     assert got.shape == (2, cout, *(2 * s for s in shape))
@@ -47,3 +48,11 @@ def test_unet_output_is_the_same_with_either_up_convolution():
     plain = net(x, torch.zeros(2), cond)
     assert plain.abs().max() > 0.1
     torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
+
+
+def test_upsample_conv_refuses_a_conv_it_does_not_compute():
+    x = torch.randn(1, 2, 3, 3, 3)
+    for conv in (torch.nn.Conv3d(2, 2, 3, padding=1, padding_mode="reflect"), torch.nn.Conv3d(2, 2, 1),
+                 torch.nn.Conv3d(2, 2, 3, padding=1, stride=2)):
+        with pytest.raises(ValueError, match="3x3x3 conv with zero padding 1"):
+            upsample_conv(x, conv)
