@@ -196,6 +196,17 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     return out
 
 
+def channels_last(module: nn.Module) -> nn.Module:
+    """``module`` with its conv weights in channels-last 3D memory (the convolutions' fast layout on CPUs),
+    except 1x1x1 kernels: they keep the standard strides their gradients come in, so that every gradient has
+    its parameter's strides (DistributedDataParallel's gradient buckets warn otherwise). Returns ``module``."""
+    module.to(memory_format=torch.channels_last_3d)
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1):
+            conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
+    return module
+
+
 def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> nn.Module:
     """Recompute every residual block's activations in the backward pass instead of storing them.
 

@@ -56,3 +56,16 @@ def test_upsample_conv_refuses_a_conv_it_does_not_compute():
                  torch.nn.Conv3d(2, 2, 3, padding=1, stride=2)):
         with pytest.raises(ValueError, match="3x3x3 conv with zero padding 1"):
             upsample_conv(x, conv)
+
+
+def test_channels_last_gives_every_gradient_its_parameters_strides():
+    """What DistributedDataParallel's gradient buckets need (a stride mismatch warns and copies each step)."""
+    from generator.networks import channels_last
+
+    cfg = tiny_sr().network
+    net = channels_last(UNet3D(cfg))
+    assert net.stem.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not net.stem.weight.is_contiguous()
+    net(torch.randn(2, cfg.in_channels, 8, 8, 12), torch.zeros(2), torch.randn(2, 4)).sum().backward()
+    mismatched = [name for name, p in net.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert mismatched == []
