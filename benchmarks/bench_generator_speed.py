@@ -32,6 +32,7 @@ import torch
 from generator import default_lowres, default_sr, load_cascade, random_cascade
 from generator.cascade import case_noise
 from generator.memory import glibc, heap_reuse
+from generator.networks import channels_last
 from generator.precision import autocast, resolve_precision
 from generator.sampling import guidance_text
 from generator.stages import lowres_condition
@@ -110,7 +111,10 @@ def time_variant(folder: Path | None, layout: str, heap: bool, fast_upsample: bo
     torch.set_num_threads(threads)
     cascade = load_cascade(folder)
     for net in (cascade.lowres, cascade.sr):
-        net.to(memory_format=torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d)
+        if layout == "contiguous":
+            net.to(memory_format=torch.contiguous_format)
+        else:
+            channels_last(net)
         net.net.fast_upsample = fast_upsample
     plan, noises, demo = timed_batch(cascade, cascade.settings(), batch)
     with heap_reuse(heap):

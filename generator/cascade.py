@@ -26,6 +26,7 @@ from .config import StageConfig, check_sampling
 from .diffusion import Denoiser, karras_sigmas
 from .intensity import from_unit
 from .memory import heap_reuse
+from .networks import channels_last
 from .population import PopulationModel, parse_sex
 from .precision import autocast, checked_precision
 from .sampling import chunked, get_sampler, guided
@@ -248,7 +249,7 @@ class Cascade:
         stage 1 about 1.4x faster here in bf16; the values are the same up to float rounding)."""
         self.device = torch.device(device)
         for net in (self.lowres, self.sr):
-            net.to(self.device, memory_format=torch.channels_last_3d)
+            channels_last(net.to(self.device))
         return self
 
 
