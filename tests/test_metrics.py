@@ -97,7 +97,7 @@ def brute_force_peaks(pet, centres, spacing, radius=metrics.PEAK_RADIUS_MM, chun
 @pytest.mark.parametrize("seed", range(12))
 def test_suv_peak_search_equals_the_brute_force_on_random_cases(seed):
     """Random grids and spacings, NaN voxels, negative values, organs at the array edge, two-class organs,
-    C and F order: the pruned search returns the brute-force maximum."""
+    C and F order: the search returns the brute-force maximum."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in rng.integers(12, 28, 3))
     spacing = tuple(float(s) for s in rng.uniform(1.0, 3.5, 3))

@@ -151,7 +151,7 @@ def _organ_peak(coords: list[tuple[np.ndarray, ...]], arrays: CaseArrays) -> flo
         wide = tuple(slice(max(a - h, 0), min(b + h, dim)) for a, b, h, dim in zip(lo, hi, half, pet.shape))
         clipped = any(w.stop - w.start < b - a + 2 * h for w, a, b, h in zip(wide, lo, hi, half))
         pet_wide = pet[wide]
-        centres = np.stack([c - w.start for c, w in zip(where, wide)], axis=1)
+        centres = tuple(c - w.start for c, w in zip(where, wide))
         peaks.append(peak_mean(pet_wide, _valid(pet_wide, arrays, wide), centres, arrays.kernel, clipped,
                                arrays.order))
     return float(np.nanmax(peaks)) if peaks and not np.all(np.isnan(peaks)) else math.nan
