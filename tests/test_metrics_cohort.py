@@ -162,7 +162,7 @@ def test_case_files_read_together_equal_nibabel_and_report_the_pet_first(tmp_pat
     from totalgen_eval.errors import InputError
 
     case = _write_cases(tmp_path, n=1)[0]
-    (pet, _), (ct, _), (labels, _), lesions = metrics.cohort.read_case_arrays(case, "labels", None, "cpu")
+    (pet, _), (ct, _), (labels, _), lesions, scan = metrics.cohort.read_case_arrays(case, "labels", None, "cpu")
     np.testing.assert_array_equal(pet, nib.load(case.pet).get_fdata(dtype=np.float32))
     np.testing.assert_array_equal(ct, np.asanyarray(nib.load(case.ct).dataobj))
     assert ct.dtype == np.int16 and lesions is None
@@ -174,3 +174,37 @@ def test_case_files_read_together_equal_nibabel_and_report_the_pet_first(tmp_pat
         metrics.compute_case(broken)
     with pytest.raises(InputError, match="missing_labels"):
         metrics.compute_case(dataclasses.replace(case, labels=tmp_path / "missing_labels.nii.gz"))
+
+
+def test_a_label_scan_made_while_reading_is_the_labels_own(tmp_path):
+    """read_case_arrays scans the labels while PET and CT decompress: each class's voxels are the flat
+    indices (memory order) of that class; case_metrics uses the scan of the very array it is given and scans
+    any other array itself, so a scan of other labels changes nothing; bad ids leave the scan None."""
+    from totalgen_eval.metrics.case import LabelScan, scan_labels
+    from totalgen_eval.volumes import Grid
+
+    case = _write_cases(tmp_path, n=1)[0]
+    (pet, affine), (ct, _), (labels, _), _, scan = metrics.cohort.read_case_arrays(case, "labels", None, "cpu")
+    assert scan.source is labels and scan.order == ("F" if labels.flags.f_contiguous else "C")
+    flat = labels.reshape(-1, order=scan.order)
+    assert set(scan.voxels) == set(np.unique(labels[labels > 0]).tolist()) & scan.classes
+    for cid, where in scan.voxels.items():
+        np.testing.assert_array_equal(where, np.flatnonzero(flat == cid))
+    grid = Grid(pet.shape, affine)
+    plain = metrics.case_metrics(pet, ct, labels, grid)
+    pd.testing.assert_frame_equal(metrics.case_metrics(pet, ct, labels, grid, scan=scan), plain)
+    emptied = scan_labels(np.zeros_like(labels))  # no organ at all: used only for its own (empty) array
+    pd.testing.assert_frame_equal(metrics.case_metrics(pet, ct, labels, grid, scan=emptied), plain)
+    pd.testing.assert_frame_equal(metrics.case_metrics(pet, ct, labels, grid, scan=scan_labels(labels, ["liver"])),
+                                  plain)  # a scan of too few classes is not used
+    trusted = LabelScan(labels, scan.order, scan.classes, {})  # the same array's scan is used as it is
+    assert (metrics.case_metrics(pet, ct, labels, grid, scan=trusted)["n_voxels"] == 0).all()
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, 0]  # labels one voxel along i off the PET grid: resampled, then scanned anew
+    moved = {"labels_grid": Grid(labels.shape, shifted)}
+    pd.testing.assert_frame_equal(metrics.case_metrics(pet, ct, labels, grid, scan=scan, **moved),
+                                  metrics.case_metrics(pet, ct, labels, grid, **moved))
+    assert not metrics.case_metrics(pet, ct, labels, grid, **moved).equals(plain)
+    bad = labels.copy()
+    bad.flat[0] = 200  # not a "total" class
+    assert metrics.cohort._scan_or_none(bad, ORGAN_NAMES) is None

@@ -110,6 +110,30 @@ def class_voxels(flat_labels: np.ndarray, classes: Sequence[int]) -> dict[int, n
 
 
 @dataclass(frozen=True)
+class LabelScan:
+    """The voxels of the classes ``classes`` of the label map ``source`` (flat indices in its memory ``order``),
+    found once by :func:`scan_labels`, e.g. while the PET is still being read."""
+
+    source: np.ndarray
+    order: str
+    classes: frozenset[int]
+    voxels: dict[int, np.ndarray]
+
+
+def scan_labels(labels: np.ndarray, organs: Sequence[str] = ORGAN_NAMES) -> LabelScan:
+    """The :class:`LabelScan` of ``labels`` for the classes of ``organs``; InputError for ids that are not
+    TotalSegmentator "total" classes (``check_label_ids``)."""
+    return _scan(labels, check_label_ids(np.asarray(labels)), organs)
+
+
+def _scan(source: np.ndarray, labels: np.ndarray, organs: Sequence[str]) -> LabelScan:
+    """The :class:`LabelScan` of ``source`` from ``labels``, its ids checked (the same array, or a copy)."""
+    ordered, order = _in_memory_order(labels)
+    classes = [c for name in organs for c in organ(name).classes]
+    return LabelScan(source, order, frozenset(classes), class_voxels(ordered.reshape(-1, order=order), classes))
+
+
+@dataclass(frozen=True)
 class CaseArrays:
     """The arrays of one case on the PET grid (i, j, k), each also as a flat view in ``order`` (the label
     map's memory order, "C" or "F"; an array laid out otherwise is copied once). ``exclude``: voxels left out
@@ -234,11 +258,14 @@ def _as_image(array: np.ndarray, what: str, keep_integers: bool = False) -> np.n
     return array.astype(np.float32)
 
 
-def _on_pet_grid(pet: np.ndarray, grid: Grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid):
-    """CT, labels and lesion mask checked and resampled onto the PET grid (CT linearly, the others nearest)."""
+def _on_pet_grid(pet: np.ndarray, grid: Grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid,
+                 checked: bool = False):
+    """CT, labels and lesion mask checked and resampled onto the PET grid (CT linearly, the others nearest);
+    ``checked``: the label ids were checked already (``scan_labels``)."""
     if pet.shape != tuple(grid.shape):
         raise InputError(f"PET shape {pet.shape} differs from its grid {tuple(grid.shape)}")
-    labels = _onto(check_label_ids(np.asarray(labels)), labels_grid, grid, order=0, what="label map")
+    labels = _onto(labels if checked else check_label_ids(np.asarray(labels)), labels_grid, grid, order=0,
+                   what="label map")
     if ct is not None:
         ct = _onto(_as_image(ct, "CT", keep_integers=True), ct_grid, grid, order=1, what="CT", cval=-1024.0)
     if lesion_mask is not None:
@@ -253,7 +280,8 @@ def _on_pet_grid(pet: np.ndarray, grid: Grid, ct, labels, lesion_mask, ct_grid, 
 def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, grid: Grid,
                  organs: Sequence[str] = ORGAN_NAMES, labels_grid: Grid | None = None,
                  ct_grid: Grid | None = None, lesion_mask: np.ndarray | None = None, lesions: str = "exclude",
-                 lesion_grid: Grid | None = None, lesion_margin_mm: float = 0.0) -> pd.DataFrame:
+                 lesion_grid: Grid | None = None, lesion_margin_mm: float = 0.0,
+                 scan: LabelScan | None = None) -> pd.DataFrame:
     """Organ metrics of one case: one row per organ in ``organs`` order (columns METRIC_COLUMNS).
 
     ``pet`` (SUV) defines ``grid`` (shape (i, j, k), affine); ``ct`` (HU, may be None: hu_mean NaN),
@@ -265,18 +293,24 @@ def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, gri
     outside 0..117 raise InputError, as do complex or boolean PET or CT arrays; valid ids of classes outside
     ``organs`` are ignored. An absent organ gives n_voxels 0 and NaN statistics. Volumes in mL, SUV in g/mL,
     HU. The per-case lesion figures (:func:`lesion_summary`) are in ``frame.attrs["lesions"]`` (a dict; NaN
-    values without a lesion mask).
+    values without a lesion mask). ``scan``: the :func:`scan_labels` of ``labels``, used when the labels
+    need no resampling (else they are scanned here).
     """
     if lesions not in LESION_MODES:
         raise InputError(f"lesions={lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     check_number(lesion_margin_mm, "--lesion-margin", 0.0, 1000.0)
     pet = _as_image(pet, "PET")
-    ct, labels, lesion_mask = _on_pet_grid(pet, grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid)
+    scanned = scan is not None and scan.source is labels and scan.classes.issuperset(
+        c for name in organs for c in organ(name).classes)
+    given = labels
+    ct, labels, lesion_mask = _on_pet_grid(pet, grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid,
+                                           checked=scanned)
+    if not scanned or labels is not given:  # resampled labels are checked (if not yet) and scanned anew
+        scan = _scan(labels, check_label_ids(labels) if scanned else labels, organs)
     exclude = None if lesion_mask is None or lesions == "include" else grow_mask(lesion_mask, grid.spacing_mm,
                                                                                   lesion_margin_mm)
-    labels, order = _in_memory_order(labels)
-    arrays = case_arrays(pet, ct, lesion_mask, exclude, order, grid)
-    frame = _organ_table(tuple(organs), labels.reshape(-1, order=order), arrays)
+    arrays = case_arrays(pet, ct, lesion_mask, exclude, scan.order, grid)
+    frame = _organ_table(tuple(organs), scan.voxels, arrays)
     frame.attrs["lesions"] = lesion_summary(pet, lesion_mask, grid.voxel_ml)
     return frame
 
@@ -290,11 +324,10 @@ def _in_memory_order(labels: np.ndarray) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(labels), "C"
 
 
-def _organ_table(organs: tuple[str, ...], flat_labels: np.ndarray, arrays: CaseArrays) -> pd.DataFrame:
-    """One row per organ (METRIC_COLUMNS) from the flat label map; NaN PET voxels counted in
-    ``attrs["n_nan_pet"]`` and logged."""
+def _organ_table(organs: tuple[str, ...], voxels: dict[int, np.ndarray], arrays: CaseArrays) -> pd.DataFrame:
+    """One row per organ (METRIC_COLUMNS) from the flat indices of each class's voxels (``LabelScan.voxels``);
+    NaN PET voxels counted in ``attrs["n_nan_pet"]`` and logged."""
     used = {name: organ(name).classes for name in organs}
-    voxels = class_voxels(flat_labels, [c for cs in used.values() for c in cs])
     def row_of(name: str) -> tuple[dict[str, Any], int]:
         return _organ_row(name, [voxels[c] for c in used[name] if c in voxels], arrays)
 

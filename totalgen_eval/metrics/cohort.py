@@ -22,7 +22,7 @@ from ..parallel import (EXCLUDED_COLUMNS, EXCLUDED_CSV, Excluded, Mapped, Schedu
                         write_excluded)
 from ..provenance import stamp, write_json, write_table
 from ..volumes import Grid, read_values
-from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, case_metrics
+from .case import LESION_COLUMNS, LESION_MODES, METRIC_COLUMNS, LabelScan, case_metrics, scan_labels
 from .peak import PEAK_RADIUS_MM
 
 if TYPE_CHECKING:
@@ -72,13 +72,13 @@ def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = 
 
     With ``cache_dir`` the labels of computing backends are cached under ``cache_dir/labels``.
     """
-    (pet, pet_affine), (ct, ct_affine), (labels, labels_affine), lesion_mask = read_case_arrays(
-        case, segmenter, cache_dir, device)
+    (pet, pet_affine), (ct, ct_affine), (labels, labels_affine), lesion_mask, scan = read_case_arrays(
+        case, segmenter, cache_dir, device, organs)
     grid = Grid(tuple(pet.shape), pet_affine)
     try:
         rows = case_metrics(pet, ct, labels, grid, organs, labels_grid=Grid(tuple(labels.shape), labels_affine),
                             ct_grid=Grid(tuple(ct.shape), ct_affine), lesion_mask=lesion_mask, lesions=lesions,
-                            lesion_margin_mm=lesion_margin_mm)
+                            lesion_margin_mm=lesion_margin_mm, scan=scan)
     except InputError as exc:
         raise InputError(str(exc), f"case {case.case_id}") from None
     check_case_uptake(rows, pet, ct, case.pet)
@@ -86,13 +86,15 @@ def compute_case(case: Case, segmenter: str = "labels", organs: Sequence[str] = 
     return rows.assign(**{c: summary.get(c, np.nan) for c in LESION_COLUMNS})
 
 
-def read_case_arrays(case: Case, segmenter: str, cache_dir: Path | None, device: str
+def read_case_arrays(case: Case, segmenter: str, cache_dir: Path | None, device: str,
+                     organs: Sequence[str] = ORGAN_NAMES
                      ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray],
-                                tuple[np.ndarray, np.ndarray], np.ndarray | None]:
-    """((PET SUV, affine), (CT HU as stored, affine), (labels, affine), lesion mask or None) of a case, each
-    checked. PET and CT are read in two threads while the labels are read (or segmented) here: gzip
-    decompression releases the GIL, so the files decompress at the same time. A problem is raised for the
-    first bad input in the order PET, CT, labels, lesions, as a sequential read would."""
+                                tuple[np.ndarray, np.ndarray], np.ndarray | None, LabelScan | None]:
+    """((PET SUV, affine), (CT HU as stored, affine), (labels, affine), lesion mask or None, the labels'
+    ``scan_labels`` for ``organs`` or None) of a case, each checked. PET and CT are read in two threads while
+    the labels are read (or segmented) and scanned here: gzip decompression releases the GIL, so the files
+    decompress at the same time. A problem is raised for the first bad input in the order PET, CT, labels,
+    lesions, as a sequential read would; bad label ids leave the scan None (``case_metrics`` names them)."""
     from ..segment import case_labels
 
     with ThreadPoolExecutor(2, thread_name_prefix="read-case") as pool:
@@ -103,10 +105,19 @@ def read_case_arrays(case: Case, segmenter: str, cache_dir: Path | None, device:
         except Exception as exc:  # re-raised below, after any PET or CT problem (those come first)
             labels = lesion_mask = None
             failed = exc
+        scan = None if labels is None else _scan_or_none(labels[0], organs)
         pet, ct = pet_job.result(), ct_job.result()
     if failed is not None:
         raise failed
-    return pet, ct, labels, lesion_mask
+    return pet, ct, labels, lesion_mask, scan
+
+
+def _scan_or_none(labels: np.ndarray, organs: Sequence[str]) -> LabelScan | None:
+    """``scan_labels(labels, organs)``, or None when the ids are bad (``case_metrics`` then says so, with the case)."""
+    try:
+        return scan_labels(labels, organs)
+    except InputError:
+        return None
 
 
 def read_case_ct(case: Case) -> tuple[np.ndarray, np.ndarray]:
