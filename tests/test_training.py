@@ -290,9 +290,9 @@ def test_the_phantom_recipes_build_the_bundled_architecture(stage):
 
 
 def test_the_lean_stage2_recipe_keeps_the_grid_and_halves_the_cost():
-    """configs/phantom-sr-lean.json (proposed, not yet trained): the bundled stage 2's grid, patch and
-    augmentation with a UNet (16, 32, 64): 0.45x the bundled recipe's forward cost per patch."""
-    wide, lean = (load_train_config(CONFIGS / f"{name}.json") for name in ("phantom-sr", "phantom-sr-lean"))
+    """configs/phantom-sr.json (the bundled lean stage 2) keeps the grid, patch and augmentation of the wide
+    stage 2 it replaced (phantom-sr-wide.json) with a UNet (16, 32, 64): 0.45x its forward cost per patch."""
+    wide, lean = (load_train_config(CONFIGS / f"{name}.json") for name in ("phantom-sr-wide", "phantom-sr"))
     built = {name: stage_config(r, sigma_data=0.122) for name, r in (("wide", wide), ("lean", lean))}
     for attr in ("shape", "voxel_mm", "patch_size", "lowres_noise_max", "sr_factor"):
         assert getattr(built["lean"], attr) == getattr(built["wide"], attr), attr
