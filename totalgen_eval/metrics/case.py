@@ -50,9 +50,9 @@ METRIC_COLUMNS: tuple[str, ...] = ("organ", "n_voxels", "volume_ml", "suv_mean",
                                    "suv_max", "suv_peak", "hu_mean", "touches_border", "lesion_ml")
 LESION_COLUMNS: tuple[str, ...] = ("mtv_ml", "tlg", "lesion_count")  # per case (lesions.csv)
 LESION_MODES = ("exclude", "include")
-ORGAN_THREADS = 2  # organs measured in two threads where the process may use two cores: 1.4x faster (wall) at
-# 1.45x the CPU time on an AMD EPYC, 1.0-1.13x at 1.7-2x on an Intel Xeon where the table is bound by memory
-# traffic (in memory, 200 x 200 x 300 noise PET / 2 mm phantom); never in pool workers that share the cores
+ORGAN_THREADS = 2  # organs measured in two threads where the process may use two cores: on an AMD EPYC 1.41x
+# faster (wall) at 1.24x the CPU time on a 2 mm phantom, 0.95x at 2.1x on the 200 x 200 x 300 noise PET, whose
+# sphere sums are bound by memory traffic (in memory); never in pool workers that share the cores
 
 
 # --- one case -------------------------------------------------------------------------------------------
