@@ -6,6 +6,7 @@ class ids; this table is the one place that says which ids make which organ.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -64,6 +65,11 @@ def organ(name: str) -> Organ:
         if o.name == name:
             return o
     raise ValueError(f"unknown organ {name!r}; choose from {', '.join(ORGAN_NAMES)}")
+
+
+def organ_classes(organs: Sequence[str] = ORGAN_NAMES) -> list[int]:
+    """The TotalSegmentator "total" class ids the given organs are made of, in organ order."""
+    return [c for name in organs for c in organ(name).classes]
 
 
 def parse_organs(spec: str | None) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ..errors import InputError, check_number
-from ..organs import N_TOTAL_CLASSES, ORGAN_NAMES, organ
+from ..organs import N_TOTAL_CLASSES, ORGAN_NAMES, organ, organ_classes
 from ..parallel import threads_allowed
 from ..volumes import Grid, resample_to_grid
 from .peak import peak_mean, sphere_kernel
@@ -119,6 +119,10 @@ class LabelScan:
     classes: frozenset[int]
     voxels: dict[int, np.ndarray]
 
+    def serves(self, labels: np.ndarray, organs: Sequence[str]) -> bool:
+        """Whether this is the scan of the very array ``labels`` and covers the classes of ``organs``."""
+        return self.source is labels and self.classes.issuperset(organ_classes(organs))
+
 
 def scan_labels(labels: np.ndarray, organs: Sequence[str] = ORGAN_NAMES) -> LabelScan:
     """The :class:`LabelScan` of ``labels`` for the classes of ``organs``; InputError for ids that are not
@@ -129,7 +133,7 @@ def scan_labels(labels: np.ndarray, organs: Sequence[str] = ORGAN_NAMES) -> Labe
 def _scan(source: np.ndarray, labels: np.ndarray, organs: Sequence[str]) -> LabelScan:
     """The :class:`LabelScan` of ``source`` from ``labels``, its ids checked (the same array, or a copy)."""
     ordered, order = _in_memory_order(labels)
-    classes = [c for name in organs for c in organ(name).classes]
+    classes = organ_classes(organs)
     return LabelScan(source, order, frozenset(classes), class_voxels(ordered.reshape(-1, order=order), classes))
 
 
@@ -300,8 +304,7 @@ def case_metrics(pet: np.ndarray, ct: np.ndarray | None, labels: np.ndarray, gri
         raise InputError(f"lesions={lesions!r}: choose {' or '.join(LESION_MODES)}", "--lesions")
     check_number(lesion_margin_mm, "--lesion-margin", 0.0, 1000.0)
     pet = _as_image(pet, "PET")
-    scanned = scan is not None and scan.source is labels and scan.classes.issuperset(
-        c for name in organs for c in organ(name).classes)
+    scanned = scan is not None and scan.serves(labels, organs)
     given = labels
     ct, labels, lesion_mask = _on_pet_grid(pet, grid, ct, labels, lesion_mask, ct_grid, labels_grid, lesion_grid,
                                            checked=scanned)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..organs import CLASSES, ORGAN_NAMES, organ
+from ..organs import CLASSES, ORGAN_NAMES, organ_classes
 from ..provenance import atomic_path
 
 FAST_TASKS = (297, 298)
@@ -74,7 +74,7 @@ def require_weights(fast: bool = True) -> None:
 
 def roi_subset(organs: Sequence[str] = ORGAN_NAMES) -> list[str]:
     """The TotalSegmentator "total" class names the given organs are made of."""
-    return [CLASSES[c] for name in organs for c in organ(name).classes]
+    return [CLASSES[c] for c in organ_classes(organs)]
 
 
 def ts_device(device: str) -> str:
