@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_generator_response import guidance_text
+from benchmarks.generator_spread import spread_comparison, spread_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SUV_MARGIN, VOLUME_MARGIN, GOAL_SHARE = 5.0, 10.0, 0.80
@@ -171,6 +172,7 @@ def organ_comparison(real_c, twin_c, synth_c, segmenter: str, workers: int, work
     conc = comps["synth"].concordance
     allrows = conc[(conc["sex"] == "all") & (conc["age_group"] == "all")]
     result["per_organ_all"] = allrows[["organ", "metric", "real_mean", "synth_mean", "deviation_pct"]].round(3).to_dict("records")
+    result["spread"] = spread_comparison(tables["real"], tables["synth"], tables["twins"]).round(3).to_dict("records")
     if reports is not None:
         write_heatmaps(conc, reports)
     result["goals_met"] = goals_met(result["synth"])
@@ -269,10 +271,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(r: dict) -> str:
-    """The published report: settings, goals, effects, per organ, texture, response, whole body."""
+    """The published report: settings, goals, effects, per organ, texture, spread, response, whole body."""
     sections = [_header(r)]
     if r.get("organ_part") == "run":
         sections += [_goals(r), _effects(r), _per_organ(r), _texture(r.get("texture"))]
+        if r.get("spread"):
+            sections.append(spread_markdown(r["spread"], r["n"]))
     else:
         sections.append(f"## Organ-level comparison\n\n{r.get('organ_part')}\n")
     if r.get("response"):

@@ -159,6 +159,18 @@ def load_stage(path: str | Path, device: torch.device | str = "cpu",
     return denoiser.to(device).eval(), config, meta
 
 
+def load_initial_weights(folder: str | Path, config: StageConfig, model: torch.nn.Module,
+                         ema: torch.nn.Module) -> None:
+    """Start a training from the stage ``config.kind`` saved in ``folder``: its weights into ``model`` and
+    ``ema`` (Denoisers); CheckpointError for another architecture."""
+    weights = check_safetensors(Path(folder) / f"{config.kind}.safetensors")
+    found, _ = read_stage_json(weights.with_suffix(".json"))
+    check_same_architecture(config, found, weights)
+    tensors = read_tensors(weights)
+    load_state_strict(model.net, tensors, weights)
+    load_state_strict(ema.net, tensors, weights)
+
+
 def check_same_architecture(expected: StageConfig, found: StageConfig, source: Path) -> None:
     """CheckpointError unless kind, grid, network, SR factor and the x orientation of the training data agree."""
     for name in ("kind", "shape", "voxel_mm", "network", "mirror_x", "sr_factor"):

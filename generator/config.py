@@ -83,6 +83,8 @@ class StageConfig:
     lowres_noise_max: noise-conditioning augmentation of stage 2 (0: off): in training its normalised low-res
     input is corrupted by Gaussian noise of a level drawn uniformly in [0, lowres_noise_max], and the level is
     one more input channel (so stage 1's errors look like what stage 2 was trained to see through).
+    loss_pool: block sizes of the multiscale loss terms (``diffusion.edm_loss_at``; empty: the plain EDM
+    loss); each must divide every axis of a training input.
     """
 
     kind: str = "lowres"
@@ -107,6 +109,7 @@ class StageConfig:
     sr_factor: int = 2
     field_dropout: float = 0.0
     lowres_noise_max: float = 0.0
+    loss_pool: tuple[int, ...] = ()
 
 
 def default_lowres() -> StageConfig:
@@ -293,7 +296,20 @@ def check_stage(config: StageConfig) -> None:
     _whole(config.batch_size, "batch_size", 1, LIMITS["batch_size"])
     _whole(config.steps, "steps", 0, 10**9)
     _check_patches(config, multiple)
+    _check_loss_pool(config)
     check_schedule(config.schedule)
+
+
+def _check_loss_pool(config: StageConfig) -> None:
+    """ValueError unless every multiscale block size is a whole number >= 2 dividing each training-input axis."""
+    if not isinstance(config.loss_pool, tuple):
+        raise ValueError(f"loss_pool = {config.loss_pool!r}: a list of block sizes expected")
+    spatial = config.patch_size or (tuple(config.shape[:2]) + (config.patch_slices or config.shape[2],))
+    for f in config.loss_pool:
+        _whole(f, "loss_pool", 2, min(spatial))
+        if any(n % f for n in spatial):
+            raise ValueError(f"loss_pool = {config.loss_pool!r}: {f} does not divide the training input "
+                             f"{tuple(spatial)}")
 
 
 def _voxel_counts(value: Any, name: str, high: Any) -> None:

@@ -7,7 +7,10 @@ c_in scaling of the noisy image; they are not scaled.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .networks import UNet3D
@@ -70,23 +73,33 @@ def sample_training_sigmas(n: int, p_mean: float, p_std: float, generator: torch
 
 
 def edm_loss(denoiser: Denoiser, x0: torch.Tensor, cond: dict, p_mean: float, p_std: float,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, pool: Sequence[int] = ()) -> torch.Tensor:
     """EDM loss: mean over the batch of lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2 averaged over voxels.
 
     lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 makes the network's effective target unit-variance.
     Noise and sigmas are drawn on the CPU from ``generator`` (device-independent), then moved.
+    ``pool``: the multiscale terms of ``edm_loss_at``.
     """
     sigma = sample_training_sigmas(x0.shape[0], p_mean, p_std, generator, x0.device)
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
-    return edm_loss_at(denoiser, x0, cond, sigma, noise)
+    return edm_loss_at(denoiser, x0, cond, sigma, noise, pool)
 
 
 def edm_loss_at(denoiser: Denoiser, x0: torch.Tensor, cond: dict, sigma: torch.Tensor,
-                noise: torch.Tensor) -> torch.Tensor:
-    """The EDM loss of ``edm_loss`` for given noise levels ``sigma`` (B,) and unit noise (shape of x0)."""
+                noise: torch.Tensor, pool: Sequence[int] = ()) -> torch.Tensor:
+    """The EDM loss of ``edm_loss`` for given noise levels ``sigma`` (B,) and unit noise (shape of x0).
+
+    ``pool`` (factors f, each dividing every axis): a multiscale loss. For each f the same weighted squared
+    error of the f x f x f block means of D and x0 is added, at weight 1. A block mean averages away the
+    voxel noise no network can predict, but not an error shared by the block (an organ drawn uniformly too
+    hot or too cold), so such errors weigh more in the gradient. Hoogeboom et al. (2023, "simple diffusion")
+    weight lower resolutions of the loss up for the same reason.
+    """
     b = (slice(None),) + (None,) * (x0.ndim - 1)
     sd = denoiser.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
-    denoised = denoiser(x0 + sigma[b] * noise, sigma, cond).float()
-    per_case = ((denoised - x0) ** 2).flatten(1).mean(1)
+    error = denoiser(x0 + sigma[b] * noise, sigma, cond).float() - x0
+    per_case = error.square().flatten(1).mean(1)
+    for f in pool:
+        per_case = per_case + F.avg_pool3d(error, int(f)).square().flatten(1).mean(1)
     return (weight * per_case).mean()

@@ -2,7 +2,9 @@
 
 A ``TrainConfig`` names the data grid and the network (voxel size, canvas, channels, SR factor, patch size)
 and the optimisation (learning rate with warm-up and cosine decay, gradient accumulation, checkpointing,
-validation and preview intervals). ``stage_config`` turns it into the ``StageConfig`` saved with the weights;
+validation and preview intervals), the loss (``loss_pool``: multiscale terms) and, for a fine-tuning,
+``init``: the folder of a trained stage whose weights, noise scale and sampling schedule the run starts
+from (a fresh optimiser and learning-rate schedule; the grid and network must match). ``stage_config`` turns it into the ``StageConfig`` saved with the weights;
 the ``TrainConfig`` itself is saved beside the checkpoint as ``<stage>-train-config.json``.
 
 Grids: ``voxel_mm`` is the high-res (stage 2) voxel; stage 1 works at ``voxel_mm * sr_factor``. Both cover
@@ -56,6 +58,8 @@ class TrainConfig:
     field_dropout: float = 0.1
     lowres_noise_max: float = 0.0
     lowres_noise: float = 0.0
+    loss_pool: tuple[int, ...] = ()
+    init: str | None = None
 
     @property
     def stage_voxel_mm(self) -> float:
@@ -88,6 +92,8 @@ def check_train_config(tc: TrainConfig) -> None:
         raise ValueError("patch_size: only stage 2 (sr) trains on patches")
     if (tc.lowres_noise_max or tc.lowres_noise) and tc.stage != "sr":
         raise ValueError("lowres_noise_max, lowres_noise: only stage 2 (sr) augments its low-res input")
+    if tc.init is not None and (not isinstance(tc.init, str) or not tc.init):
+        raise ValueError(f"init = {tc.init!r}: the folder of a stage's weights (a path) or null expected")
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -141,7 +147,7 @@ def stage_config(tc: TrainConfig, sigma_data: float) -> StageConfig:
         sr_factor=tc.sr_factor, patch_size=tc.patch_size, cond_dropout=tc.cond_dropout,
         field_dropout=tc.field_dropout, lr=tc.lr or base.lr, batch_size=tc.batch_size or base.batch_size,
         steps=tc.steps or base.steps, patch_slices=None if tc.patch_size else base.patch_slices,
-        lowres_noise_max=tc.lowres_noise_max,
+        lowres_noise_max=tc.lowres_noise_max, loss_pool=tuple(tc.loss_pool),
         schedule=dataclasses.replace(base.schedule, lowres_noise=tc.lowres_noise))
     check_stage(config)
     return config

@@ -104,3 +104,41 @@ def test_stage2_alone_judges_per_organ_ratios_over_cases():
     assert np.isnan(out["noise_ratios"]["spleen"])  # absent organs stay NaN and do not count
     assert out["suv_max_median_abs_dev_pct"] == pytest.approx(50.0) and out["suv_max_goal_met"] is False
     assert out["noise_organs_within"] == 0
+
+
+def test_the_spread_is_the_sd_of_the_log_over_cases_and_its_ratio():
+    from benchmarks.generator_spread import spread_comparison
+
+    logs = np.array([0.0, 0.2, 0.4])  # SD (ddof 1) 0.2
+    real = pd.DataFrame({"organ": ["liver"] * 4, "suv_mean": list(np.exp(logs)) + [0.0],  # 0: no log, left out
+                         "volume_ml": [1000.0, 1000.0, 1000.0 * np.exp(0.3), np.nan]})
+    synth = real.assign(suv_mean=list(2 * np.exp(logs / 2)) + [np.nan], volume_ml=[900.0, 900.0, 900.0 * np.exp(0.3), 1.0])
+    table = spread_comparison(real, synth, twins=real).set_index("metric")
+    assert table.loc["suv_mean", "real_log_sd"] == pytest.approx(0.2, rel=1e-12)
+    assert table.loc["suv_mean", "ratio"] == pytest.approx(0.5, rel=1e-12)
+    assert table.loc["suv_mean", "twins_ratio"] == pytest.approx(1.0, rel=1e-12)
+    expected = np.std(np.log([900.0, 900.0, 900.0 * np.exp(0.3), 1.0]), ddof=1) / np.std([0, 0, 0.3], ddof=1)
+    assert table.loc["volume_ml", "ratio"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_dispersion_reads_a_shift_as_bias_and_a_pull_to_the_mean_as_lost_spread():
+    from benchmarks.bench_generator_dispersion import dispersion
+
+    truth = np.exp(np.random.default_rng(1).normal(1.0, 0.3, (40, 1)))
+    scaled = dispersion(truth, 1.1 * truth, ("liver",))[0]
+    assert (scaled["bias_pct"], scaled["spread"], scaled["r"]) == (pytest.approx(10.0), 1.0, 1.0)
+    centre = np.log(truth).mean()
+    pulled = dispersion(truth, np.exp(centre + 0.5 * (np.log(truth) - centre)), ("liver",))[0]
+    assert (pulled["bias_pct"], pulled["spread"], pulled["r"]) == (0.0, 0.5, 1.0)
+
+
+def test_interior_masks_keep_low_res_voxels_wholly_inside_an_organ():
+    from benchmarks.bench_generator_dispersion import interior_masks
+
+    maps = np.zeros((1, 8, 8, 8), np.uint8)
+    maps[0, 0:4, 0:4, 0:4] = 1  # aligned with the 2-blocks: 2 x 2 x 2 of them
+    maps[0, 5:8, 5:8, 5:8] = 2  # from 5: only the block 6..7 on each axis lies wholly inside
+    masks = interior_masks(maps, 2, 2).numpy()
+    assert masks.shape == (1, 2, 4, 4, 4)
+    assert masks[0, 0].sum() == 8 and masks[0, 0, :2, :2, :2].all()
+    assert masks[0, 1].sum() == 1 and masks[0, 1, 3, 3, 3]

@@ -195,9 +195,10 @@ def streamed_cohort(cohort_path: str | Path, out: Path, recipe, side: dict[str, 
 
 
 def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
-    """The stage's config: the saved one when ``out`` holds a run of it, else the recipe's with sigma_data
+    """The stage's config: the saved one when ``out`` holds a run of it; else the recipe's, with sigma_data
+    and the sampling schedule of the stage it starts from (``recipe.init``) or, for a fresh start, sigma_data
     set to the standard deviation of its training target in these data (rounded to 3 decimals)."""
-    from generator.checkpoints import read_stage_json
+    from generator.checkpoints import check_same_architecture, read_stage_json
     from generator.data import CanvasCases
     from generator.train_config import stage_config as recipe_stage
     from generator.training import target_std
@@ -206,6 +207,13 @@ def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
     if state.is_file():
         return read_stage_json(state)[0]
     config = recipe_stage(recipe, sigma_data=0.5)
+    if recipe.init is not None:
+        try:
+            start = read_stage_json(Path(recipe.init) / f"{recipe.stage}.json")[0]
+            check_same_architecture(config, start, Path(recipe.init) / f"{recipe.stage}.json")
+        except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
+            raise InputError(f"cannot fine-tune from it: {exc}", recipe.init) from None
+        return dataclasses.replace(config, sigma_data=start.sigma_data, schedule=start.schedule)
     return dataclasses.replace(config, sigma_data=round(target_std(CanvasCases(source, demographics, config)), 3))
 
 
@@ -232,7 +240,7 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
                 progress: bool = True, threads: int | None = None, checkpoint_every: int | None = None,
                 precision: str | None = None, checkpointing: bool | None = None,
                 config_path: str | Path | None = None, demographics_csv: str | Path | None = None,
-                workers: int | None = None) -> Path:
+                workers: int | None = None, init: str | Path | None = None) -> Path:
     """Train stage ``lowres`` or ``sr`` of the generator on a cohort (any layout); returns the EMA weights' path.
 
     ``out`` is a cascade folder: train both stages into the same folder and pass it to
@@ -241,7 +249,8 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
     ``train-<stage>.json`` (command settings, cohort, versions) and ``cache/`` (the cases on the data grid,
     .npy). Demographics may come from ``demographics_csv`` (case_id + any of age, sex, height_m, weight_kg);
     a missing field is handled per field by the network. ``config_path``: a TrainConfig JSON
-    (``generator/configs/``); the other options override it. Re-running the same command resumes.
+    (``generator/configs/``); the other options override it. ``init``: fine-tune, starting from the stage
+    saved in that folder (e.g. the bundled ``generator/weights``). Re-running the same command resumes.
     Under ``torchrun`` the loop runs data-parallel (DDP): rank 0 caches the cohort and writes the files.
     """
     from generator.distributed import join_world, leave_world
@@ -253,7 +262,7 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
     out = Path(out)
     recipe = training_recipe(stage, out, config_path, dict(
         steps=steps, batch_size=batch_size, precision=precision, grad_checkpointing=checkpointing,
-        checkpoint_every=checkpoint_every, workers=workers))
+        checkpoint_every=checkpoint_every, workers=workers, init=None if init is None else str(init)))
     side = read_demographics_csv(demographics_csv) if demographics_csv else None
     world = join_world(device)
     bar = _progress_bar(progress and world.is_main)

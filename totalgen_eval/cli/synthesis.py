@@ -103,6 +103,9 @@ def train(
                                                    help="DataLoader worker processes reading the cached cases.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, max=10**8, metavar="N",
                                                             help="Steps between checkpoints (default 200).")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", metavar="DIR",
+                                                 help="Fine-tune: start from the stage saved in DIR (e.g. "
+                                                 "generator/weights), with a fresh optimiser.")] = None,
     seed: Seed = 0,
     device: Device = "cpu",
     progress: Progress = True,
@@ -120,7 +123,7 @@ def train(
         path = train_stage(cohort, stage=stage, out=out_dir, steps=steps, batch_size=batch_size, seed=seed,
                            device=device, progress=progress, precision=precision, checkpointing=checkpointing,
                            config_path=config, demographics_csv=demographics, workers=workers,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, init=init)
     if writer:
         say(f"checkpoint written to {path}")
 
