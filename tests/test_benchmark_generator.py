@@ -130,6 +130,9 @@ def test_dispersion_reads_a_shift_as_bias_and_a_pull_to_the_mean_as_lost_spread(
     centre = np.log(truth).mean()
     pulled = dispersion(truth, np.exp(centre + 0.5 * (np.log(truth) - centre)), ("liver",))[0]
     assert (pulled["bias_pct"], pulled["spread"], pulled["r"]) == (0.0, 0.5, 1.0)
+    half = np.log(truth[:, 0]) - centre  # the log ratios of ``pulled``: -half / 2
+    assert pulled["bias_se_pct"] == pytest.approx(100 * np.std(half / 2, ddof=1) / np.sqrt(40), abs=0.006)
+    assert scaled["bias_se_pct"] == 0.0
 
 
 def test_interior_masks_keep_low_res_voxels_wholly_inside_an_organ():
