@@ -58,10 +58,15 @@ def organ_means(x_lo, masks) -> np.ndarray:
 
 def dispersion(truth: np.ndarray, est: np.ndarray, organs: tuple[str, ...]) -> list[dict]:
     """Per organ: bias of the geometric mean (%) with its standard error (of the mean log ratio, in %), SD
-    ratio and correlation of the logs, est against truth."""
+    ratio and correlation of the logs, est against truth ((subjects, organs) positive means; NaN figures
+    where fewer than 3 subjects have the organ on both sides)."""
     rows = []
     for k, organ in enumerate(organs):
-        ok = np.isfinite(truth[:, k]) & np.isfinite(est[:, k])
+        ok = np.isfinite(truth[:, k]) & np.isfinite(est[:, k]) & (truth[:, k] > 0) & (est[:, k] > 0)
+        if ok.sum() < 3:
+            rows.append({"organ": organ, "subjects": int(ok.sum()), "bias_pct": np.nan, "bias_se_pct": np.nan,
+                         "spread": np.nan, "r": np.nan})
+            continue
         lt, le = np.log(truth[ok, k]), np.log(est[ok, k])
         paired = le - lt
         rows.append({"organ": organ, "subjects": int(ok.sum()),
@@ -83,6 +88,8 @@ def denoised_from(cascade, x0, demo, s: float, noise, batch_size: int = 8):
 
     plan = cascade.plan(cascade.settings())
     sched = cascade.lowres_config.schedule
+    if not sched.sigma_min < s <= sched.sigma_max:
+        raise ValueError(f"sigma {s:g} outside the stage's range ({sched.sigma_min:g}, {sched.sigma_max:g}]")
     share = math.log(s / sched.sigma_min) / math.log(sched.sigma_max / sched.sigma_min)
     sigmas = karras_sigmas(max(2, round(share * len(plan.lowres_sigmas[:-1]))), sched.sigma_min, s, sched.rho)
     out = []

@@ -160,15 +160,17 @@ def load_stage(path: str | Path, device: torch.device | str = "cpu",
 
 
 def load_initial_weights(folder: str | Path, config: StageConfig, model: torch.nn.Module,
-                         ema: torch.nn.Module) -> None:
+                         ema: torch.nn.Module) -> dict[str, str]:
     """Start a training from the stage ``config.kind`` saved in ``folder``: its weights into ``model`` and
-    ``ema`` (Denoisers); CheckpointError for another architecture."""
+    ``ema`` (Denoisers); CheckpointError for another architecture. Returns the record a run keeps of it:
+    the absolute folder and the weights' digest (``file_digest``)."""
     weights = check_safetensors(Path(folder) / f"{config.kind}.safetensors")
     found, _ = read_stage_json(weights.with_suffix(".json"))
     check_same_architecture(config, found, weights)
     tensors = read_tensors(weights)
     load_state_strict(model.net, tensors, weights)
     load_state_strict(ema.net, tensors, weights)
+    return {"folder": str(Path(folder).resolve()), "sha256": file_digest(weights)}
 
 
 def check_same_architecture(expected: StageConfig, found: StageConfig, source: Path) -> None:

@@ -300,11 +300,22 @@ def check_stage(config: StageConfig) -> None:
     check_schedule(config.schedule)
 
 
+def patch_shape(config: StageConfig) -> tuple[int, int, int] | None:
+    """Stage 2's training patch (X, Y, Z) voxels: ``patch_size``, else a ``patch_slices`` z-window, else None."""
+    if config.kind != "sr":
+        return None
+    if config.patch_size:
+        return tuple(config.patch_size)
+    if config.patch_slices and config.patch_slices < config.shape[2]:
+        return (config.shape[0], config.shape[1], config.patch_slices)
+    return None
+
+
 def _check_loss_pool(config: StageConfig) -> None:
     """ValueError unless every multiscale block size is a whole number >= 2 dividing each training-input axis."""
     if not isinstance(config.loss_pool, tuple):
         raise ValueError(f"loss_pool = {config.loss_pool!r}: a list of block sizes expected")
-    spatial = config.patch_size or (tuple(config.shape[:2]) + (config.patch_slices or config.shape[2],))
+    spatial = patch_shape(config) or tuple(config.shape)
     for f in config.loss_pool:
         _whole(f, "loss_pool", 2, min(spatial))
         if any(n % f for n in spatial):

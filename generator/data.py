@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .config import StageConfig
+from .config import StageConfig, patch_shape
 from .stages import downsample, lowres_condition, position_channels, sr_condition, sr_training_pair
 
 
@@ -95,17 +95,6 @@ class NpyCache:
     def low(self, i: int) -> torch.Tensor:
         self.ensure(i)
         return torch.from_numpy(np.load(self._paths(i)[1]))
-
-
-def patch_shape(config: StageConfig) -> tuple[int, int, int] | None:
-    """Stage 2's training patch (X, Y, Z) voxels: ``patch_size``, else a ``patch_slices`` z-window, else None."""
-    if config.kind != "sr":
-        return None
-    if config.patch_size:
-        return tuple(config.patch_size)
-    if config.patch_slices and config.patch_slices < config.shape[2]:
-        return (config.shape[0], config.shape[1], config.patch_slices)
-    return None
 
 
 def patch_origin(shape: Sequence[int], patch: Sequence[int], factor: int, generator: torch.Generator

@@ -2,9 +2,10 @@
 
 A ``TrainConfig`` names the data grid and the network (voxel size, canvas, channels, SR factor, patch size)
 and the optimisation (learning rate with warm-up and cosine decay, gradient accumulation, checkpointing,
-validation and preview intervals), the loss (``loss_pool``: multiscale terms) and, for a fine-tuning,
-``init``: the folder of a trained stage whose weights, noise scale and sampling schedule the run starts
-from (a fresh optimiser and learning-rate schedule; the grid and network must match). ``stage_config`` turns it into the ``StageConfig`` saved with the weights;
+validation and preview intervals), the loss (``loss_pool``: multiscale terms, which the logged training
+loss includes and the validation loss does not) and, for a fine-tuning, ``init``: the folder of a trained
+stage whose weights, noise scale and sampling schedule the run starts from (a fresh optimiser and
+learning-rate schedule; the grid and network must match). ``stage_config`` turns it into the ``StageConfig`` saved with the weights;
 the ``TrainConfig`` itself is saved beside the checkpoint as ``<stage>-train-config.json``.
 
 Grids: ``voxel_mm`` is the high-res (stage 2) voxel; stage 1 works at ``voxel_mm * sr_factor``. Both cover
@@ -94,6 +95,9 @@ def check_train_config(tc: TrainConfig) -> None:
         raise ValueError("lowres_noise_max, lowres_noise: only stage 2 (sr) augments its low-res input")
     if tc.init is not None and (not isinstance(tc.init, str) or not tc.init):
         raise ValueError(f"init = {tc.init!r}: the folder of a stage's weights (a path) or null expected")
+    if not isinstance(tc.loss_pool, tuple) or not all(isinstance(f, int) and not isinstance(f, bool)
+                                                       for f in tc.loss_pool):
+        raise ValueError(f"loss_pool = {tc.loss_pool!r}: a list of block sizes (whole numbers) expected")
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -112,13 +116,16 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a training config JSON file (ValueError naming the problem)."""
+    """Read a training config JSON file (ValueError naming the problem); its ``init``, when relative, is
+    taken relative to the file's folder."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read the training config ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError("a training config is a JSON object")
+    if isinstance(data.get("init"), str) and data["init"]:  # a path in the file is relative to the file
+        data = dict(data, init=str((Path(path).parent / data["init"]).resolve()))
     return train_config_from_dict(data)
 
 

@@ -32,8 +32,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoints import (build_denoiser, file_digest, load_initial_weights, load_training_state, save_stage,
-                          save_training_state)
+from .checkpoints import build_denoiser, load_initial_weights, load_training_state, save_stage, save_training_state
 from .config import StageConfig
 from .diffusion import Denoiser, edm_loss_at, sample_training_sigmas
 from .distributed import World, barrier, join_world, parameter_spread, world_mean
@@ -76,6 +75,7 @@ class Trainee:
     denoiser: Denoiser
     start: int
     seconds: float
+    init: dict | None = None  # the weights a fine-tuning started from (load_initial_weights), kept on resume
 
 
 def target_std(dataset: CanvasCases, n: int = 64) -> float:
@@ -138,16 +138,19 @@ def prepare(config: StageConfig, out: Path, seed: int, world: World, checkpointi
     set_gradient_checkpointing(model.net, checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    resumed = load_training_state(out, config, model, ema, optimizer) or {}
-    if not resumed and init is not None:
-        load_initial_weights(init, config, model, ema)
+    resumed = load_training_state(out, config, model, ema, optimizer)
+    origin = resumed.get("init") if resumed is not None else None
+    if resumed is None and init is not None:
+        origin = load_initial_weights(init, config, model, ema)
+    resumed = resumed or {}
     denoiser = model
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [world.device.index] if world.device.type == "cuda" else None
         denoiser = Denoiser(DistributedDataParallel(model.net, device_ids=ids), config.sigma_data)  # type: ignore[arg-type]
-    return Trainee(model, ema, optimizer, denoiser, int(resumed.get("step", 0)), float(resumed.get("seconds", 0.0)))
+    return Trainee(model, ema, optimizer, denoiser, int(resumed.get("step", 0)), float(resumed.get("seconds", 0.0)),
+                   origin)
 
 
 def optimise(trainee: Trainee, batch: Batch, lr: float, grad_clip: float, precision: str,
@@ -234,8 +237,8 @@ def train_stage(config: StageConfig, volumes, demographics: torch.Tensor, out: s
     train_cases, val_cases = split_cases(len(dataset), recipe.val_fraction, seed)
     log = LossLog(out / f"{config.kind}-loss.csv", log_every, fresh=trainee.start == 0) if world.is_main else None
     info = run_info(meta, seed, precision, world, config, recipe, len(val_cases))
-    if recipe.init is not None:
-        info["init"] = {"folder": str(recipe.init), "sha256": file_digest(Path(recipe.init) / f"{config.kind}.safetensors")}
+    if trainee.init is not None:
+        info["init"] = trainee.init
     t0 = time.perf_counter() - trainee.seconds
     batches = step_loader(dataset, train_cases, config.batch_size * recipe.grad_accum,
                           range(trainee.start + 1, config.steps + 1), seed, world.rank, world.size, recipe.workers)

@@ -133,6 +133,12 @@ def test_dispersion_reads_a_shift_as_bias_and_a_pull_to_the_mean_as_lost_spread(
     half = np.log(truth[:, 0]) - centre  # the log ratios of ``pulled``: -half / 2
     assert pulled["bias_se_pct"] == pytest.approx(100 * np.std(half / 2, ddof=1) / np.sqrt(40), abs=0.006)
     assert scaled["bias_se_pct"] == 0.0
+    few = truth.copy()
+    few[2:, 0] = np.nan  # an organ two subjects have: no figures
+    assert np.isnan(dispersion(few, few, ("aorta",))[0]["spread"])
+    zero = 1.1 * truth
+    zero[0, 0] = 0.0  # a mean floored at SUV 0 has no log: that subject is left out
+    assert dispersion(truth, zero, ("liver",))[0]["subjects"] == 39
 
 
 def test_interior_masks_keep_low_res_voxels_wholly_inside_an_organ():

@@ -64,7 +64,7 @@ def test_the_multiscale_loss_equals_block_means_computed_by_reshaping():
 def test_a_loss_block_must_divide_the_training_input_and_survives_a_round_trip():
     base = default_lowres()  # (28, 20, 72)
     check_stage(dataclasses.replace(base, loss_pool=(2, 4)))
-    for pool, message in (((8,), "does not divide"), ((3,), "does not divide"), ((1,), "loss_pool"),
+    for pool, message in (((8,), "does not divide"), ((3,), "does not divide"), ((1,), r"1 is outside \[2, 20\]"),
                           ((2.0,), "whole number")):
         with pytest.raises(ValueError, match=message):
             check_stage(dataclasses.replace(base, loss_pool=pool))
@@ -116,3 +116,45 @@ def test_a_finetune_from_another_architecture_is_refused_naming_the_folder(tmp_p
     with pytest.raises(InputError, match="cannot fine-tune from it.*not found"):
         train_stage(cohort, "lowres", tmp_path / "t2", steps=1, progress=False, threads=1,
                     config_path=recipe(tmp_path, "d"), init=tmp_path / "nowhere")
+
+
+def test_a_resumed_finetune_keeps_its_state_and_the_record_of_its_start(tmp_path):
+    """Resuming takes the weights from the saved state, not the init folder again, which may be gone."""
+    cohort = make_cohort(tmp_path / "c", n=2, seed=4, progress=False)
+    start = tmp_path / "start"
+    train_stage(cohort, "lowres", start, steps=1, progress=False, threads=1, config_path=recipe(tmp_path, "a"))
+    digest = file_digest(start / "lowres.safetensors")
+    tuned = tmp_path / "tuned"
+    train_stage(cohort, "lowres", tuned, steps=2, progress=False, threads=1,
+                config_path=recipe(tmp_path, "b", steps=4, init=str(start)))
+    (start / "lowres.safetensors").unlink()
+    (start / "lowres.json").unlink()
+    train_stage(cohort, "lowres", tuned, steps=4, progress=False, threads=1)  # the saved recipe, init included
+    stage = json.loads((tuned / "lowres.json").read_text())
+    assert stage["meta"]["step"] == 4
+    assert stage["meta"]["init"] == {"folder": str(start.resolve()), "sha256": digest}
+
+
+def test_bad_finetune_inputs_are_one_line_naming_the_file(tmp_path):
+    cohort = make_cohort(tmp_path / "c", n=2, seed=4, progress=False)
+    start = tmp_path / "start"
+    train_stage(cohort, "lowres", start, steps=1, progress=False, threads=1, config_path=recipe(tmp_path, "a"))
+    with pytest.raises(InputError, match=r"loss_pool = 4: a list of block sizes"):
+        train_stage(cohort, "lowres", tmp_path / "t1", steps=1, progress=False, threads=1,
+                    config_path=recipe(tmp_path, "b", loss_pool=4))
+    (start / "lowres.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="cannot fine-tune from it") as info:
+        train_stage(cohort, "lowres", tmp_path / "t2", steps=1, progress=False, threads=1,
+                    config_path=recipe(tmp_path, "c"), init=start)
+    assert str(info.value).startswith(str(start.resolve())) and "\n" not in str(info.value)
+
+
+def test_an_init_path_in_a_config_file_is_relative_to_the_file(tmp_path):
+    from generator.train_config import load_train_config
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = recipe(folder, "rel", init="../weights")
+    assert load_train_config(path).init == str((tmp_path / "weights").resolve())
+    shipped = Path(__file__).resolve().parents[1] / "generator" / "configs" / "phantom-lowres-finetune.json"
+    assert load_train_config(shipped).init == str(shipped.parents[1] / "weights")

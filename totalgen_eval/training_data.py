@@ -196,9 +196,10 @@ def streamed_cohort(cohort_path: str | Path, out: Path, recipe, side: dict[str, 
 
 def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
     """The stage's config: the saved one when ``out`` holds a run of it; else the recipe's, with sigma_data
-    and the sampling schedule of the stage it starts from (``recipe.init``) or, for a fresh start, sigma_data
+    and the sampling schedule (stage 2's augmentation level included) of the stage it starts from
+    (``recipe.init``; InputError naming it when it cannot be), or, for a fresh start, sigma_data
     set to the standard deviation of its training target in these data (rounded to 3 decimals)."""
-    from generator.checkpoints import check_same_architecture, read_stage_json
+    from generator.checkpoints import check_safetensors, check_same_architecture, read_stage_json
     from generator.data import CanvasCases
     from generator.train_config import stage_config as recipe_stage
     from generator.training import target_std
@@ -208,9 +209,11 @@ def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
         return read_stage_json(state)[0]
     config = recipe_stage(recipe, sigma_data=0.5)
     if recipe.init is not None:
+        weights = Path(recipe.init) / f"{recipe.stage}.safetensors"
         try:
-            start = read_stage_json(Path(recipe.init) / f"{recipe.stage}.json")[0]
-            check_same_architecture(config, start, Path(recipe.init) / f"{recipe.stage}.json")
+            check_safetensors(weights)
+            start = read_stage_json(weights.with_suffix(".json"))[0]
+            check_same_architecture(config, start, weights)
         except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
             raise InputError(f"cannot fine-tune from it: {exc}", recipe.init) from None
         return dataclasses.replace(config, sigma_data=start.sigma_data, schedule=start.schedule)
@@ -262,7 +265,7 @@ def train_stage(cohort_path: str | Path, stage: str = "lowres", out: str | Path 
     out = Path(out)
     recipe = training_recipe(stage, out, config_path, dict(
         steps=steps, batch_size=batch_size, precision=precision, grad_checkpointing=checkpointing,
-        checkpoint_every=checkpoint_every, workers=workers, init=None if init is None else str(init)))
+        checkpoint_every=checkpoint_every, workers=workers, init=None if init is None else str(Path(init).resolve())))
     side = read_demographics_csv(demographics_csv) if demographics_csv else None
     world = join_world(device)
     bar = _progress_bar(progress and world.is_main)
@@ -346,7 +349,9 @@ def _run_training(cohort_path: str | Path, stage: str, out: Path, config, recipe
                           meta={"cohort": settings["cohort"], "n_cases": settings["n_cases"]}, steps=total,
                           checkpoint_every=recipe.checkpoint_every, precision=recipe.precision,
                           checkpointing=recipe.grad_checkpointing, recipe=recipe, **options)
-    except CheckpointError as exc:
+    except CheckpointError as exc:  # of the init weights (they name its folder) or of a state in ``out``
+        if recipe.init is not None and str(recipe.init) in str(exc):
+            raise InputError(f"cannot fine-tune from it: {exc}", recipe.init) from None
         raise InputError(f"{exc}; use another --out", out) from None
     final = read_stage_json(out / f"{stage}.json")[1] if (out / f"{stage}.json").is_file() else {}
     return path, {"settings": settings, "config": to_jsonable(dataclasses.asdict(config)),
