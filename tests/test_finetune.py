@@ -34,13 +34,13 @@ def block_means(a: np.ndarray, f: int) -> np.ndarray:
     return a.reshape(b, c, x // f, f, y // f, f, z // f, f).mean(axis=(3, 5, 7))
 
 
-def test_the_multiscale_loss_counts_a_shared_error_once_per_scale_and_a_checkerboard_once():
+def test_the_multiscale_loss_counts_a_shared_error_by_block_volume_and_a_checkerboard_once():
     x0 = torch.zeros(2, 2, 8, 4, 8, dtype=torch.float64)
     sigma = torch.tensor([0.1, 2.0], dtype=torch.float64)
     weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2  # lambda(sigma) with sigma_data 0.5
     noise = torch.zeros_like(x0)
     shared = torch.full_like(x0, 0.3)
-    for pool, terms in (((), 1), ((2,), 2), ((2, 4), 3)):
+    for pool, terms in (((), 1), ((2,), 1 + 8), ((2, 4), 1 + 8 + 64)):
         expected = float((weight * 0.09 * terms).mean())
         assert float(edm_loss_at(FixedDenoiser(shared), x0, {}, sigma, noise, pool)) == pytest.approx(expected, rel=1e-6)
     i, j, k = np.indices(x0.shape[2:])
@@ -55,10 +55,13 @@ def test_the_multiscale_loss_equals_block_means_computed_by_reshaping():
     out = torch.randn(3, 2, 8, 4, 8, generator=gen, dtype=torch.float64)
     sigma = torch.tensor([0.05, 0.5, 5.0], dtype=torch.float64)
     err = (out - x0).numpy()
-    per_case = sum((block_means(err, f) ** 2).reshape(3, -1).mean(1) for f in (2, 4)) + (err ** 2).reshape(3, -1).mean(1)
+    per_case = sum(f ** 3 * (block_means(err, f) ** 2).reshape(3, -1).mean(1) for f in (2, 4)) + (err ** 2).reshape(3, -1).mean(1)
     weight = ((sigma ** 2 + 0.16) / (sigma * 0.4) ** 2).numpy()
     loss = edm_loss_at(FixedDenoiser(out, 0.4), x0, {}, sigma, torch.zeros_like(x0), (2, 4))
     assert float(loss) == pytest.approx(float((weight * per_case).mean()), rel=1e-6)
+    # uncorrelated errors weigh about the same at every scale: 3 times the plain loss, give or take
+    plain = float(edm_loss_at(FixedDenoiser(out, 0.4), x0, {}, sigma, torch.zeros_like(x0)))
+    assert 2.0 < float(loss) / plain < 4.0
 
 
 def test_a_loss_block_must_divide_the_training_input_and_survives_a_round_trip():
