@@ -2,7 +2,7 @@
 
 The cascade's synthetic cohort has a narrower between-subject spread of organ SUVmean than the real one (the
 fidelity report's spread table). This benchmark finds the noise levels where stage 1 loses it: the *true*
-low-res of validation phantoms (seed 555, as ``bench_generator_sr``) is noised to sigma ``s`` and denoised
+low-res of validation phantoms (``bench_generator_sr.validation_cohort``, seed 555) is noised to sigma ``s`` and denoised
 by stage 1 with its own sampler and guidance, from ``s`` down (SDEdit). Anatomy survives up to about s = 1,
 so the phantoms' true labels still apply: the organ interiors at the low-res grid (voxels whose 8 fine
 voxels all belong to the organ). Per organ and ``s``, over subjects:
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.bench_generator_sr import VALIDATION_SEED, true_lowres
+from benchmarks.bench_generator_sr import true_lowres, validation_cohort
 
 INTERIOR = 0.99  # share of a low-res voxel's fine voxels inside the organ
 
@@ -108,13 +108,9 @@ def run(checkpoints: list[Path | None], n: int = 48, sigmas=(0.05, 0.2, 1.0, 5.0
     import torch
 
     from generator import load_cascade
-    from totalgen_eval.cohort import load_cohort
     from totalgen_eval.organs import ORGAN_NAMES
-    from totalgen_eval.phantom import make_cohort
 
-    root = work / "validation"
-    real = load_cohort(root if (root / "cohort.csv").is_file()
-                       else make_cohort(root, n=n, seed=VALIDATION_SEED, progress=False))
+    real = validation_cohort(work, n)
     rows, truth = [], None
     for folder in checkpoints:
         cascade = load_cascade(folder)

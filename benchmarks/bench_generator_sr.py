@@ -105,17 +105,22 @@ def super_resolved_pet(cascade, x_lo, demo, sigma_min: float, sr_steps: int | No
     return np.concatenate(out)
 
 
+def validation_cohort(work: Path, n: int):
+    """The ``n`` validation phantoms (seed VALIDATION_SEED) under ``work/validation``, made there once."""
+    from totalgen_eval.cohort import load_cohort
+    from totalgen_eval.phantom import make_cohort
+
+    root = work / "validation"
+    return load_cohort(root if (root / "cohort.csv").is_file()
+                       else make_cohort(root, n=n, seed=VALIDATION_SEED, progress=False))
+
+
 def run(checkpoints: list[Path], n: int = 16, work: Path = Path("/tmp/totalgen-sr"), sigma_mins=(0.2,),
         sr_steps=(None,)) -> pd.DataFrame:
     """One row per checkpoint x sigma_min x sr_steps with the figures of :func:`judge`."""
     from generator import load_cascade
     from generator.precision import resolve_precision
-    from totalgen_eval.cohort import load_cohort
-    from totalgen_eval.phantom import make_cohort
-
-    root = work / "validation"
-    real = load_cohort(root if (root / "cohort.csv").is_file()
-                       else make_cohort(root, n=n, seed=VALIDATION_SEED, progress=False))
+    real = validation_cohort(work, n)
     rows, truth = [], None
     for folder in checkpoints:
         cascade = load_cascade(folder)
