@@ -4,8 +4,8 @@ The cascade's synthetic cohort has a narrower between-subject spread of organ SU
 fidelity report's spread table). This benchmark finds the noise levels where stage 1 loses it: the *true*
 low-res of validation phantoms (``bench_generator_sr.validation_cohort``, seed 555) is noised to sigma
 ``s`` and denoised by stage 1 with its own sampler and guidance, from ``s`` down (SDEdit). Anatomy
-survives up to about s = 1, so the phantoms' true labels still apply: the organ interiors at the low-res grid (voxels whose 8 fine
-voxels all belong to the organ). Per organ and ``s``, over subjects:
+survives up to about s = 1, so the phantoms' true labels still apply: the organ interiors at the low-res
+grid (voxels whose 8 fine voxels all belong to the organ). Per organ and ``s``, over subjects:
 
 * bias: the geometric mean of the organ's mean SUV, denoised / true - 1 (%), with its standard error (the
   subjects' log ratios vary: about +-9 % for the bladder at s = 5 with 48 subjects);
