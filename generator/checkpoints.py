@@ -159,14 +159,21 @@ def load_stage(path: str | Path, device: torch.device | str = "cpu",
     return denoiser.to(device).eval(), config, meta
 
 
+def initial_stage(folder: str | Path, config: StageConfig) -> tuple[Path, StageConfig]:
+    """(weights path, saved config) of the stage ``config.kind`` in ``folder``, checked to be readable and of
+    ``config``'s architecture (FileNotFoundError, CheckpointError otherwise); what a fine-tuning starts from."""
+    weights = check_safetensors(Path(folder) / f"{config.kind}.safetensors")
+    found, _ = read_stage_json(weights.with_suffix(".json"))
+    check_same_architecture(config, found, weights)
+    return weights, found
+
+
 def load_initial_weights(folder: str | Path, config: StageConfig, model: torch.nn.Module,
                          ema: torch.nn.Module) -> dict[str, str]:
     """Start a training from the stage ``config.kind`` saved in ``folder``: its weights into ``model`` and
     ``ema`` (Denoisers); CheckpointError for another architecture. Returns the record a run keeps of it:
     the absolute folder and the weights' digest (``file_digest``)."""
-    weights = check_safetensors(Path(folder) / f"{config.kind}.safetensors")
-    found, _ = read_stage_json(weights.with_suffix(".json"))
-    check_same_architecture(config, found, weights)
+    weights, _ = initial_stage(folder, config)
     tensors = read_tensors(weights)
     load_state_strict(model.net, tensors, weights)
     load_state_strict(ema.net, tensors, weights)

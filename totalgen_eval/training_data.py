@@ -199,7 +199,7 @@ def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
     and the sampling schedule (stage 2's augmentation level included) of the stage it starts from
     (``recipe.init``; InputError naming it when it cannot be), or, for a fresh start, sigma_data
     set to the standard deviation of its training target in these data (rounded to 3 decimals)."""
-    from generator.checkpoints import check_safetensors, check_same_architecture, read_stage_json
+    from generator.checkpoints import initial_stage, read_stage_json
     from generator.data import CanvasCases
     from generator.train_config import stage_config as recipe_stage
     from generator.training import target_std
@@ -209,11 +209,8 @@ def stage_config(recipe, out: Path, source, demographics: torch.Tensor):
         return read_stage_json(state)[0]
     config = recipe_stage(recipe, sigma_data=0.5)
     if recipe.init is not None:
-        weights = Path(recipe.init) / f"{recipe.stage}.safetensors"
         try:
-            check_safetensors(weights)
-            start = read_stage_json(weights.with_suffix(".json"))[0]
-            check_same_architecture(config, start, weights)
+            start = initial_stage(recipe.init, config)[1]
         except (OSError, ValueError) as exc:  # CheckpointError is a ValueError
             raise InputError(f"cannot fine-tune from it: {exc}", recipe.init) from None
         return dataclasses.replace(config, sigma_data=start.sigma_data, schedule=start.schedule)
